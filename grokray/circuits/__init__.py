@@ -1,0 +1,1 @@
+"""Circuit analysis: logit lens, causal patching, inference-path comparison (plain torch)."""

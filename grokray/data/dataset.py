@@ -1,0 +1,258 @@
+"""Tensors for training and evaluation, named by a content hash and cached on disk.
+
+A :class:`Dataset` holds every split as rows ``(h, r1, r2, bridge, t)`` (atomic facts
+have ``r2 = bridge = -1``) and turns them into model inputs:
+
+* tokens: entities are ``0..E-1``, relations ``E..E+R-1``, and ``PAD = E+R``;
+* atomic fact ``h r PAD``, answer read at position 1; composition ``h r1 r2``,
+  answer read at position 2. Attention is causal, so the pad never matters.
+
+The dataset is a pure function of its :class:`~grokray.config.DataConfig`; its name is
+``ds-`` + a hash of that config (augmentation preset resolved), so a hundred trials
+on the same data generate it once. Writers take a file lock and publish with an
+atomic rename, so trials that create it at the same moment are safe.
+
+Example:
+    >>> from grokray.config import DataConfig
+    >>> ds = build_dataset(DataConfig(n_entities=60, n_relations=10, out_degree=5, phi=3.0))
+    >>> ds.sizes()["atomic"], ds.vocab_size
+    (300, 71)
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from grokray.config import DataConfig, to_plain
+from grokray.data.augment import augment
+from grokray.data.graph import BRIDGE, H, R1, R2, TAIL, build_graph, split
+
+#: Bump when the generator's output for a given config changes: it is part of the hash.
+GENERATOR_VERSION = 1
+
+#: Evaluation probes, in the order metrics are reported.
+PROBES = ("train", "train_inferred", "id_atomic", "ood_atomic", "train_augmented",
+          "test_inferred_id", "test_inferred_ood")
+#: Splits the generator produces (probes are sampled from / equal to them).
+SPLITS = ("id_atomic", "ood_atomic", "train_inferred", "train_augmented", "test_inferred_id",
+          "test_inferred_ood")
+
+
+def data_hash(cfg: DataConfig) -> str:
+    """``ds-`` + 12 hex digits of a hash of everything that determines the data."""
+    hop1, hop2 = cfg.injections()
+    payload = to_plain(cfg)
+    payload["augmentation"] = {"hop1": to_plain(hop1), "hop2": to_plain(hop2)}
+    payload["generator_version"] = GENERATOR_VERSION
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return f"ds-{digest[:12]}"
+
+
+@dataclass
+class Batch:
+    """Model inputs for a set of queries (all tensors share the first dimension N)."""
+    tokens: torch.Tensor      # [N, 3] int64
+    answer_pos: torch.Tensor  # [N] int64: 1 for atomic facts, 2 for compositions
+    target: torch.Tensor      # [N] int64: the answer entity
+    bridge: torch.Tensor      # [N] int64: the bridge entity, -1 for atomic facts
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.tokens, self.answer_pos, self.target, self.bridge)))
+
+    def index(self, idx: torch.Tensor | slice) -> "Batch":
+        return Batch(self.tokens[idx], self.answer_pos[idx], self.target[idx], self.bridge[idx])
+
+
+@dataclass
+class Dataset:
+    config: DataConfig
+    name: str
+    n_entities: int
+    n_relations: int
+    atomic: np.ndarray                 # [n_atomic, 3] (h, r, t): the whole graph
+    atomic_ood: np.ndarray             # [n_atomic] bool
+    rows: dict[str, np.ndarray]        # split -> [n, 5] (h, r1, r2, bridge, t)
+    probe_rows: dict[str, np.ndarray]  # probe -> [n, 5], at most probe_size each
+    pool_size: int
+    _tail: np.ndarray | None = field(default=None, repr=False)
+
+    # ---------------------------------------------------------------- vocabulary
+    @property
+    def pad(self) -> int:
+        return self.n_entities + self.n_relations
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_entities + self.n_relations + 1
+
+    def relation_token(self, r: np.ndarray | int) -> np.ndarray | int:
+        return r + self.n_entities
+
+    @property
+    def tail(self) -> np.ndarray:
+        """``[E, R]`` lookup of the atomic graph: tail entity, or -1 where (h, r) is not a fact."""
+        if self._tail is None:
+            t = np.full((self.n_entities, self.n_relations), -1, dtype=np.int64)
+            t[self.atomic[:, 0], self.atomic[:, 1]] = self.atomic[:, 2]
+            self._tail = t
+        return self._tail
+
+    # ---------------------------------------------------------------- tensors
+    def encode(self, rows: np.ndarray) -> Batch:
+        """Rows ``(h, r1, r2, bridge, t)`` -> model inputs (``r2 = -1`` marks an atomic fact)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
+        atomic = rows[:, R2] < 0
+        tokens = np.stack([rows[:, H], rows[:, R1] + self.n_entities,
+                           np.where(atomic, self.pad, rows[:, R2] + self.n_entities)], 1)
+        return Batch(torch.from_numpy(tokens), torch.from_numpy(np.where(atomic, 1, 2)),
+                     torch.from_numpy(rows[:, TAIL].copy()), torch.from_numpy(rows[:, BRIDGE].copy()))
+
+    def train_rows(self) -> np.ndarray:
+        """Everything trained on: all atomic facts (ID and OOD), train_inferred, train_augmented."""
+        return np.concatenate([self.rows["id_atomic"], self.rows["ood_atomic"],
+                               self.rows["train_inferred"], self.rows["train_augmented"]])
+
+    def sizes(self) -> dict[str, int]:
+        s = {k: int(len(v)) for k, v in self.rows.items()}
+        s["atomic"] = int(len(self.atomic))
+        s["train"] = int(sum(len(self.rows[k]) for k in ("id_atomic", "ood_atomic", "train_inferred",
+                                                          "train_augmented")))
+        s["inferred_pool"] = int(self.pool_size)
+        return s
+
+    def summary(self) -> dict:
+        n_id = len(self.rows["id_atomic"])
+        return {"name": self.name, "config": to_plain(self.config),
+                "augmentation": self.config.augmentation_name(),
+                "vocab_size": self.vocab_size, "sizes": self.sizes(),
+                "probe_sizes": {k: int(len(v)) for k, v in self.probe_rows.items()},
+                "phi_effective": len(self.rows["train_inferred"]) / max(n_id, 1),
+                "phi_max": self.pool_size / max(n_id, 1)}
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        arrays = {"atomic": self.atomic, "atomic_ood": self.atomic_ood,
+                  "pool_size": np.array(self.pool_size, dtype=np.int64),
+                  "meta": np.array(json.dumps({"name": self.name, "config": to_plain(self.config),
+                                               "generator_version": GENERATOR_VERSION}))}
+        arrays.update({f"rows__{k}": v for k, v in self.rows.items()})
+        arrays.update({f"probe__{k}": v for k, v in self.probe_rows.items()})
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config: DataConfig) -> "Dataset":
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            rows = {k[len("rows__"):]: z[k] for k in z.files if k.startswith("rows__")}
+            probes = {k[len("probe__"):]: z[k] for k in z.files if k.startswith("probe__")}
+            atomic, atomic_ood, pool = z["atomic"], z["atomic_ood"], int(z["pool_size"])
+        return cls(config, meta["name"], config.n_entities, config.n_relations, atomic, atomic_ood,
+                   rows, probes, pool)
+
+
+def _atomic_rows(atomic: np.ndarray) -> np.ndarray:
+    n = len(atomic)
+    minus = np.full(n, -1, dtype=np.int64)
+    return np.stack([atomic[:, 0], atomic[:, 1], minus, minus, atomic[:, 2]], 1)
+
+
+def _sample(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    if len(rows) <= n:
+        return rows
+    return rows[np.sort(rng.choice(len(rows), size=n, replace=False))]
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
+    """Generate the dataset for ``cfg`` (deterministic in ``cfg.seed``); no caching."""
+    rng = np.random.default_rng(cfg.seed)
+    graph = build_graph(cfg, rng)
+    splits = split(graph, cfg, rng)
+    comps = graph.compositions
+    hop1, hop2 = cfg.injections()
+    added = augment(graph, splits.test_inferred_ood, hop1, hop2, rng)
+    # Defensive dedup against everything trained or tested (disjoint by construction: an injected
+    # query has exactly one OOD hop, training compositions none, test compositions zero or two).
+    taken = {tuple(q) for q in comps[np.concatenate([splits.train_inferred, splits.test_inferred_id,
+                                                     splits.test_inferred_ood])][:, :3].tolist()}
+    added = added[[tuple(q) not in taken for q in added[:, :3].tolist()]] if len(added) else added
+
+    rows = {
+        "id_atomic": _atomic_rows(graph.atomic[splits.id_atomic]),
+        "ood_atomic": _atomic_rows(graph.atomic[splits.ood_atomic]),
+        "train_inferred": comps[splits.train_inferred],
+        "train_augmented": added.reshape(-1, 5),
+        "test_inferred_id": comps[splits.test_inferred_id],
+        "test_inferred_ood": comps[splits.test_inferred_ood],
+    }
+    probe_rng = np.random.default_rng([cfg.seed, 1])  # probes never shift the splits
+    train_all = np.concatenate([rows["id_atomic"], rows["ood_atomic"], rows["train_inferred"],
+                                rows["train_augmented"]])
+    probes = {"train": _sample(train_all, cfg.probe_size, probe_rng)}
+    for name in SPLITS:
+        probes[name] = _sample(rows[name], cfg.probe_size, probe_rng)
+    return Dataset(cfg, data_hash(cfg), cfg.n_entities, cfg.n_relations, graph.atomic, graph.atomic_ood,
+                   rows, probes, splits.pool_size)
+
+
+# --------------------------------------------------------------------------- on-disk cache
+
+def cache_dir() -> Path:
+    """``$GROKRAY_CACHE`` or ``~/.cache/grokray``."""
+    root = os.environ.get("GROKRAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "grokray")
+    return Path(root)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+_MEMORY: dict[str, Dataset] = {}
+
+
+def load_dataset(cfg: DataConfig, cache: str | os.PathLike | None = None) -> Dataset:
+    """The dataset for ``cfg``: from this process's memory, from the disk cache, or generated once.
+
+    Concurrent callers (many trials starting together) serialise on a lock file; the
+    first generates and publishes ``<name>.npz`` with an atomic rename, the rest load it.
+    """
+    name = data_hash(cfg)
+    if name in _MEMORY:
+        return _MEMORY[name]
+    root = Path(cache) if cache is not None else cache_dir()
+    target = root / "datasets" / f"{name}.npz"
+    if not target.exists():
+        with _file_lock(target.with_suffix(".lock")):
+            if not target.exists():
+                ds = build_dataset(cfg)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
+                os.close(fd)
+                try:
+                    ds.save(tmp)
+                    os.replace(tmp, target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+    ds = Dataset.load(target, cfg)
+    _MEMORY[name] = ds
+    return ds
