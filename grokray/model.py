@@ -135,8 +135,9 @@ class LoopedTransformer(nn.Module):
         """Run the blocks; the final residual stream before the final norm, ``[B, T, d]``."""
         B, T = tokens.shape
         pos = torch.arange(T, device=tokens.device)
-        emb = self.tok_emb(tokens) + self.pos_emb(pos)[None]              # [B, T, d]
-        x = self.hook_points["embed"](emb)
+        # Re-injection reads the hooked embedding, so patching `embed` reaches every loop.
+        emb = self.hook_points["embed"](self.tok_emb(tokens) + self.pos_emb(pos)[None])  # [B, T, d]
+        x = emb
         for i in range(self.cfg.n_loops):
             if i > 0 and self.cfg.reinject_input:
                 x = x + emb

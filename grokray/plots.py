@@ -63,15 +63,15 @@ def plot_heatmaps(panels: Mapping[str, np.ndarray], path: str | os.PathLike, row
                   cmap: str = "viridis") -> str:
     """One heatmap per panel (rows = depth, columns = position), values written in the cells."""
     n = max(len(panels), 1)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 + 2.2 * n, 0.9 + 0.42 * len(row_labels)), dpi=110,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 + 2.3 * n, 1.2 + 0.42 * len(row_labels)), dpi=110,
+                             squeeze=False, layout="constrained")
     im = None
     for ax, (name, mat) in zip(axes[0], panels.items()):
         mat = np.asarray(mat, dtype=float)
         im = ax.imshow(mat, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
-        ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+        ax.set_yticks(range(len(row_labels)), row_labels if ax is axes[0][0] else [], fontsize=7)
         for (r, c), v in np.ndenumerate(mat):
             if math.isfinite(v):
                 ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
