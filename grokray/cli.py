@@ -147,6 +147,324 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- classify / paths
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db)")
+
+
+def _existing_client(uri: str | None):
+    """A client for an existing store: a missing local sqlite file is a user error, not a new store."""
+    from grokray import tracking
+
+    uri = tracking.tracking_uri(uri)
+    db = tracking.sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise UserError(f"no MLflow store at {db} (set --tracking-uri or run from the directory holding mlflow.db)")
+    return tracking.get_client(uri)
+
+
+def _add_classify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run id(s) to label")
+    p.add_argument("--experiment", default=None, help="label every finished trial run of this experiment")
+    p.add_argument("--split", choices=["ood", "id"], default="ood", help="target test split (default: ood)")
+    p.add_argument("--force", action="store_true", help="relabel even if this classifier version already did")
+    p.add_argument("--queries", type=int, default=200, help="queries for causal patching (default: 200)")
+    p.add_argument("--json", action="store_true", help="print verdicts as JSON lines")
+    _add_tracking(p)
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from grokray.classify import RunNotClassifiable, classify_run, trial_runs
+
+    if bool(args.run_ids) == bool(args.experiment):
+        raise UserError("give RUN_ID(s) or --experiment NAME (one of the two)")
+    client = _existing_client(args.tracking_uri)
+    if args.experiment:
+        if client.get_experiment_by_name(args.experiment) is None:
+            raise UserError(f"--experiment: no experiment named {args.experiment!r} at {client.tracking_uri}")
+        run_ids = [r.info.run_id for r in trial_runs(client, args.experiment)]
+        if not args.json:
+            print(f"classifying {len(run_ids)} finished trial run(s) of '{args.experiment}'", flush=True)
+    else:
+        run_ids = args.run_ids
+    for run_id in run_ids:
+        try:
+            out = classify_run(run_id, client=client, split=args.split, force=args.force, n_queries=args.queries)
+        except RunNotClassifiable as e:
+            raise UserError(str(e)) from None
+        if args.json:
+            print(json.dumps({"run_id": run_id, "action": out.action, **out.verdict.to_dict()}), flush=True)
+        else:
+            print(out.line(), flush=True)
+    return 0
+
+
+def _add_paths(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", metavar="RUN_A", help="MLflow run id or checkpoint file (.pt)")
+    p.add_argument("run_b", metavar="RUN_B", help="MLflow run id or checkpoint file (.pt)")
+    p.add_argument("--step-a", type=int, default=None, help="checkpoint step of RUN_A (default: last)")
+    p.add_argument("--step-b", type=int, default=None, help="checkpoint step of RUN_B (default: last)")
+    p.add_argument("--split", default="test_inferred_id",
+                   help="queries to compare on (default: test_inferred_id; or train_inferred)")
+    p.add_argument("--queries", type=int, default=300, help="number of queries (default: 300)")
+    p.add_argument("--png", default=None, help="write the side-by-side heatmaps here (default: paths.png)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _add_tracking(p)
+
+
+def _resolve_checkpoint(ref: str, step: int | None, tracking_uri: str | None, tmp: str) -> str:
+    from pathlib import Path as _P
+
+    if ref.endswith(".pt") or _P(ref).exists():
+        if not _P(ref).exists():
+            raise UserError(f"{ref}: checkpoint file not found")
+        return ref
+    client = _existing_client(tracking_uri)
+    try:
+        client.get_run(ref)
+    except Exception:
+        raise UserError(f"{ref}: not a checkpoint file and no MLflow run with that id at {client.tracking_uri}") \
+            from None
+    files = sorted(a.path for a in client.list_artifacts(ref, "checkpoints") if a.path.endswith(".pt"))
+    if not files:
+        raise UserError(f"run {ref} has no checkpoints")
+    if step is not None:
+        want = f"checkpoints/step_{step:07d}.pt"
+        if want not in files:
+            steps = ", ".join(str(int(f.split("_")[-1][:-3])) for f in files)
+            raise UserError(f"run {ref} has no checkpoint at step {step} (has: {steps})")
+        files = [want]
+    return client.download_artifacts(ref, files[-1], tmp)
+
+
+def _run_paths(args: argparse.Namespace) -> int:
+    from grokray.circuits.paths import compare_checkpoints
+
+    with tempfile.TemporaryDirectory() as tmp:
+        a = _resolve_checkpoint(args.run_a, args.step_a, args.tracking_uri, tmp + "/a")
+        b = _resolve_checkpoint(args.run_b, args.step_b, args.tracking_uri, tmp + "/b")
+        try:
+            cmp = compare_checkpoints(a, b, split=args.split, n=args.queries,
+                                      labels=(args.run_a[:12], args.run_b[:12]))
+        except ValueError as e:
+            raise UserError(str(e).splitlines()[0]) from None
+        png = args.png or "paths.png"
+        cmp.plot(png)
+    if args.json:
+        print(cmp.to_json())
+        return 0
+    print(f"inference-path similarity {cmp.score:.3f}  (patching {cmp.patching_mean:.3f}, "
+          f"lens {cmp.lens_similarity:.3f}) on {cmp.n_queries} {args.split} queries")
+    for token, sim in cmp.patching_similarity.items():
+        print(f"  patching, perturbed {token:<3} {sim:.3f}")
+    if cmp.note:
+        print(f"  note: {cmp.note}")
+    print(f"heatmaps: {png}")
+    return 0
+
+
+# --------------------------------------------------------------------------- sweep
+
+def _add_sweep(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    v = sub.add_parser("validate", help="check a sweep spec without running it")
+    v.add_argument("spec", metavar="SPEC.yaml")
+    v.set_defaults(_run=_run_sweep_validate)
+
+    r = sub.add_parser("run", help="run a sweep with Ray Tune (local Ray unless --address / $RAY_ADDRESS)")
+    r.add_argument("spec", metavar="SPEC.yaml")
+    r.add_argument("--name", default=None, help="sweep name (default: the spec's name); must be new")
+    r.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS or local)")
+    r.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with a local Ray")
+    r.add_argument("--no-map", action="store_true", help="do not print the phase map at the end")
+    r.set_defaults(_run=_run_sweep_run)
+
+    re = sub.add_parser("resume", help="continue an interrupted sweep")
+    re.add_argument("name", metavar="NAME")
+    re.add_argument("--storage", default=None, help="where the sweep's state lives (default: ~/grokray_results)")
+    re.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS or local)")
+    re.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with a local Ray")
+    re.add_argument("--no-map", action="store_true", help="do not print the phase map at the end")
+    re.set_defaults(_run=_run_sweep_resume)
+
+    st = sub.add_parser("status", help="trials, states and labels of a sweep")
+    st.add_argument("name", metavar="NAME")
+    st.add_argument("--storage", default=None, help="where the sweep's state lives (default: ~/grokray_results)")
+    st.add_argument("--address", default=None, help="Ray job server of a submitted sweep (http://HEAD:8265)")
+    _add_tracking(st)
+    st.set_defaults(_run=_run_sweep_status)
+
+    lg = sub.add_parser("logs", help="the driver log of a submitted sweep")
+    lg.add_argument("name", metavar="NAME")
+    lg.add_argument("--address", required=True, help="Ray job server (http://HEAD:8265)")
+    lg.add_argument("--follow", "-f", action="store_true", help="stream until the sweep ends")
+    lg.set_defaults(_run=_run_sweep_logs)
+
+    sb = sub.add_parser("submit", help="hand a sweep to a Ray cluster as a Ray Job (the driver runs on the head)")
+    sb.add_argument("spec", metavar="SPEC.yaml")
+    sb.add_argument("--address", required=True, help="Ray job server (http://HEAD:8265, e.g. via `ray dashboard`)")
+    sb.add_argument("--name", default=None, help="sweep name (default: the spec's name)")
+    sb.add_argument("--working-dir", default=".", help="directory shipped with the job (default: .)")
+    sb.add_argument("--tracking-uri", default=None,
+                    help="MLflow URI as seen from the cluster (default: the spec's, else the head's server)")
+    sb.add_argument("--pip-install", action="store_true",
+                    help="pip install the shipped working dir on the nodes (if grokray is not installed there)")
+    sb.set_defaults(_run=_run_sweep_submit)
+
+
+def _load_spec(path: str):
+    from grokray.sweep.spec import load_spec
+
+    return load_spec(path)
+
+
+def _run_sweep_validate(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.spec)
+    swept = ", ".join(f"{p.key} ({len(p.values) if p.values is not None else p.distribution})"
+                      for p in spec.parameters if p.key in spec.swept_keys) or "nothing"
+    print(f"{args.spec}: OK: sweep {spec.name!r}, method {spec.method}, {spec.n_trials()} trial(s) of at most "
+          f"{spec.base_for_trials().train.max_steps} steps; swept: {swept}; "
+          f"resources per trial {spec.resources.cpu:g} cpu / {spec.resources.gpu:g} gpu")
+    return 0
+
+
+def _print_map(name: str, uri: str) -> None:
+    from grokray.phasemap import format_table, phase_map, plot_phase_map
+
+    df = phase_map(name, uri)
+    if len(df) == 0:
+        return
+    print()
+    print(format_table(df, *_default_axes(df)))
+    png = f"{name}_phase_map.png"
+    plot_phase_map(df, png)
+    print(f"phase map: {png}")
+
+
+def _default_axes(df) -> tuple:
+    params = list(df.attrs.get("params", []))
+    return (params[0] if params else None, params[1] if len(params) > 1 else None)
+
+
+def _after_sweep(summary, no_map: bool) -> int:
+    rec = summary.record
+    print(f"[grokray] sweep {rec.name!r} done: {summary.n_trials} trial(s), {summary.n_errors} failed, "
+          f"{_fmt_duration(summary.seconds)}")
+    if not no_map:
+        _print_map(rec.name, rec.tracking_uri)
+    from grokray import tracking
+
+    db = tracking.sqlite_path(rec.tracking_uri)
+    ui = (f"mlflow ui --backend-store-uri {rec.tracking_uri} --host 127.0.0.1 --workers 1"
+          if db is not None else f"open {rec.tracking_uri}")
+    print(f"inspect the runs: {ui}  (experiment {rec.experiment!r}, parent run {rec.parent_run_id})")
+    return 1 if summary.n_errors else 0
+
+
+def _run_sweep_run(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.spec)
+    from grokray.sweep.driver import SweepError, run_sweep
+
+    try:
+        summary = run_sweep(spec, name=args.name, address=args.address, dashboard=args.dashboard)
+    except SweepError as e:
+        raise UserError(str(e)) from None
+    return _after_sweep(summary, args.no_map)
+
+
+def _run_sweep_resume(args: argparse.Namespace) -> int:
+    from grokray.sweep.driver import SweepError, resume_sweep
+
+    try:
+        summary = resume_sweep(args.name, storage=args.storage, address=args.address, dashboard=args.dashboard)
+    except SweepError as e:
+        raise UserError(str(e)) from None
+    return _after_sweep(summary, args.no_map)
+
+
+def _run_sweep_status(args: argparse.Namespace) -> int:
+    from grokray import tracking
+    from grokray.sweep.driver import SweepError, find_sweep
+
+    uri, experiment_id, name = args.tracking_uri, None, args.name
+    try:
+        record, exp_dir = find_sweep(args.name, args.storage)
+        uri = uri or record.tracking_uri
+        experiment_id = record.experiment_id
+    except SweepError as e:
+        if not (args.address or args.tracking_uri):
+            raise UserError(str(e)) from None
+        exp_dir = None
+    if args.address:
+        from grokray.sweep import jobs
+
+        try:
+            print(f"job {jobs.job_id(name)}: {jobs.status(name, args.address)}")
+        except Exception as e:
+            raise UserError(f"{args.address}: {str(e).splitlines()[0]}") from None
+    client = _existing_client(uri)
+    if experiment_id is None:
+        parent = None
+        for exp in client.search_experiments():
+            found = client.search_runs([exp.experiment_id], f"tags.`grokray.sweep` = '{name}' and "
+                                       "tags.`grokray.kind` = 'sweep'", max_results=1)
+            if found:
+                parent, experiment_id = found[0], exp.experiment_id
+                break
+        if parent is None:
+            raise UserError(f"no sweep {name!r} in the MLflow store at {client.tracking_uri}")
+    runs = list(tracking.iter_runs(client, [experiment_id],
+                                   f"tags.`grokray.sweep` = '{name}' and tags.`grokray.kind` = 'trial'"))
+    runs.sort(key=lambda r: r.info.start_time)
+    states: dict[str, int] = {}
+    print(f"sweep {name!r}: {len(runs)} trial run(s)" + (f"; state in {exp_dir}" if exp_dir else ""))
+    print(f"{'run':<44} {'status':<9} {'steps':>13} {'stop':<16} {'label':<14} {'detail':<13} conf")
+    for r in runs:
+        t = r.data.tags
+        states[r.info.status] = states.get(r.info.status, 0) + 1
+        steps = f"{t.get('grokray.steps_run', '?')}/{t.get('grokray.max_steps', r.data.params.get('train.max_steps', '?'))}"
+        print(f"{(r.info.run_name or r.info.run_id)[:44]:<44} {r.info.status:<9} {steps:>13} "
+              f"{t.get('grokray.stop_reason', '-'):<16} {t.get('grokray.label', '-'):<14} "
+              f"{t.get('grokray.detail', '-'):<13} {t.get('grokray.confidence', '-')}")
+    print("  " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))
+    return 0
+
+
+def _run_sweep_logs(args: argparse.Namespace) -> int:
+    from grokray.sweep import jobs
+
+    try:
+        if args.follow:
+            jobs.follow_logs(args.name, args.address, lambda chunk: print(chunk, end="", flush=True))
+        else:
+            print(jobs.logs(args.name, args.address), end="")
+    except Exception as e:
+        raise UserError(f"{args.address}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return 0
+
+
+def _run_sweep_submit(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.spec)  # fail here, not on the cluster
+    from grokray.sweep import jobs
+
+    name = args.name or spec.name
+    try:
+        sid = jobs.submit(args.spec, name, args.address, working_dir=args.working_dir,
+                          tracking_uri=args.tracking_uri, pip_install=args.pip_install)
+    except (ValueError, ConnectionError) as e:
+        raise UserError(str(e)) from None
+    except Exception as e:
+        raise UserError(f"{args.address}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    print(f"submitted sweep {name!r} as Ray job {sid}; follow it with:\n"
+          f"  grokray sweep logs {name} --address {args.address} --follow\n"
+          f"  grokray sweep status {name} --address {args.address}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,8 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, (help_text, add_args, _run) in _registry().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if _run is not None:
+            p.set_defaults(_run=_run)
         add_args(p)
-        p.set_defaults(_run=_run)
     return parser
 
 
@@ -169,6 +488,9 @@ def _registry() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
     return {
         "train": ("train one trial and log it to MLflow", _add_train, _run_train),
         "data": ("generate (or load) a trial's dataset and print its split sizes", _add_data, _run_data),
+        "classify": ("label runs true / fake / no grokking from what MLflow holds", _add_classify, _run_classify),
+        "paths": ("compare the inference paths of two runs or checkpoints", _add_paths, _run_paths),
+        "sweep": ("sweeps on Ray Tune: validate, run, resume, status, submit, logs", _add_sweep, None),
     }
 
 

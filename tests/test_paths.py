@@ -152,9 +152,13 @@ def test_compare_checkpoints_refuses_another_dataset(run):
     cfg = tiny_config().data
     other = build_dataset(DataConfig(**{**cfg.__dict__, "seed": cfg.seed + 1}))
     assert other.vocab_size == dataset.vocab_size and other.name != dataset.name
-    with pytest.raises(ValueError, match="another dataset"):
+    with pytest.raises(ValueError, match="another knowledge graph"):
         compare_checkpoints(checkpoints[300], checkpoints[300], other, n=20)
     assert compare_checkpoints(checkpoints[300], checkpoints[300], other, n=20, check_dataset=False).score == 1.0
+    # Another phi on the same graph is another dataset but the same queries: allowed.
+    same_graph = build_dataset(DataConfig(**{**cfg.__dict__, "phi": 1.5}))
+    assert same_graph.name != dataset.name
+    assert compare_checkpoints(checkpoints[300], checkpoints[300], same_graph, n=20).score == 1.0
 
 
 def test_json_round_trip_and_png(run, deep_model, tmp_path):

@@ -325,11 +325,17 @@ def compare_checkpoints(path_a: str | os.PathLike, path_b: str | os.PathLike, da
         from grokray.data import load_dataset
         dataset = load_dataset(trial_config_from_dict(ckpt_a["trial_config"]).data)
     if check_dataset:
-        names = {str(path_a): ckpt_a.get("dataset"), str(path_b): ckpt_b.get("dataset")}
-        wrong = {p: name for p, name in names.items() if name != dataset.name}
-        if wrong:
-            raise ValueError(f"checkpoints trained on another dataset than {dataset.name}: {wrong} "
-                             f"(pass check_dataset=False to compare anyway)")
+        # Runs of one sweep differ in phi or augmentation, hence in dataset, but share the
+        # knowledge graph (and its test compositions): that is what "the same ID queries" needs.
+        for path, ckpt in ((path_a, ckpt_a), (path_b, ckpt_b)):
+            if ckpt.get("dataset") == dataset.name:
+                continue
+            from grokray.config import trial_config_from_dict
+            from grokray.data import load_dataset
+            other = load_dataset(trial_config_from_dict(ckpt["trial_config"]).data)
+            if not (other.atomic.shape == dataset.atomic.shape and (other.atomic == dataset.atomic).all()):
+                raise ValueError(f"{path} was trained on another knowledge graph than {dataset.name}: "
+                                 "their queries cannot be compared (pass check_dataset=False to force)")
     kwargs.setdefault("labels", (_label(path_a, ckpt_a), _label(path_b, ckpt_b)))
     kwargs.setdefault("steps", (ckpt_a.get("step"), ckpt_b.get("step")))
     return compare_models(model_a, model_b, dataset, split, n, device=device, **kwargs)

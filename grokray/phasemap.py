@@ -1,0 +1,665 @@
+"""The run-phase map: every run's label over the swept parameters, as a table and a picture.
+
+:func:`phase_map` reads a sweep (or a whole MLflow experiment) into a DataFrame with
+one row per trial run: the swept values, the label (``true_grokking`` /
+``fake_grokking`` / ``no_grokking``, ``None`` while unlabelled), the verdict's steps and
+the final accuracies. One experiment listing and one run search resolve the name, one
+paged run search fetches every trial run (a thousand runs: one request); nothing is
+requested per run.
+
+Views of that frame:
+
+* :func:`pivot`: per cell, the majority label, counts per label, ``n``, ``n_censored``
+  and the median ``t_generalize``;
+* :func:`format_table`: the same as a terminal table (``true 2/3``, ``no* 1/1``);
+* :func:`plot_phase_map`: a phase-diagram PNG, small multiples when more than two
+  parameters vary; :func:`cells` computes what it draws (colour, hatch, text per cell);
+* :func:`log_phase_map`: CSV + PNG (+ the text table) on the sweep's parent run under
+  ``phase_map/``; the sweep driver refreshes it as labels arrive.
+
+Rules shared by every view:
+
+* **Replicates are aggregated, everything else is separated.** A parameter whose last
+  dotted segment is ``seed`` (``seed``, ``data.seed``) is a replicate: the runs of a cell
+  differ only in it. Every other parameter that takes more than one value is an axis
+  (``x`` columns, ``y`` rows) or a facet (one table / panel per combination). Pass
+  ``facets=[]`` to aggregate over the non-axis parameters instead.
+* **Majority label, ties to the weaker claim.** A cell's label is the most frequent
+  label among its labelled runs; a tie goes to the label that claims less, in the order
+  ``no_grokking`` > ``fake_grokking`` > ``true_grokking`` (:data:`TIE_ORDER`): a cell
+  claims grokking only when most of its runs do. A cell whose runs are all unlabelled
+  has label ``None``.
+* **Censored** runs stopped at the step budget without generalizing (they might still
+  grok); a cell with at least one is starred in the table and hatched in the picture.
+* **Default axes** (:func:`resolve_axes`): ``x`` is the non-replicate parameter with the
+  most distinct values, ``y`` the next one (ties: the order the sweep lists them); the
+  rest are facets. Replicates are an axis only when nothing else varies.
+* Numeric parameters with more than :data:`MAX_LEVELS` distinct values (random or
+  optuna sweeps) are binned into :data:`N_BINS` intervals (log-spaced when positive and
+  spanning a decade or more).
+
+Example (a hand-made frame; :func:`phase_map` gives the real one):
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"data.phi": [3.6, 3.6, 7.2, 7.2, 7.2],
+    ...                    "seed": [0, 1, 0, 1, 2],
+    ...                    "label": ["no_grokking", "no_grokking", "true_grokking", "true_grokking", None],
+    ...                    "censored": [True, False, False, False, False],
+    ...                    "t_generalize": [float("nan"), float("nan"), 4000.0, 6000.0, float("nan")]})
+    >>> pv = pivot(df, "data.phi")        # seeds are replicates: aggregated per cell
+    >>> row = pv.loc[7.2]
+    >>> row["label"], int(row["n_label"]), int(row["n"]), float(row["median_t_generalize"])
+    ('true_grokking', 2, 3, 5000.0)
+    >>> print(format_table(df, "data.phi"))  # doctest: +ELLIPSIS
+    data.phi  3.6      7.2
+              no* 2/2  true 2/3
+    true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled; ...
+    >>> # df = phase_map("phi-by-augmentation")              # a sweep name, or an experiment name
+    >>> # plot_phase_map(df, "phase_map.png")                # x / y / facets chosen as above
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from grokray import tracking
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+#: Labels in the order of the claim they make, strongest first.
+LABELS = ("true_grokking", "fake_grokking", "no_grokking")
+#: Who wins a tie for the majority: the weaker claim first.
+TIE_ORDER = ("no_grokking", "fake_grokking", "true_grokking")
+SHORT = {"true_grokking": "true", "fake_grokking": "fake", "no_grokking": "no", None: "?"}
+#: Cell colours (Okabe-Ito, colour-blind safe); unlabelled light grey, no runs white.
+COLORS = {"true_grokking": "#009E73", "fake_grokking": "#E69F00", "no_grokking": "#0072B2", None: "#D9D9D9"}
+EMPTY_COLOR = "#FFFFFF"
+OTHER_COLOR = "#999999"
+HATCH = "///"
+#: Numeric parameters with more distinct values than this are binned for the map.
+MAX_LEVELS = 12
+N_BINS = 6
+
+#: Columns after the parameters, in order.
+COLUMNS = ("label", "detail", "confidence", "t_memorize", "t_generalize", "delay_ratio", "final_train_acc",
+           "final_id_acc", "final_ood_acc", "bridge_rate", "censored", "steps_run", "run_id", "run_name", "status",
+           "classifier_version")
+#: Params logged on a trial run that are not trial-config knobs.
+NOT_CONFIG = ("model.n_params",)
+
+_P = tracking.TAG_PREFIX
+TABLE_LEGEND = ("true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled; "
+                "k/n = runs with that label / runs; * = some runs censored (hit the step budget)")
+
+
+# --------------------------------------------------------------------------- reading MLflow
+
+def phase_map(sweep_or_experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """One row per trial run of a sweep (or of an MLflow experiment); see the module docstring.
+
+    The name is looked up first as a sweep (a parent run tagged ``grokray.kind = sweep``,
+    ``grokray.sweep = <name>`` in any experiment; the newest if several), then as an
+    experiment name. Columns: the parameters (``df.attrs["params"]``: a sweep's swept keys
+    with their original types; for an experiment, the config params whose values differ
+    across its trial runs, as numbers where they parse), then :data:`COLUMNS`.
+    ``df.attrs`` also holds ``sweep`` (``None`` for an experiment), ``experiment``,
+    ``kind`` (``sweep`` | ``experiment``), ``parent_run_id`` and ``tracking_uri``.
+
+    Raises:
+        LookupError: the name is neither a sweep nor an experiment at the tracking URI.
+    """
+    client = tracking.get_client(tracking_uri)
+    experiments = _all_experiments(client)
+    parent = _find_parent(client, sweep_or_experiment, [e.experiment_id for e in experiments])
+    if parent is not None:
+        exp_name = next((e.name for e in experiments if e.experiment_id == parent.info.experiment_id), None)
+        return _sweep_frame(client, parent, sweep_or_experiment, exp_name)
+    exp = next((e for e in experiments if e.name == sweep_or_experiment), None)
+    if exp is None:
+        raise LookupError(f"no sweep or experiment named {sweep_or_experiment!r} at {client.tracking_uri}")
+    runs = tracking.iter_runs(client, [exp.experiment_id], f"tags.`{_P}kind` = 'trial'")
+    return _experiment_frame(list(runs), exp.name, client.tracking_uri)
+
+
+def _all_experiments(client: "MlflowClient") -> list[Any]:
+    out, token = [], None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _find_parent(client: "MlflowClient", name: str, experiment_ids: list[str]) -> "Run | None":
+    if not experiment_ids or "'" in name or "\\" in name:  # sweep names never hold quotes
+        return None
+    found = client.search_runs(experiment_ids,
+                               filter_string=f"tags.`{_P}kind` = 'sweep' and tags.`{_P}sweep` = '{name}'",
+                               max_results=10, order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
+
+
+def _sweep_frame(client: "MlflowClient", parent: "Run", sweep: str, experiment: str | None) -> pd.DataFrame:
+    flt = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{_P}kind` = 'trial'"
+    runs = list(tracking.iter_runs(client, [parent.info.experiment_id], flt))
+    declared = [k for k in parent.data.params.get("sweep.swept", "").split(",") if k]
+    swept = [_swept_values(r) for r in runs]
+    params = list(declared)
+    for values in swept:  # keys a run holds that the parent does not declare (should not happen)
+        params += [k for k in values if k not in params]
+    rows = []
+    for run, values in zip(runs, swept):
+        row = {k: _hashable(values.get(k), run.data.params.get(k)) for k in params}
+        row.update(_run_columns(run))
+        rows.append(row)
+    return _finish_frame(rows, params, {"sweep": sweep, "experiment": experiment, "kind": "sweep",
+                                        "parent_run_id": parent.info.run_id, "tracking_uri": client.tracking_uri})
+
+
+def _swept_values(run: "Run") -> dict[str, Any]:
+    try:
+        values = json.loads(run.data.tags.get(f"{_P}swept") or "{}")
+    except ValueError:
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def _hashable(value: Any, logged: str | None) -> Any:
+    """A swept value as a cell key: scalars as they are; a mapping or list as the run's logged
+    param (e.g. the augmentation preset name), else as compact JSON."""
+    if isinstance(value, (dict, list)):
+        return logged if logged is not None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return value
+
+
+def _experiment_frame(runs: list["Run"], experiment: str, uri: str) -> pd.DataFrame:
+    seen: dict[str, set[str]] = {}
+    for run in runs:
+        for k, v in run.data.params.items():
+            seen.setdefault(k, set()).add(v)
+    params = sorted(k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_CONFIG)
+    converters = {k: _converter([r.data.params.get(k) for r in runs]) for k in params}
+    rows = []
+    for run in runs:
+        row = {k: converters[k](run.data.params.get(k)) for k in params}
+        row.update(_run_columns(run))
+        rows.append(row)
+    return _finish_frame(rows, params, {"sweep": None, "experiment": experiment, "kind": "experiment",
+                                        "parent_run_id": None, "tracking_uri": uri})
+
+
+def _converter(values: Iterable[str | None]):
+    """int if every logged value parses as an int, else float if every one parses, else str."""
+    present = [v for v in values if v is not None]
+    for kind in (int, float):
+        try:
+            [kind(v) for v in present]
+        except ValueError:
+            continue
+        if kind is float and not any(math.isfinite(float(v)) for v in present):
+            break  # "nan"/"inf" only: keep the strings
+        return lambda v, kind=kind: None if v is None else kind(v)
+    return lambda v: v
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _run_columns(run: "Run") -> dict[str, Any]:
+    tags, metrics = run.data.tags, run.data.metrics
+    split = tags.get(f"{_P}split") or "ood"
+    bridge = metrics.get("verdict/bridge_given_correct")
+    if bridge is None or math.isnan(bridge):
+        bridge = metrics.get(f"lens/{split}/bridge_found", math.nan)
+    steps = tags.get(f"{_P}steps_run")
+    if steps is None:  # still running: the last step it logged
+        steps = max((m.step for m in getattr(run.data, "_metric_objs", ()) if not m.key.startswith("verdict/")),
+                    default=0)
+    confidence = tags.get(f"{_P}confidence")
+    return {
+        "label": tags.get(f"{_P}label"),
+        "detail": tags.get(f"{_P}detail"),
+        "confidence": _float(confidence if confidence is not None else metrics.get("verdict/confidence")),
+        "t_memorize": _float(metrics.get("verdict/t_memorize")),
+        "t_generalize": _float(metrics.get("verdict/t_generalize")),
+        "delay_ratio": _float(metrics.get("verdict/delay_ratio")),
+        "final_train_acc": _float(metrics.get("acc/train")),
+        "final_id_acc": _float(metrics.get("acc/test_inferred_id")),
+        "final_ood_acc": _float(metrics.get("acc/test_inferred_ood")),
+        "bridge_rate": _float(bridge),
+        "censored": (tags.get(f"{_P}censored") or "").lower() == "true",
+        "steps_run": int(_float(steps)) if math.isfinite(_float(steps)) else 0,
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name or "",
+        "status": run.info.status,
+        "classifier_version": tags.get(f"{_P}classifier_version"),
+        "_start": run.info.start_time or 0,
+    }
+
+
+def _finish_frame(rows: list[dict], params: list[str], attrs: dict) -> pd.DataFrame:
+    columns = [*params, *COLUMNS]
+    rows = sorted(rows, key=lambda r: (r["_start"], r["run_id"]))
+    df = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
+    for c in ("confidence", "t_memorize", "t_generalize", "delay_ratio", "final_train_acc", "final_id_acc",
+              "final_ood_acc", "bridge_rate"):
+        df[c] = df[c].astype("float64")
+    df["censored"] = df["censored"].astype(bool)
+    df["steps_run"] = df["steps_run"].astype("int64")
+    for c in ("label", "detail", "classifier_version"):
+        df[c] = df[c].astype(object).where(df[c].notna(), None)
+    df.attrs.update(attrs, params=list(params))
+    return df
+
+
+# --------------------------------------------------------------------------- axes and cells
+
+def params_of(df: pd.DataFrame) -> list[str]:
+    """The parameter columns: ``df.attrs["params"]``, else every column not in :data:`COLUMNS`."""
+    params = df.attrs.get("params")
+    if params is None:
+        params = [c for c in df.columns if c not in COLUMNS]
+    return [p for p in params if p in df.columns]
+
+
+def is_replicate(param: str) -> bool:
+    """Seeds are replicates: aggregated within a cell, never a default axis or facet."""
+    return param.split(".")[-1] == "seed"
+
+
+def _resolve(df: pd.DataFrame, name: str | None, what: str) -> str | None:
+    if name is None:
+        return None
+    params = params_of(df)
+    if name in params:
+        return name
+    matches = [p for p in params if p.split(".")[-1] == name or p.endswith("." + name)]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(params) or "none"
+    why = f"is ambiguous ({', '.join(matches)})" if matches else "is not a parameter of this map"
+    raise ValueError(f"{what} {name!r} {why}; available parameters: {listed}")
+
+
+def resolve_axes(df: pd.DataFrame, x: str | None = None, y: str | None = None,
+                 facets: Sequence[str] | None = None, default_y: bool = True
+                 ) -> tuple[str | None, str | None, list[str]]:
+    """``(x, y, facets)`` with the defaults of the module docstring filled in.
+
+    ``x`` / ``y`` may be a parameter's full dotted name or its unambiguous last part
+    (``phi`` for ``data.phi``); a bad name raises :class:`ValueError` listing the
+    parameters. ``default_y=False`` leaves ``y`` as given (``None``: a single row).
+    """
+    x, y = _resolve(df, x, "x"), _resolve(df, y, "y")
+    if x is not None and x == y:
+        raise ValueError(f"x and y are both {x!r}; available parameters: {', '.join(params_of(df))}")
+    params = params_of(df)
+    distinct = {p: _nunique(df[p]) for p in params}
+    ranked = [p for p in params if not is_replicate(p)] or list(params)  # replicates only if nothing else
+    ranked = sorted(ranked, key=lambda p: -distinct[p])                    # stable: ties keep sweep order
+    free = [p for p in ranked if p not in (x, y)]
+    if x is None and free:
+        x = free.pop(0)
+    if y is None and default_y and free:
+        y = free.pop(0)
+    if facets is None:
+        facets = [p for p in free if not is_replicate(p) and distinct[p] > 1]
+    else:
+        facets = [_resolve(df, f, "facet") for f in facets]
+        if x in facets or (y is not None and y in facets):
+            raise ValueError(f"facets {facets} repeat an axis (x={x!r}, y={y!r})")
+    return x, y, list(facets)
+
+
+def _nunique(s: pd.Series) -> int:
+    return len({_key(v) for v in s})
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _key(v: Any) -> Any:
+    return None if _is_missing(v) else v
+
+
+def _sort_key(v: Any) -> tuple:
+    if _is_missing(v):
+        return (2, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def _fmt(v: Any) -> str:
+    if _is_missing(v):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _levels(df: pd.DataFrame, param: str | None) -> tuple[pd.Series, list]:
+    """Per-row level of ``param`` and the ordered levels; numeric params with more than
+    :data:`MAX_LEVELS` values are binned (labels like ``0.1..0.32``)."""
+    if param is None:
+        return pd.Series([""] * len(df), index=df.index, dtype=object), [""]
+    values = [_key(v) for v in df[param]]
+    distinct = sorted(set(values), key=_sort_key)
+    numeric = [v for v in distinct if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numeric) <= MAX_LEVELS or len(numeric) != len([v for v in distinct if v is not None]):
+        return pd.Series(values, index=df.index, dtype=object), distinct
+    lo, hi = float(min(numeric)), float(max(numeric))
+    log = lo > 0 and hi / lo >= 10
+    edges = np.geomspace(lo, hi, N_BINS + 1) if log else np.linspace(lo, hi, N_BINS + 1)
+    labels = [f"{a:.3g}..{b:.3g}" for a, b in zip(edges[:-1], edges[1:])]
+    idx = np.clip(np.searchsorted(edges, [v if v is not None else np.nan for v in values], side="right") - 1,
+                  0, N_BINS - 1)
+    binned = [None if v is None else labels[i] for v, i in zip(values, idx)]
+    used = [lab for lab in labels if lab in set(binned)] + ([None] if None in binned else [])
+    return pd.Series(binned, index=df.index, dtype=object), used
+
+
+def majority(labels: Iterable[str | None]) -> tuple[str | None, int, bool]:
+    """``(label, count, tie)``: the most frequent label (unlabelled runs do not vote), ties
+    broken by :data:`TIE_ORDER`; ``(None, 0, False)`` when nothing is labelled.
+
+    >>> majority(["true_grokking", "no_grokking", None])
+    ('no_grokking', 1, True)
+    >>> majority(["true_grokking", "true_grokking", "fake_grokking"])
+    ('true_grokking', 2, False)
+    """
+    counts: dict[str, int] = {}
+    for lab in labels:
+        if not _is_missing(lab):
+            counts[lab] = counts.get(lab, 0) + 1
+    if not counts:
+        return None, 0, False
+    top = max(counts.values())
+    tied = [lab for lab, c in counts.items() if c == top]
+    order = {lab: i for i, lab in enumerate(TIE_ORDER)}
+    winner = min(tied, key=lambda lab: (order.get(lab, len(order)), str(lab)))
+    return winner, top, len(tied) > 1
+
+
+def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
+    labels = [_key(v) for v in group["label"]] if "label" in group else [None] * len(group)
+    label, k, tie = majority(labels)
+    out: dict[str, Any] = {"label": label, "n_label": k, "n": len(group), "tie": tie}
+    for lab in LABELS:
+        out[f"n_{lab}"] = sum(1 for v in labels if v == lab)
+    out["n_unlabelled"] = sum(1 for v in labels if v is None)
+    out["n_censored"] = int(group["censored"].fillna(False).astype(bool).sum()) if "censored" in group else 0
+    tgen = group["t_generalize"].astype(float).dropna() if "t_generalize" in group else pd.Series(dtype=float)
+    out["median_t_generalize"] = float(tgen.median()) if len(tgen) else math.nan
+    return out
+
+
+PIVOT_COLUMNS = ("label", "n_label", "n", "tie", *(f"n_{lab}" for lab in LABELS), "n_unlabelled", "n_censored",
+                 "median_t_generalize")
+
+
+def pivot(df: pd.DataFrame, x: str | None, y: str | None = None, *,
+          facets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per cell (one combination of facets, ``y`` and ``x`` values present in ``df``): majority
+    ``label`` (ties: :data:`TIE_ORDER`), ``n_label`` (its count), ``n``, ``tie``,
+    ``n_<label>`` per label, ``n_unlabelled``, ``n_censored``, ``median_t_generalize``.
+
+    Indexed by ``(*facets, y, x)`` (``y`` left out when ``None``). ``facets`` defaults to the
+    other non-replicate parameters that vary; ``facets=[]`` aggregates over them.
+    Numeric parameters with many values are binned (see the module docstring).
+    """
+    x, y, facets = resolve_axes(df, x, y, facets, default_y=False)
+    keys = [k for k in (*facets, y, x) if k is not None]
+    if not keys:
+        return pd.DataFrame([_aggregate(df)], columns=list(PIVOT_COLUMNS),
+                            index=pd.Index(["all"], name="cell"))
+    levels = {k: _levels(df, k) for k in keys}
+    grouped: dict[tuple, list[int]] = {}
+    for i in range(len(df)):
+        grouped.setdefault(tuple(levels[k][0].iloc[i] for k in keys), []).append(i)
+    order = {k: {v: j for j, v in enumerate(levels[k][1])} for k in keys}
+    found = sorted(grouped, key=lambda t: tuple(order[k][v] for k, v in zip(keys, t)))
+    rows = [_aggregate(df.iloc[grouped[c]]) for c in found]
+    if len(keys) == 1:
+        index = pd.Index([c[0] for c in found], name=keys[0], dtype=object)
+    else:
+        index = pd.MultiIndex.from_tuples(found, names=keys)
+    out = pd.DataFrame(rows, columns=list(PIVOT_COLUMNS), index=index)
+    out.attrs.update(x=x, y=y, facets=facets)
+    return out
+
+
+def filter_label(df: pd.DataFrame, label: str | None) -> pd.DataFrame:
+    """The runs with ``label``: a full name, its short form (``true``/``fake``/``no``), or
+    ``None`` / ``"unlabelled"`` for runs not labelled yet."""
+    wanted = _label_name(label)
+    mask = df["label"].isna() if wanted is None else df["label"] == wanted
+    out = df[mask]
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def _label_name(label: str | None) -> str | None:
+    if label is None or label in ("unlabelled", "?"):
+        return None
+    if label in LABELS:
+        return label
+    for full, short in SHORT.items():
+        if label == short and full is not None:
+            return full
+    raise ValueError(f"unknown label {label!r}; use one of {', '.join(LABELS)}, true, fake, no or unlabelled")
+
+
+def _short(label: str | None) -> str:
+    return SHORT.get(label, str(label))
+
+
+def _cell_word(cell: dict | None) -> str:
+    if cell is None:
+        return "."
+    star = "*" if cell["n_censored"] else ""
+    return f"{_short(cell['label'])}{star} {cell['n_label']}/{cell['n']}"
+
+
+def _grid(df: pd.DataFrame, x: str | None, y: str | None, facets: list[str]
+          ) -> tuple[list, list, list[tuple[str, dict[tuple, pd.DataFrame]]]]:
+    """``(x_levels, y_levels, [(panel title, {(y level, x level): runs})])``; the levels (and
+    bins) come from the whole frame so every panel shares its axes."""
+    df = df.reset_index(drop=True)
+    xs, x_levels = _levels(df, x)
+    ys, y_levels = _levels(df, y)
+    x_levels, y_levels = x_levels or [""], y_levels or [""]  # no runs yet: one empty cell
+    fs = {f: _levels(df, f) for f in facets}
+    groups: dict[tuple, dict[tuple, list[int]]] = {}
+    for i in range(len(df)):
+        panel = tuple(fs[f][0].iloc[i] for f in facets)
+        groups.setdefault(panel, {}).setdefault((ys.iloc[i], xs.iloc[i]), []).append(i)
+    if not groups:
+        groups[tuple(None for _ in facets)] = {}
+    order = {f: {v: j for j, v in enumerate(fs[f][1])} for f in facets}
+    panels = []
+    for key in sorted(groups, key=lambda t: tuple(order[f].get(v, -1) for f, v in zip(facets, t))):
+        title = ", ".join(f"{f}={_fmt(v)}" for f, v in zip(facets, key))
+        panels.append((title, {cell: df.iloc[rows] for cell, rows in groups[key].items()}))
+    return x_levels, y_levels, panels
+
+
+def cells(df: pd.DataFrame, x: str | None = None, y: str | None = None,
+          facets: Sequence[str] | None = None) -> pd.DataFrame:
+    """What :func:`plot_phase_map` draws: one row per (panel, y level, x level) of the full grid.
+
+    Axes and facets default as in :func:`resolve_axes`. Columns: ``panel`` (facet title,
+    ``""`` without facets), ``row`` / ``col`` (0-based, row 0 at the top), ``x_value``,
+    ``y_value``, the :func:`pivot` counts, ``color`` (:data:`COLORS` by majority label:
+    unlabelled grey, no runs white), ``hatch`` (:data:`HATCH` when a run is censored,
+    else ``""``), ``text`` (median ``t_generalize`` in steps, newline, runs with the label
+    / runs; ``""`` for an empty cell). ``attrs``: ``x``, ``y``, ``facets``, ``x_levels``,
+    ``y_levels``, ``panels``.
+    """
+    x, y, facets = resolve_axes(df, x, y, facets)
+    x_levels, y_levels, panels = _grid(df, x, y, facets)
+    empty = df.iloc[0:0]
+    rows = []
+    for title, groups in panels:
+        for r, yv in enumerate(y_levels):
+            for c, xv in enumerate(x_levels):
+                agg = _aggregate(groups.get((yv, xv), empty))
+                if agg["n"] == 0:
+                    color, hatch, text = EMPTY_COLOR, "", ""
+                else:
+                    color = COLORS.get(agg["label"], OTHER_COLOR)
+                    hatch = HATCH if agg["n_censored"] else ""
+                    text = f"{_steps(agg['median_t_generalize'])}\n{agg['n_label']}/{agg['n']}"
+                rows.append({"panel": title, "row": r, "col": c, "x_value": xv, "y_value": yv, **agg,
+                             "color": color, "hatch": hatch, "text": text})
+    out = pd.DataFrame(rows, columns=["panel", "row", "col", "x_value", "y_value", *PIVOT_COLUMNS, "color",
+                                      "hatch", "text"])
+    out.attrs.update(x=x, y=y, facets=facets, x_levels=x_levels, y_levels=y_levels,
+                     panels=[t for t, _ in panels])
+    return out
+
+
+def _steps(v: float) -> str:
+    """Compact step count: ``850``, ``3.2k``, ``12.6k``, ``1.5M``; ``-`` when missing."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    if v < 1000:
+        return f"{v:.0f}"
+    if v < 1e6:
+        return f"{v / 1000:.3g}k"
+    return f"{v / 1e6:.3g}M"
+
+
+def format_table(df: pd.DataFrame, x: str | None, y: str | None = None, *,
+                 facets: Sequence[str] | None = None) -> str:
+    """A terminal table: rows = ``y`` levels, columns = ``x`` levels, cells ``true 2/3``
+    (short majority label, runs with it / runs in the cell), ``*`` when a run is censored,
+    ``.`` when no run; one table per facet combination (``facets`` as in :func:`pivot`);
+    a legend line at the end. ``x=None``: one cell for all runs."""
+    x, y, facets = resolve_axes(df, x, y, facets, default_y=False)
+    x_levels, y_levels, panels = _grid(df, x, y, facets)
+    corner = f"{y} \\ {x}" if y else (x or "all runs")
+    blocks = []
+    for title, groups in panels:
+        if x is None:  # no parameter: one cell
+            blocks.append(([f"[{title}]"] if title else []) + [corner, _cell_word(_aggregate(groups[("", "")])
+                                                                                   if groups else None)])
+            continue
+        header = [corner, *[_fmt(v) for v in x_levels]]
+        body = [[_fmt(yv) if y else "",
+                 *[_cell_word(_aggregate(groups[(yv, xv)]) if (yv, xv) in groups else None) for xv in x_levels]]
+                for yv in y_levels]
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        lines = ["  ".join(s.ljust(w) for s, w in zip(r, widths)).rstrip() for r in [header, *body]]
+        blocks.append(([f"[{title}]"] if title else []) + lines)
+    return "\n\n".join("\n".join(b) for b in blocks) + "\n" + TABLE_LEGEND
+
+
+# --------------------------------------------------------------------------- the picture
+
+def plot_phase_map(df: pd.DataFrame, path: str | Path, x: str | None = None, y: str | None = None, *,
+                   facets: Sequence[str] | None = None, title: str | None = None) -> str:
+    """A phase-diagram PNG of :func:`cells`: one coloured square per cell (majority label),
+    hatched when censored, with the median ``t_generalize`` and ``k/n`` written in it; one
+    panel per facet combination; a legend below. Returns ``path``."""
+    from grokray.plots import plt  # Agg backend
+    from matplotlib.patches import Patch, Rectangle
+
+    grid = cells(df, x, y, facets)
+    x, y = grid.attrs["x"], grid.attrs["y"]
+    x_levels, y_levels, panels = grid.attrs["x_levels"], grid.attrs["y_levels"], grid.attrs["panels"]
+    nx, ny, npanel = len(x_levels), len(y_levels), len(panels)
+    ncols = min(npanel, 3 if npanel > 4 else npanel)
+    nrows = math.ceil(npanel / ncols)
+    cw, ch = 0.95, 0.62
+    fig_w = max(5.2, ncols * (nx * cw + 1.0) + 0.9)
+    fig_h = nrows * (ny * ch + 1.0) + 1.6
+    fig, axes = plt.subplots(nrows, ncols, figsize=(fig_w, fig_h), dpi=110, squeeze=False, layout="constrained")
+    for ax in axes.flat[npanel:]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        sub = grid[grid["panel"] == panel]
+        for rec in sub.to_dict("records"):
+            cx, cy = rec["col"], ny - 1 - rec["row"]
+            ax.add_patch(Rectangle((cx, cy), 1, 1, facecolor=rec["color"], edgecolor="white", linewidth=2))
+            if rec["n"] == 0:
+                ax.add_patch(Rectangle((cx + 0.04, cy + 0.04), 0.92, 0.92, fill=False, edgecolor="0.75",
+                                       linestyle=":", linewidth=1))
+            if rec["hatch"]:
+                ax.add_patch(Rectangle((cx + 0.015, cy + 0.02), 0.97, 0.96, fill=False, hatch=rec["hatch"],
+                                       edgecolor="0.15", linewidth=0, alpha=0.5))
+            if rec["text"]:
+                dark = rec["color"] in (COLORS["true_grokking"], COLORS["no_grokking"])
+                ax.text(cx + 0.5, cy + 0.5, rec["text"], ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black", fontweight="bold", linespacing=1.3)
+        ax.set_xlim(0, nx)
+        ax.set_ylim(0, ny)
+        xt = [_fmt(v) for v in x_levels] if x else [""]
+        long = max(map(len, xt)) > 8  # binned intervals, long category names
+        ax.set_xticks([i + 0.5 for i in range(nx)], xt, fontsize=8, rotation=30 if long else 0,
+                      ha="right" if long else "center")
+        ax.set_yticks([ny - 1 - i + 0.5 for i in range(ny)], [_fmt(v) for v in y_levels] if y else [""],
+                      fontsize=8)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_xlabel(x or "all runs", fontsize=9)
+        ax.set_ylabel(y or "", fontsize=9)
+        if panel:
+            ax.set_title(panel, fontsize=9)
+    if len(df) == 0:
+        axes.flat[0].text(nx / 2, ny / 2, "no trial runs yet", ha="center", va="center", fontsize=9, color="0.4")
+    handles = [Patch(facecolor=COLORS[lab], label=lab.replace("_", " ")) for lab in LABELS]
+    handles.append(Patch(facecolor=COLORS[None], label="not labelled yet"))
+    handles.append(Patch(facecolor="white", edgecolor="0.15", hatch=HATCH, label="censored run(s)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5 if fig_w > 7 else 3),
+               fontsize=8, frameon=False)
+    name = df.attrs.get("sweep") or df.attrs.get("experiment") or ""
+    labelled = int(df["label"].notna().sum()) if "label" in df else 0
+    runs = f"{len(df)} run{'' if len(df) == 1 else 's'}"
+    head = title or f"phase map{': ' + name if name else ''} ({runs}, {labelled} labelled)"
+    note = textwrap.fill("cell: median steps to generalize (t_generalize); runs with the majority label / runs "
+                         "(ties -> no > fake > true)", width=max(40, int(fig_w * 13)))
+    fig.suptitle(f"{head}\n{note}", fontsize=9)
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- the sweep's artifacts
+
+def log_phase_map(tracking_uri: str, parent_run_id: str, sweep: str, experiment: str | None = None
+                  ) -> pd.DataFrame:
+    """Compute the sweep's map and log ``phase_map.csv``, ``phase_map.png`` and
+    ``phase_map.txt`` (the :func:`format_table` text) on the parent run under ``phase_map/``,
+    replacing the previous ones. Returns the map."""
+    client = tracking.get_client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    df = _sweep_frame(client, parent, sweep, experiment)
+    with tempfile.TemporaryDirectory(prefix="grokray-phasemap-") as tmp:
+        d = Path(tmp)
+        df.to_csv(d / "phase_map.csv", index=False)
+        plot_phase_map(df, d / "phase_map.png")
+        x, y, _ = resolve_axes(df)
+        (d / "phase_map.txt").write_text(format_table(df, x, y) + "\n")
+        client.log_artifacts(parent_run_id, str(d), "phase_map")
+    return df
+
+
+__all__ = ["phase_map", "pivot", "filter_label", "format_table", "plot_phase_map", "cells", "log_phase_map",
+           "resolve_axes", "majority", "params_of", "is_replicate", "LABELS", "TIE_ORDER", "COLORS", "COLUMNS"]

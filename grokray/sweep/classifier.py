@@ -1,0 +1,133 @@
+"""The circuit-classification Ray actor of a sweep, and the Tune callback that feeds it.
+
+One named actor per sweep (``grokray-classifier-<sweep>`` in namespace ``grokray``)
+labels each finished trial's MLflow run with :func:`grokray.classify.classify_run`
+while the sweep goes on. Labelling is idempotent per classifier version, and the actor
+handles one run at a time, so a trial is labelled exactly once even when the callback
+and a resume both submit it.
+
+The callback holds no actor handle in its state (Tune pickles callbacks with the
+experiment; a resumed driver gets a new actor by name).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import ray
+from ray.tune import Callback
+
+from grokray.classify import RunNotClassifiable, classify_run
+
+NAMESPACE = "grokray"
+
+
+def actor_name(sweep: str) -> str:
+    return f"grokray-classifier-{sweep}"
+
+
+@ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)
+class ClassifierActor:
+    """Labels runs one at a time; ``num_cpus=0`` so it never holds a trial's slot."""
+
+    def __init__(self, tracking_uri: str, split: str = "ood", n_queries: int = 200, refresh: Any = None):
+        import torch
+
+        torch.set_num_threads(1)
+        self.tracking_uri, self.split, self.n_queries = tracking_uri, split, n_queries
+        self.refresh = refresh  # called after each new label (the phase map on the parent run)
+        self.client = None
+        self.done: dict[str, dict] = {}
+
+    def classify(self, run_id: str) -> dict:
+        from grokray import tracking
+
+        if self.client is None:
+            self.client = tracking.get_client(self.tracking_uri)
+        t0 = time.perf_counter()
+        try:
+            out = classify_run(run_id, client=self.client, split=self.split, n_queries=self.n_queries)
+        except RunNotClassifiable as e:
+            return {"run_id": run_id, "error": str(e)}
+        summary = {"run_id": run_id, "action": out.action, "label": out.verdict.label, "detail": out.verdict.detail,
+                   "confidence": out.verdict.confidence, "line": out.line(), "seconds": time.perf_counter() - t0}
+        self.done[run_id] = summary
+        if self.refresh is not None and out.action != "unchanged":
+            self.refresh()
+        return summary
+
+    def labelled(self) -> dict[str, dict]:
+        return dict(self.done)
+
+
+def get_classifier(sweep: str, tracking_uri: str, split: str, n_queries: int, refresh: Any = None):
+    """The sweep's classifier actor, created on first use (shared by name afterwards)."""
+    return ClassifierActor.options(name=actor_name(sweep), namespace=NAMESPACE, get_if_exists=True,
+                                   lifetime=None).remote(tracking_uri, split, n_queries, refresh)
+
+
+class ClassifierCallback(Callback):
+    """Submits every completed trial's run to the classifier actor; reports labels as they arrive.
+
+    ``refresh`` (picklable, e.g. :class:`grokray.sweep.driver.PhaseMapRefresher`) runs in the
+    actor after each new label, off the driver's event loop.
+    """
+
+    def __init__(self, sweep: str, tracking_uri: str, split: str = "ood", n_queries: int = 200,
+                 refresh: Any = None):
+        self.sweep, self.tracking_uri, self.split, self.n_queries = sweep, tracking_uri, split, n_queries
+        self.refresh = refresh
+        self._pending: dict[str, Any] = {}
+        self._actor = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_pending"], state["_actor"] = {}, None
+        return state
+
+    @property
+    def actor(self):
+        if self._actor is None:
+            self._actor = get_classifier(self.sweep, self.tracking_uri, self.split, self.n_queries, self.refresh)
+        return self._actor
+
+    def submit(self, run_id: str) -> None:
+        if run_id and run_id not in self._pending:
+            self._pending[run_id] = self.actor.classify.remote(run_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        if run_id:
+            self.submit(run_id)
+
+    def _collect(self, timeout: float) -> None:
+        if not self._pending:
+            return
+        refs = list(self._pending.values())
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for run_id, ref in list(self._pending.items()):
+            if ref in ready:
+                del self._pending[run_id]
+                try:
+                    summary = ray.get(ref)
+                except Exception as e:  # keep the sweep going; the run stays unlabelled and says why
+                    summary = {"run_id": run_id, "error": f"{type(e).__name__}: {e}"}
+                self._report(summary)
+
+    def _report(self, summary: dict) -> None:
+        if "error" in summary:
+            print(f"[grokray] classifier: {summary['run_id']}: {summary['error']}", file=sys.stderr, flush=True)
+        else:
+            print(f"[grokray] label: {summary['line']}", flush=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._collect(timeout=0)
+
+    def wait(self) -> None:
+        """Block until every submitted run is labelled."""
+        while self._pending:
+            self._collect(timeout=5.0)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.wait()
