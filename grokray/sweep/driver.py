@@ -86,7 +86,7 @@ def init_ray(address: str | None = None, dashboard: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in ("GROKRAY_CACHE", "MLFLOW_DISABLE_TELEMETRY",
+    env = {k: os.environ[k] for k in ("GROKRAY_CACHE", "GROKRAY_CHECKPOINT_EVERY_S", "MLFLOW_DISABLE_TELEMETRY",
                                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") if k in os.environ}
     # Trials checkpoint every few seconds; Tune's warning about frequent state snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

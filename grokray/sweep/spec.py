@@ -346,8 +346,14 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     if classifier.patching_queries < 1:
         raise ConfigError("must be >= 1", key="classifier.patching_queries", value=classifier.patching_queries)
 
-    if method == "optuna" and not any(True for _ in parameters):
-        raise ConfigError("method optuna needs at least one parameter to search", key="parameters", value={})
+    if method == "optuna":
+        if not parameters:
+            raise ConfigError("method optuna needs at least one parameter to search", key="parameters", value={})
+        for p in parameters:
+            for i, v in enumerate(p.values or []):
+                if not (v is None or isinstance(v, (bool, int, float, str))):
+                    raise ConfigError("method optuna takes plain values (numbers, strings, booleans) as choices",
+                                      key=f"parameters.{p.key}.values[{i}]", value=v)
 
     spec = SweepSpec(name=name, base=base, parameters=parameters, method=method,
                      description=str(raw.get("description") or ""), max_steps=max_steps, num_samples=num_samples,

@@ -22,8 +22,9 @@ from typing import Any
 from grokray import tracking
 from grokray.config import to_plain, trial_config_from_dict
 
-#: Seconds between two Tune checkpoints of a running trial (plus one when it stops).
-CHECKPOINT_EVERY_S = 15.0
+#: Seconds between two Tune checkpoints of a running trial (plus one when it stops);
+#: ``$GROKRAY_CHECKPOINT_EVERY_S`` overrides it (tests use a short one).
+CHECKPOINT_EVERY_S = float(os.environ.get("GROKRAY_CHECKPOINT_EVERY_S", 15.0))
 #: Metrics every Tune result carries (the progress table and schedulers read them).
 REPORTED = ("acc/train", "loss/train", "train_loss", "acc/train_inferred", "acc/id_atomic", "acc/ood_atomic",
             "acc/test_inferred_id", "acc/test_inferred_ood", "lens/ood/bridge_found", "lens/id/bridge_found",

@@ -1,0 +1,239 @@
+"""The sweep service end to end: real local Ray, a real MLflow store, real Optuna, real processes.
+
+Every driver runs as ``grokray sweep ...`` in its own process group, as a user runs it,
+so a test can kill it (or one of its trial workers) and resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grokray import tracking
+from grokray.train import eval_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "tests" / "specs" / "tiny_base.yaml"
+
+
+def write_spec(tmp_path: Path, name: str, **fields) -> Path:
+    spec = {"name": name, "base": str(BASE), "storage": str(tmp_path / "results"), **fields}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def env_for(uri: str) -> dict:
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "GROKRAY_CHECKPOINT_EVERY_S": "1",
+            "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def grokray(*args, uri: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grokray", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env_for(uri), timeout=timeout)
+
+
+def start(*args, uri: str, cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "grokray", *args], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, cwd=cwd, env=env_for(uri), start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+    time.sleep(2)  # let the killed Ray processes release their ports
+
+
+def child_runs(uri: str, sweep: str) -> list:
+    client = tracking.get_client(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    flt = f"tags.`grokray.sweep` = '{sweep}' and tags.`grokray.kind` = 'trial'"
+    return list(tracking.iter_runs(client, exps, flt))
+
+
+def parent_run(uri: str, sweep: str):
+    client = tracking.get_client(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.`grokray.sweep` = '{sweep}' and tags.`grokray.kind` = 'sweep'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def assert_steps_complete_and_unique(uri: str, run, max_steps: int = None):
+    """Every evaluation step of the trial logged exactly once, none missing."""
+    client = tracking.get_client(uri)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc/train")]
+    assert len(steps) == len(set(steps)), f"duplicated steps in {run.info.run_name}"
+    ran = int(run.data.tags["grokray.steps_run"])
+    base = yaml.safe_load(BASE.read_text())["train"]
+    expected = [s for s in eval_steps(max_steps or base["max_steps"], base["eval_per_decade"],
+                                      base["eval_max_interval"]) if s <= ran]
+    assert sorted(steps) == expected, f"missing steps in {run.info.run_name}"
+    return steps
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}" + (f":\n{log.read_text()[-3000:]}" if log else ""))
+
+
+def trial_dirs(tmp_path: Path, sweep: str) -> list[Path]:
+    root = tmp_path / "results" / sweep
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "result.json").exists()) if root.exists() else []
+
+
+def results_of(trial_dir: Path) -> list[dict]:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def has_checkpoint(trial_dir: Path) -> bool:
+    return any(p.name.startswith("checkpoint_") for p in trial_dir.iterdir())
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_four_trial_sweep_parent_children_labels_map(tmp_path, mlflow_uri):
+    spec = write_spec(tmp_path, "four", parameters={"data.augmentation": {"values": ["none", "both_full"]},
+                                                    "seed": {"values": [0, 1]}}, max_concurrent=2)
+    out = grokray("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parent = parent_run(mlflow_uri, "four")
+    runs = child_runs(mlflow_uri, "four")
+    assert len(runs) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        f"augmentation={a},seed={s}" for a in ("none", "both_full") for s in (0, 1))
+    client = tracking.get_client(mlflow_uri)
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["grokray.label"] in ("true_grokking", "fake_grokking", "no_grokking")
+        assert r.data.tags["grokray.classifier_version"] and r.data.params["data.augmentation"] in ("none",
+                                                                                                   "both_full")
+        assert len(client.get_metric_history(r.info.run_id, "verdict/confidence")) == 1  # labelled once
+        assert_steps_complete_and_unique(mlflow_uri, r)
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "phase_map")} >= {
+        "phase_map/phase_map.png", "phase_map/phase_map.csv"}
+    assert "[grokray] label:" in out.stdout and "phase map:" in out.stdout
+    assert (tmp_path / "four_phase_map.png").stat().st_size > 1000
+
+    status = grokray("sweep", "status", "four", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
+    assert status.returncode == 0 and "4 trial run(s)" in status.stdout and "finished 4" in status.stdout
+    assert sum(line.count("_grokking") for line in status.stdout.splitlines()) == 4
+
+    again = grokray("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert len(child_runs(mlflow_uri, "four")) == 4  # nothing overwritten
+
+
+def test_kill_driver_and_resume(tmp_path, mlflow_uri):
+    spec = write_spec(tmp_path, "resumable", parameters={"seed": {"values": [0, 1, 2]}}, max_concurrent=1,
+                      max_steps=700)
+    log = tmp_path / "driver.log"
+    proc = start("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path, log=log)
+
+    def one_done_one_checkpointed():
+        runs = child_runs(mlflow_uri, "resumable")
+        done = [r for r in runs if r.info.status == "FINISHED" and "grokray.label" in r.data.tags]
+        running = [d for d in trial_dirs(tmp_path, "resumable")
+                   if has_checkpoint(d) and results_of(d)[-1].get("step", 0) < 700
+                   and "stop_reason" not in results_of(d)[-1]]
+        return len(done) >= 1 and len(running) >= 1
+
+    try:
+        wait_for(one_done_one_checkpointed, 300, "one finished trial and one checkpointed running trial", proc, log)
+    finally:
+        kill_group(proc)
+    killed_at = time.time() * 1000
+    before = {r.info.run_id: r for r in child_runs(mlflow_uri, "resumable")}
+    finished_before = {rid for rid, r in before.items() if r.info.status == "FINISHED"}
+
+    out = grokray("sweep", "resume", "resumable", "--storage", str(tmp_path / "results"), uri=mlflow_uri,
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = child_runs(mlflow_uri, "resumable")
+    assert len(runs) == 3 and set(before) <= {r.info.run_id for r in runs}  # no run duplicated
+    client = tracking.get_client(mlflow_uri)
+    for r in runs:
+        assert r.info.status == "FINISHED" and "grokray.label" in r.data.tags
+        assert len(client.get_metric_history(r.info.run_id, "verdict/confidence")) == 1  # labelled exactly once
+        assert_steps_complete_and_unique(mlflow_uri, r, max_steps=700)
+        if r.info.run_id in finished_before:  # not rerun: nothing logged after the kill
+            hist = client.get_metric_history(r.info.run_id, "acc/train")
+            assert max(m.timestamp for m in hist) < killed_at
+    # The interrupted trial continued from its checkpoint instead of restarting from scratch.
+    restored = [d for d in trial_dirs(tmp_path, "resumable")
+                if any(res.get("iterations_since_restore", 0) < res.get("training_iteration", 0)
+                       for res in results_of(d))]
+    assert restored, "no trial was restored from a checkpoint"
+    assert parent_run(mlflow_uri, "resumable").info.status == "FINISHED"
+
+
+def test_killed_trial_worker_restarts_from_checkpoint(tmp_path, mlflow_uri):
+    spec = write_spec(tmp_path, "faulty", parameters={"seed": {"values": [0]}}, max_steps=700, max_failures=2)
+    log = tmp_path / "driver.log"
+    proc = start("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path, log=log)
+    victim = {}
+
+    def checkpointed_mid_run():
+        dirs = trial_dirs(tmp_path, "faulty")
+        if dirs and has_checkpoint(dirs[0]):
+            last = results_of(dirs[0])[-1]
+            if 100 <= last.get("step", 0) < 600:
+                victim["pid"], victim["step"] = last["pid"], last["step"]
+                return True
+        return False
+
+    try:
+        wait_for(checkpointed_mid_run, 300, "a checkpointed trial in mid-run", proc, log)
+        os.kill(victim["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    (run,) = child_runs(mlflow_uri, "faulty")
+    assert run.info.status == "FINISHED" and "grokray.label" in run.data.tags
+    assert int(run.data.tags["grokray.steps_run"]) == 700
+    assert_steps_complete_and_unique(mlflow_uri, run, max_steps=700)
+    results = results_of(trial_dirs(tmp_path, "faulty")[0])
+    assert len({r["pid"] for r in results}) == 2  # a second worker took over
+    after_restart = [r for r in results if r["pid"] != victim["pid"]]
+    assert after_restart[0]["iterations_since_restore"] < after_restart[0]["training_iteration"]
+    assert "restarting from its last checkpoint" in log.read_text()
+
+
+def test_optuna_sweep_with_real_optuna(tmp_path, mlflow_uri):
+    spec = write_spec(tmp_path, "tpe", method="optuna", num_samples=2, max_concurrent=2,
+                      parameters={"train.weight_decay": {"distribution": "log_uniform", "min": 0.01, "max": 1.0}},
+                      metric={"name": "acc/train", "mode": "max"}, classifier={"enabled": False})
+    out = grokray("sweep", "run", str(spec), "--no-map", uri=mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = child_runs(mlflow_uri, "tpe")
+    assert len(runs) == 2
+    wds = [float(r.data.params["train.weight_decay"]) for r in runs]
+    assert all(0.01 <= w <= 1.0 for w in wds) and wds[0] != wds[1]
+    assert all(r.info.run_name.startswith("weight_decay=") for r in runs)
+    assert all("grokray.label" not in r.data.tags for r in runs)  # classifier disabled
+
+
+def test_resume_and_status_of_unknown_sweep(tmp_path, mlflow_uri):
+    for cmd in (["sweep", "resume", "nope"], ["sweep", "status", "nope"]):
+        out = grokray(*cmd, "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path, timeout=120)
+        assert out.returncode == 2 and out.stderr.startswith("grokray: error: no sweep 'nope'")
