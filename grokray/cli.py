@@ -265,6 +265,42 @@ def _run_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- phase map
+
+def _add_phase_map(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="SWEEP", help="a sweep name (or an MLflow experiment name)")
+    p.add_argument("--x", default=None, help="parameter for the columns (default: the one with most values)")
+    p.add_argument("--y", default=None, help="parameter for the rows (default: the next one)")
+    p.add_argument("--png", default=None, help="write the phase diagram here (default: SWEEP_phase_map.png)")
+    p.add_argument("--csv", default=None, help="also write one row per run as CSV")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run instead of the table")
+    _add_tracking(p)
+
+
+def _run_phase_map(args: argparse.Namespace) -> int:
+    from grokray.phasemap import format_table, phase_map, plot_phase_map, resolve_axes
+
+    client = _existing_client(args.tracking_uri)
+    try:
+        df = phase_map(args.name, client.tracking_uri)
+        x, y, facets = resolve_axes(df, args.x, args.y)
+    except (LookupError, ValueError) as e:
+        raise UserError(str(e).strip("'\"")) from None
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    png = args.png or f"{args.name}_phase_map.png"
+    plot_phase_map(df, png, x, y, facets=facets)
+    if args.json:
+        print(df.to_json(orient="records", lines=True), end="")
+        return 0
+    n_lab = int(df["label"].notna().sum()) if len(df) else 0
+    print(f"{args.name}: {len(df)} run(s), {n_lab} labelled")
+    if len(df):
+        print(format_table(df, x, y, facets=facets))
+    print(f"phase diagram: {png}" + (f"; runs: {args.csv}" if args.csv else ""))
+    return 0
+
+
 # --------------------------------------------------------------------------- sweep
 
 def _add_sweep(p: argparse.ArgumentParser) -> None:
@@ -333,21 +369,17 @@ def _run_sweep_validate(args: argparse.Namespace) -> int:
 
 
 def _print_map(name: str, uri: str) -> None:
-    from grokray.phasemap import format_table, phase_map, plot_phase_map
+    from grokray.phasemap import format_table, phase_map, plot_phase_map, resolve_axes
 
     df = phase_map(name, uri)
     if len(df) == 0:
         return
+    x, y, facets = resolve_axes(df)
     print()
-    print(format_table(df, *_default_axes(df)))
+    print(format_table(df, x, y, facets=facets))
     png = f"{name}_phase_map.png"
-    plot_phase_map(df, png)
+    plot_phase_map(df, png, x, y, facets=facets)
     print(f"phase map: {png}")
-
-
-def _default_axes(df) -> tuple:
-    params = list(df.attrs.get("params", []))
-    return (params[0] if params else None, params[1] if len(params) > 1 else None)
 
 
 def _after_sweep(summary, no_map: bool) -> int:
@@ -491,6 +523,7 @@ def _registry() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
         "classify": ("label runs true / fake / no grokking from what MLflow holds", _add_classify, _run_classify),
         "paths": ("compare the inference paths of two runs or checkpoints", _add_paths, _run_paths),
         "sweep": ("sweeps on Ray Tune: validate, run, resume, status, submit, logs", _add_sweep, None),
+        "phase-map": ("labels over the swept parameters: table, PNG, CSV", _add_phase_map, _run_phase_map),
     }
 
 

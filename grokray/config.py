@@ -431,8 +431,16 @@ def load_trial_config(path: str | os.PathLike | None, overrides: list[str] | tup
 
 
 def replace_dotted(cfg: TrialConfig, values: Mapping[str, Any]) -> TrialConfig:
-    """A new validated config with dotted keys replaced (used by sweeps)."""
+    """A new validated config with dotted keys replaced (used by sweeps).
+
+    A whole section given as a mapping is merged key by key, so one swept value can set
+    several keys together (``model: {n_layers: 2, n_loops: 1}``).
+    """
     raw = cfg.to_dict()
     for key, value in values.items():
-        set_dotted(raw, key, value)
+        if key in SECTIONS and isinstance(value, Mapping):
+            for sub, v in value.items():
+                set_dotted(raw, f"{key}.{sub}", v)
+        else:
+            set_dotted(raw, key, value)
     return trial_config_from_dict(raw)

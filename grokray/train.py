@@ -205,8 +205,10 @@ class Trainer:
             lr=lr_at(0, tc), betas=tc.betas, foreach=True)
 
         self.train_data = self.dataset.encode(self.dataset.train_rows()).to(self.device)
-        self.probes = {name: self.dataset.encode(self.dataset.probe_rows[name]).to(self.device)
-                       for name in PROBES if name in self.dataset.probe_rows}
+        # The papers' probes first, in their usual order; datasets with other probes (transfer) keep theirs.
+        names = [p for p in PROBES if p in self.dataset.probe_rows]
+        names += [p for p in self.dataset.probe_rows if p not in names]
+        self.probes = {name: self.dataset.encode(self.dataset.probe_rows[name]).to(self.device) for name in names}
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(cfg.seed)
         self.perm: torch.Tensor = torch.empty(0, dtype=torch.long)

@@ -86,3 +86,10 @@ def test_replace_dotted_validates():
     assert cfg.data.phi == 3.6 and cfg.seed == 2
     with pytest.raises(ConfigError, match="model.n_loops"):
         replace_dotted(cfg, {"model.n_loops": -1})
+
+
+def test_a_section_mapping_sets_several_keys_together():
+    cfg = replace_dotted(TrialConfig(), {"model": {"n_layers": 2, "n_loops": 1}, "data.phi": 3.6})
+    assert (cfg.model.n_layers, cfg.model.n_loops, cfg.model.d_model, cfg.data.phi) == (2, 1, 128, 3.6)
+    with pytest.raises(ConfigError, match=r"^model\.n_loopz: unknown key"):
+        replace_dotted(TrialConfig(), {"model": {"n_loopz": 1}})

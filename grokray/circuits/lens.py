@@ -136,9 +136,12 @@ def lens_sample(dataset: Dataset, split: str, sample: int) -> Batch:
 
 def lens_metrics(model: LoopedTransformer, dataset: Dataset, sample: int, precision: str = "fp32",
                  device: torch.device | str | None = None) -> dict[str, float]:
-    """``lens/<id|ood>/<metric>`` for the per-evaluation log (see module docstring)."""
+    """``lens/<id|ood>/<metric>`` for the per-evaluation log (see module docstring).
+
+    A dataset may name other two-hop splits to read through ``dataset.lens_splits``
+    (short name -> split), as the transfer datasets do."""
     out: dict[str, float] = {}
-    for short, split in LENS_SPLITS.items():
+    for short, split in getattr(dataset, "lens_splits", LENS_SPLITS).items():
         batch = lens_sample(dataset, split, sample)
         if len(batch) == 0:
             continue

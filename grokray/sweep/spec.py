@@ -211,8 +211,8 @@ def _check_parameter_values(base: TrialConfig, p: Parameter) -> None:
         try:
             replace_dotted(base, {p.key: v})
         except ConfigError as e:
-            if e.problem.startswith("unknown key") or e.key is None or not (
-                    e.key == p.key or e.key.startswith(p.key + ".")):
+            if e.key is None or not (e.key == p.key or e.key.startswith(p.key + ".")) or (
+                    e.key == p.key and e.problem.startswith("unknown key")):
                 # Not a trial-config key (e.g. "data.phy"), or the value broke another key.
                 raise ConfigError(e.problem, key=f"parameters.{p.key}", value=e.value) from None
             where = f"parameters.{p.key}"

@@ -49,6 +49,9 @@ def run_name(values: dict[str, Any], keys: list[str]) -> str:
     parts = []
     for k in keys:
         v = values.get(k)
+        if isinstance(v, dict) and k in ("data", "model", "train"):   # a grouped value: its keys
+            parts += [f"{sub}={x:g}" if isinstance(x, float) else f"{sub}={x}" for sub, x in v.items()]
+            continue
         v = v if not isinstance(v, dict) else json.dumps(v, separators=(",", ":"))
         parts.append(f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}")
     return ",".join(parts) or "trial"

@@ -1,0 +1,139 @@
+"""Regenerate the calibration table (docs/calibration.md) from the calibration sweep.
+
+    python benchmarks/calibration.py --run                 # run sweeps/calibration.yaml, then tabulate
+    python benchmarks/calibration.py --tracking-uri sqlite:////path/mlflow.db   # tabulate an existing sweep
+
+Prints a markdown table (regime, loops, seed, label, detail, confidence, t_memorize,
+t_generalize, final accuracies, lens and causal evidence), writes it with the raw numbers
+to ``benchmarks/results/calibration.json``, and writes plots to ``docs/calibration/``:
+the OOD curves of every regime side by side, the phase map, and each run's evidence
+(curves with detected steps, lens heatmap, patching heatmap).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _num(v, fmt="{:.2f}"):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sweep", default="calibration")
+    ap.add_argument("--spec", default=str(ROOT / "sweeps" / "calibration.yaml"))
+    ap.add_argument("--tracking-uri", default=None)
+    ap.add_argument("--run", action="store_true", help="run the sweep first (about 40 min on 2 CPU cores)")
+    ap.add_argument("--name", default=None, help="sweep name when running (default: the spec's)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "calibration"))
+    args = ap.parse_args(argv)
+
+    from grokray import tracking
+    from grokray.phasemap import phase_map, plot_phase_map
+    from grokray.plots import plt
+
+    sweep = args.name or args.sweep
+    if args.run:
+        t0 = time.time()
+        cmd = [sys.executable, "-m", "grokray", "sweep", "run", args.spec] + (["--name", sweep] if args.name else [])
+        subprocess.run(cmd, check=True)
+        print(f"sweep ran in {(time.time() - t0) / 60:.1f} min")
+    uri = tracking.tracking_uri(args.tracking_uri)
+    client = tracking.get_client(uri)
+    df = phase_map(sweep, uri)
+    if not len(df):
+        print(f"no runs in sweep {sweep!r} at {uri}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows, curves = [], {}
+    for _, r in df.sort_values(["model.n_loops", "data.augmentation"], ascending=[False, True]).iterrows():
+        run = client.get_run(r["run_id"])
+        m = run.data.metrics
+        tmp = out / ".tmp"
+        tmp.mkdir(exist_ok=True)
+        hist_path = client.download_artifacts(r["run_id"], "history.json", str(tmp))
+        history = json.loads(Path(hist_path).read_text())
+        key = f"{r['data.augmentation']}-L{r['model.n_loops']}-s{r.get('seed', 0)}"
+        curves[key] = history
+        for art in ("verdict/curves.png", "verdict/lens.png", "verdict/patching_ood.png"):
+            try:
+                p = client.download_artifacts(r["run_id"], art, str(tmp))
+                shutil.copy(p, out / f"{key}_{Path(art).stem}.png")
+            except Exception:
+                pass
+        rows.append({"regime": r["data.augmentation"], "n_loops": int(r["model.n_loops"]),
+                     "seed": int(r.get("seed", 0) or 0), "label": r["label"], "detail": r["detail"],
+                     "confidence": r["confidence"], "t_memorize": r["t_memorize"], "t_generalize": r["t_generalize"],
+                     "delay_ratio": r["delay_ratio"], "steps_run": int(r["steps_run"]),
+                     "stop_reason": run.data.tags.get("grokray.stop_reason"),
+                     "train": r["final_train_acc"], "id": r["final_id_acc"], "ood": r["final_ood_acc"],
+                     "max_ood": m.get("verdict/max_target_acc"),
+                     "bridge_found": m.get("verdict/bridge_found"),
+                     "bridge_given_correct": m.get("verdict/bridge_given_correct"),
+                     "causal_r1": m.get("verdict/causal_r1"),
+                     "minutes": (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else None})
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    head = ("| regime | loops | label | detail | conf | t_mem | t_gen | steps (stop) | train | ID | OOD "
+            "(max) | bridge found | bridge given correct | causal r1 | min |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for x in rows:
+        lines.append(f"| {x['regime']} | {x['n_loops']} | **{x['label']}** | {x['detail']} | {_num(x['confidence'])} "
+                     f"| {_num(x['t_memorize'], '{:.0f}')} | {_num(x['t_generalize'], '{:.0f}')} "
+                     f"| {x['steps_run']} ({x['stop_reason']}) | {_num(x['train'])} | {_num(x['id'])} "
+                     f"| {_num(x['ood'])} ({_num(x['max_ood'])}) | {_num(x['bridge_found'])} "
+                     f"| {_num(x['bridge_given_correct'])} | {_num(x['causal_r1'])} | {_num(x['minutes'], '{:.1f}')} |")
+    table = "\n".join(lines)
+    print(table)
+
+    # OOD accuracy and lens bridge over steps, one panel per loop count.
+    loops = sorted({x["n_loops"] for x in rows}, reverse=True)
+    fig, axes = plt.subplots(2, len(loops), figsize=(6 * len(loops), 7), dpi=110, squeeze=False, sharex=True)
+    for col, L in enumerate(loops):
+        for key, hist in curves.items():
+            if f"-L{L}-" not in key:
+                continue
+            steps = [h["step"] for h in hist if h["step"] > 0]
+            for row, metric in enumerate(("acc/test_inferred_ood", "lens/ood/bridge_found")):
+                vals = [h.get(metric, float("nan")) for h in hist if h["step"] > 0]
+                axes[row][col].plot(steps, vals, label=key.split("-L")[0], lw=1.4)
+        for row, name in enumerate(("OOD test accuracy", "OOD bridge found (lens)")):
+            ax = axes[row][col]
+            ax.set_xscale("log")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{name}, n_loops={L}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[1][col].set_xlabel("step (log)")
+    fig.tight_layout()
+    fig.savefig(out / "ood_curves.png")
+    plt.close(fig)
+    plot_phase_map(df, out / "phase_map.png")
+
+    result = {"sweep": sweep, "tracking_uri": uri, "machine": {"platform": platform.platform(),
+              "cpus": os.cpu_count()}, "rows": rows, "table_markdown": table,
+              "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    res = ROOT / "benchmarks" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "calibration.json").write_text(json.dumps(result, indent=2, default=float))
+    print(f"\nplots in {out}; numbers in {res / 'calibration.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Print the headline figures of ``benchmarks/results/*.json`` as a Markdown table (for the README).
+
+    python benchmarks/summarize.py [RESULTS_DIR]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(d: Path, name: str) -> dict | None:
+    p = d / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _cond(doc: dict) -> str:
+    c = doc["conditions"]
+    return f"{doc['date'][:16].replace('T', ' ')} UTC, {'contended' if c['contended'] else 'quiet'} " \
+           f"(load {c['loadavg_1m_start']:.1f}->{c['loadavg_1m_end']:.1f})"
+
+
+def rows(d: Path) -> list[tuple[str, str, str, str]]:
+    out = []
+    t = _load(d, "throughput")
+    if t:
+        for key, r in t["results"].items():
+            s = r["samples_per_s"]
+            rr = r["ratios"]
+            out.append((f"throughput, {r['threads']} thread(s)",
+                        f"grokray bf16 {s['grokray_bf16']['median']:,.0f} / fp32 {s['grokray_fp32']['median']:,.0f} / "
+                        f"fast-path bf16 {s['grokray_fast_bf16']['median']:,.0f} vs reference fp32 "
+                        f"{s['reference_fp32']['median']:,.0f} samples/s; shipped/reference "
+                        f"x{rr['shipped_vs_reference (grokray_bf16 / reference_fp32)']['median_of_paired']:.2f}, "
+                        f"fp32/reference x{rr['fp32_vs_reference (grokray_fp32 / reference_fp32)']['median_of_paired']:.2f}, "
+                        f"fast/reference x{rr['fast_vs_reference (grokray_fast_bf16 / reference_fp32)']['median_of_paired']:.2f}",
+                        ">= 3x (as shipped)", _cond(t)))
+    m = _load(d, "mfu")
+    if m:
+        for key, r in m["results"].items():
+            g = r["gflops_per_s"]
+            mf = r["mfu"]
+            out.append((f"MFU, {key.split('_')[1]} thread(s)",
+                        f"peak mm fp32 {g['peak_mm_fp32']['median']:.0f} / bf16 {g['peak_mm_bf16']['median']:.0f} GFLOP/s; "
+                        f"step shipped bf16 {100 * mf['step_shipped_bf16']['vs_peak_fp32']:.0f}%, shipped fp32 "
+                        f"{100 * mf['step_shipped_fp32']['vs_peak_fp32']:.0f}%, fast bf16 "
+                        f"{100 * mf['step_fast_bf16']['vs_peak_fp32']:.0f}% of the fp32 peak "
+                        f"({100 * mf['step_shipped_bf16']['vs_peak_bf16']:.0f}% / - / "
+                        f"{100 * mf['step_fast_bf16']['vs_peak_bf16']:.0f}% of the bf16 peak)",
+                        ">= 50% of fp32 peak", _cond(m)))
+        p = m["profile"]["step_shipped_bf16"]["categories_share"]
+        out.append(("step time, shipped bf16 (1 thread)",
+                    ", ".join(f"{k.split(' (')[0]} {100 * v:.0f}%" for k, v in list(p.items())[:5]), "-", _cond(m)))
+    s = _load(d, "sweep_overhead")
+    if s:
+        f = s["fixed_costs"]
+        out.append(("sweep overhead",
+                    f"{s['config']['n_trials']} x {s['config']['steps_per_trial']} steps: sweep "
+                    f"{s['sweep_wall_seconds']:.0f} s vs plain {s['plain_wall_seconds_mean']:.0f} s "
+                    f"({100 * s['overhead_ratio']:+.0f}%); fixed: ray.init {f['ray_init_cold_seconds']:.1f} s, "
+                    f"fresh store {f['fresh_sqlite_store_seconds']:.1f} s, classifier {f['classifier_per_trial_seconds']:.1f} "
+                    f"s/trial, in-trial {100 * f['in_trial_overhead_fraction']:+.1f}%; predicted for 6-min trials "
+                    f"{100 * f['extrapolation']['predicted_overhead_trial_6min']:.1f}%",
+                    "<= 10%", _cond(s)))
+    c = _load(d, "classifier_cost")
+    if c:
+        dd, tt = c["trials"]["default"], c["trials"]["tiny"]
+        pe = c["per_evaluation"]
+        out.append(("classifier per trial",
+                    f"default: {dd['classifier_seconds']['median']:.1f} s = {100 * dd['fraction_default_length']:.2f}% of "
+                    f"{dd['training_seconds_extrapolated_to_default_length']:.0f} s (12k steps, extrapolated from "
+                    f"{dd['steps_run']}); tiny: {tt['classifier_seconds']['median']:.1f} s = "
+                    f"{100 * tt['fraction_measured']:.0f}% of {tt['training_seconds_measured']:.1f} s",
+                    "<= 5%", _cond(c)))
+        out.append(("evaluation / lens share",
+                    f"evaluate {100 * pe['evaluate_share_of_training']:.1f}%, lens {100 * pe['lens_share_of_training']:.2f}% "
+                    f"of training time (default schedule)", "-", _cond(c)))
+    k = _load(d, "packed")
+    if k:
+        parts = [f"{v['attention']} N={v['n']}: x{v['packed_over_sequential']['median_of_paired']:.2f}"
+                 for v in k["one_thread"].values()]
+        if k.get("two_cores"):
+            parts.append(f"2 cores packed/2 procs: x{k['two_cores']['packed_over_parallel']['median_of_paired']:.2f}")
+        out.append(("packed (vmap) vs plain", "; ".join(parts), "probe: <= +7%", _cond(k)))
+    fp = _load(d, "fastpath")
+    if fp:
+        r = fp["train_step"]["threads_1"]["ratio_vs_shipped"]
+        out.append(("fast-path prototypes, 1 thread",
+                    ", ".join(f"{n} x{v['median_of_paired']:.2f}" for n, v in r.items()) +
+                    f"; correctness: {fp['correctness']['training_runs']['verdict']}", "-", _cond(fp)))
+    return out
+
+
+def main() -> int:
+    d = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
+    print("| benchmark | figures | target | measured (conditions) |")
+    print("|---|---|---|---|")
+    for r in rows(d):
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

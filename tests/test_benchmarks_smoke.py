@@ -1,0 +1,104 @@
+"""Every benchmark script runs in ``--quick`` mode and writes a well-formed JSON.
+
+No timing assertions, ever (project rule): only that each script runs, and that the figures
+it reports exist and are finite positive numbers. The quick numbers are not figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+COMMON_KEYS = {"benchmark", "quick", "date", "machine", "conditions", "wall_seconds", "command"}
+
+
+def run_quick(script: str, tmp_path: Path, *extra: str, timeout: float = 300) -> dict:
+    out = tmp_path / f"{script}.json"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--quick", "--out", str(out), *extra],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    doc = json.loads(out.read_text())
+    assert COMMON_KEYS <= set(doc), set(doc) ^ COMMON_KEYS
+    assert doc["benchmark"] == script and doc["quick"] is True
+    assert doc["machine"]["torch"] and doc["machine"]["logical_cpus"] >= 1
+    assert isinstance(doc["conditions"]["contended"], bool)
+    return doc
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_throughput(tmp_path):
+    doc = run_quick("throughput", tmp_path, "--threads", "1")
+    res = doc["results"]["threads_1"]
+    for variant in ("grokray_bf16", "grokray_fp32", "reference_fp32", "grokray_fast_bf16"):
+        s = res["samples_per_s"][variant]
+        assert positive(s["median"]) and all(positive(x) for x in s["raw"])
+    for r in res["ratios"].values():
+        assert positive(r["median_of_paired"])
+    assert isinstance(doc["target"]["met"], bool)
+
+
+def test_mfu(tmp_path):
+    doc = run_quick("mfu", tmp_path, "--threads", "1")
+    flops = doc["flops_per_step"]
+    assert positive(flops["total"]) and positive(flops["flop_counter_mode"])
+    mfu = doc["results"]["threads_1"]["mfu"]
+    for step in ("step_shipped_bf16", "step_shipped_fp32", "step_fast_bf16"):
+        assert positive(mfu[step]["vs_peak_fp32"]) and positive(mfu[step]["ms_per_step"])
+        prof = doc["profile"][step]
+        assert len(prof["top10"]) == 10 and all(positive(r["share"]) for r in prof["top10"])
+        assert abs(sum(prof["categories_share"].values()) - 1.0) < 1e-6
+
+
+def test_fastpath(tmp_path):
+    doc = run_quick("fastpath", tmp_path, "--threads", "1")
+    ratios = doc["train_step"]["threads_1"]["ratio_vs_shipped"]
+    assert {"attn_manual", "adamw_fused", "fast", "fast_ftz"} <= set(ratios)
+    assert all(positive(r["median_of_paired"]) for r in ratios.values())
+    share = doc["evaluation"]["share_of_training_time"]
+    assert all(positive(v) for v in share.values())
+    c = doc["correctness"]
+    assert set(c["same_weights"]["max_abs_diff_fast_vs_shipped"]) == {"acc", "loss", "lens", "param_norm_rel"}
+    assert isinstance(c["training_runs"]["verdict"], str)
+
+
+def test_classifier_cost(tmp_path):
+    doc = run_quick("classifier_cost", tmp_path)
+    for name in ("default", "tiny"):
+        t = doc["trials"][name]
+        assert positive(t["training_seconds_measured"]) and positive(t["classifier_seconds"]["median"])
+        assert positive(t["fraction_measured"])
+        assert "evidence (lens + causal patching)" in t["classifier_breakdown_seconds"]
+    assert positive(doc["trials"]["default"]["fraction_default_length"])
+    assert positive(doc["per_evaluation"]["lens_share_of_training"])
+    assert positive(doc["store_migration_seconds"])
+
+
+def test_packed(tmp_path):
+    doc = run_quick("packed", tmp_path)
+    (entry,) = doc["one_thread"].values()
+    assert positive(entry["packed_over_sequential"]["median_of_paired"])
+    assert all(positive(s["median"]) for s in entry["samples_per_s_total"].values())
+
+
+def test_sweep_overhead(tmp_path):
+    doc = run_quick("sweep_overhead", tmp_path, timeout=600)
+    assert positive(doc["sweep_wall_seconds"]) and positive(doc["plain_wall_seconds_mean"])
+    assert math.isfinite(doc["overhead_ratio"])
+    fixed = doc["fixed_costs"]
+    for k in ("ray_init_cold_seconds", "fresh_sqlite_store_seconds", "classifier_per_trial_seconds"):
+        assert positive(fixed[k]), k
+    assert len(doc["sweep_trials"]) == doc["config"]["n_trials"]
+    assert all(t["label"] for t in doc["sweep_trials"])
