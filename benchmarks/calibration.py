@@ -33,11 +33,12 @@ def _num(v, fmt="{:.2f}"):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sweep", default="calibration")
-    ap.add_argument("--spec", default=str(ROOT / "sweeps" / "calibration.yaml"))
+    ap.add_argument("--sweep", nargs="+", default=["calibration", "calibration-nonshared"],
+                    help="sweeps to tabulate together")
+    ap.add_argument("--spec", nargs="+", default=[str(ROOT / "sweeps" / "calibration.yaml"),
+                                                 str(ROOT / "sweeps" / "calibration-nonshared.yaml")])
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--run", action="store_true", help="run the sweep first (about 40 min on 2 CPU cores)")
-    ap.add_argument("--name", default=None, help="sweep name when running (default: the spec's)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "calibration"))
     args = ap.parse_args(argv)
 
@@ -45,30 +46,37 @@ def main(argv: list[str] | None = None) -> int:
     from grokray.phasemap import phase_map, plot_phase_map
     from grokray.plots import plt
 
-    sweep = args.name or args.sweep
     if args.run:
-        t0 = time.time()
-        cmd = [sys.executable, "-m", "grokray", "sweep", "run", args.spec] + (["--name", sweep] if args.name else [])
-        subprocess.run(cmd, check=True)
-        print(f"sweep ran in {(time.time() - t0) / 60:.1f} min")
+        for spec in args.spec:
+            t0 = time.time()
+            subprocess.run([sys.executable, "-m", "grokray", "sweep", "run", spec], check=True)
+            print(f"{spec} ran in {(time.time() - t0) / 60:.1f} min")
+    import pandas as pd
+
     uri = tracking.tracking_uri(args.tracking_uri)
     client = tracking.get_client(uri)
-    df = phase_map(sweep, uri)
+    frames = [phase_map(s, uri) for s in args.sweep]
+    df = pd.concat(frames, ignore_index=True)
     if not len(df):
-        print(f"no runs in sweep {sweep!r} at {uri}", file=sys.stderr)
+        print(f"no runs in sweeps {args.sweep} at {uri}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     rows, curves = [], {}
-    for _, r in df.sort_values(["model.n_loops", "data.augmentation"], ascending=[False, True]).iterrows():
+    for _, r in df.iterrows():
+        if r["status"] != "FINISHED" or r["label"] is None:
+            print(f"skipping {r['run_name']}: {r['status']}, not labelled yet", file=sys.stderr)
+            continue
         run = client.get_run(r["run_id"])
-        m = run.data.metrics
+        m, params = run.data.metrics, run.data.params
+        r = {**r.to_dict(), "data.augmentation": params["data.augmentation"],
+             "model": f"{params['model.n_layers']}x{params['model.n_loops']}", "seed": int(params["seed"])}
         tmp = out / ".tmp"
         tmp.mkdir(exist_ok=True)
         hist_path = client.download_artifacts(r["run_id"], "history.json", str(tmp))
         history = json.loads(Path(hist_path).read_text())
-        key = f"{r['data.augmentation']}-L{r['model.n_loops']}-s{r.get('seed', 0)}"
+        key = f"{r['data.augmentation']}-L{r['model']}-s{r['seed']}"
         curves[key] = history
         for art in ("verdict/curves.png", "verdict/lens.png", "verdict/patching_ood.png"):
             try:
@@ -76,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy(p, out / f"{key}_{Path(art).stem}.png")
             except Exception:
                 pass
-        rows.append({"regime": r["data.augmentation"], "n_loops": int(r["model.n_loops"]),
-                     "seed": int(r.get("seed", 0) or 0), "label": r["label"], "detail": r["detail"],
+        rows.append({"regime": r["data.augmentation"], "model": r["model"],
+                     "seed": r["seed"], "label": r["label"], "detail": r["detail"],
                      "confidence": r["confidence"], "t_memorize": r["t_memorize"], "t_generalize": r["t_generalize"],
                      "delay_ratio": r["delay_ratio"], "steps_run": int(r["steps_run"]),
                      "stop_reason": run.data.tags.get("grokray.stop_reason"),
@@ -89,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                      "minutes": (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else None})
         shutil.rmtree(tmp, ignore_errors=True)
 
-    head = ("| regime | loops | label | detail | conf | t_mem | t_gen | steps (stop) | train | ID | OOD "
+    order = {"none": 0, "both_full": 1, "both_half": 2, "hop1_full": 3, "hop2_full": 4}
+    rows.sort(key=lambda x: (x["model"] != "1x2", x["model"], order.get(x["regime"], 9), x["seed"]))
+    head = ("| regime | layers x loops | label | detail | conf | t_mem | t_gen | steps (stop) | train | ID | OOD "
             "(max) | bridge found | bridge given correct | causal r1 | min |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for x in rows:
-        lines.append(f"| {x['regime']} | {x['n_loops']} | **{x['label']}** | {x['detail']} | {_num(x['confidence'])} "
+        lines.append(f"| {x['regime']} | {x['model']} | **{x['label']}** | {x['detail']} | {_num(x['confidence'])} "
                      f"| {_num(x['t_memorize'], '{:.0f}')} | {_num(x['t_generalize'], '{:.0f}')} "
                      f"| {x['steps_run']} ({x['stop_reason']}) | {_num(x['train'])} | {_num(x['id'])} "
                      f"| {_num(x['ood'])} ({_num(x['max_ood'])}) | {_num(x['bridge_found'])} "
@@ -101,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
 
-    # OOD accuracy and lens bridge over steps, one panel per loop count.
-    loops = sorted({x["n_loops"] for x in rows}, reverse=True)
+    # OOD accuracy and lens bridge over steps, one panel per model shape.
+    loops = sorted({x["model"] for x in rows}, key=lambda m: (m != "1x2", m))
     fig, axes = plt.subplots(2, len(loops), figsize=(6 * len(loops), 7), dpi=110, squeeze=False, sharex=True)
     for col, L in enumerate(loops):
         for key, hist in curves.items():
@@ -116,16 +126,18 @@ def main(argv: list[str] | None = None) -> int:
             ax = axes[row][col]
             ax.set_xscale("log")
             ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{name}, n_loops={L}", fontsize=9)
+            ax.set_title(f"{name}, layers x loops = {L}", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         axes[1][col].set_xlabel("step (log)")
     fig.tight_layout()
     fig.savefig(out / "ood_curves.png")
     plt.close(fig)
-    plot_phase_map(df, out / "phase_map.png")
+    for sweep, frame in zip(args.sweep, frames):
+        if len(frame):
+            plot_phase_map(frame, out / f"phase_map_{sweep}.png")
 
-    result = {"sweep": sweep, "tracking_uri": uri, "machine": {"platform": platform.platform(),
+    result = {"sweeps": args.sweep, "tracking_uri": uri, "machine": {"platform": platform.platform(),
               "cpus": os.cpu_count()}, "rows": rows, "table_markdown": table,
               "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
     res = ROOT / "benchmarks" / "results"

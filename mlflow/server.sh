@@ -16,6 +16,7 @@
 #   MLFLOW_ALLOWED_HOSTS          unset: MLflow's default (localhost + private IPs) host-header check
 #   MLFLOW_PID_FILE               $MLFLOW_DATA_DIR/server.pid
 #   MLFLOW_LOG_FILE               $MLFLOW_DATA_DIR/server.log
+#   MLFLOW_URL_FILE               $MLFLOW_DATA_DIR/server.url (the running server's URL, for clients)
 #   MLFLOW_START_TIMEOUT          120 (seconds to wait for /health)
 #   MLFLOW_BIN                    mlflow (first on PATH)
 #
@@ -33,6 +34,7 @@ BACKEND="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$DATA_DIR/mlflow.db}"
 ARTIFACTS="${MLFLOW_ARTIFACTS_DESTINATION:-$DATA_DIR/artifacts}"
 PID_FILE="${MLFLOW_PID_FILE:-$DATA_DIR/server.pid}"
 LOG_FILE="${MLFLOW_LOG_FILE:-$DATA_DIR/server.log}"
+URL_FILE="${MLFLOW_URL_FILE:-$DATA_DIR/server.url}"
 TIMEOUT="${MLFLOW_START_TIMEOUT:-120}"
 BIN="${MLFLOW_BIN:-mlflow}"
 URL_HOST="$HOST"
@@ -94,10 +96,10 @@ stop_group() {
 start() {
     local pgid pid i
     if pgid="$(running_pgid)"; then
-        echo "MLflow server already running (process group $pgid) at $URL"
+        echo "MLflow server already running (process group $pgid) at $(cat "$URL_FILE" 2>/dev/null || echo "$URL")"
         return 0
     fi
-    rm -f "$PID_FILE"
+    rm -f "$PID_FILE" "$URL_FILE"
     command -v "$BIN" >/dev/null 2>&1 || die "'$BIN' not found (activate the venv that has mlflow)"
     port_taken && die "$HOST:$PORT is already in use (another server? set MLFLOW_PORT)"
     mkdir -p "$DATA_DIR" "$(dirname "$PID_FILE")" "$(dirname "$LOG_FILE")"
@@ -134,24 +136,26 @@ $(tail -n 15 "$LOG_FILE")"
         fi
         sleep 0.5
     done
+    echo "$URL" >"$URL_FILE"
     echo "MLflow server running at $URL (process group $pgid, store $BACKEND, artifacts $ARTIFACTS, log $LOG_FILE)"
 }
 
 stop() {
     local pgid
     if ! pgid="$(running_pgid)"; then
-        rm -f "$PID_FILE"
+        rm -f "$PID_FILE" "$URL_FILE"
         echo "MLflow server not running"
         return 0
     fi
     stop_group "$pgid" || die "process group $pgid survived SIGKILL"
-    rm -f "$PID_FILE"
+    rm -f "$PID_FILE" "$URL_FILE"
     echo "MLflow server stopped (process group $pgid)"
 }
 
 status() {
     local pgid
     if pgid="$(running_pgid)"; then
+        [[ -f "$URL_FILE" ]] && URL="$(cat "$URL_FILE")"  # where it was started, whatever this shell's settings
         if healthy; then
             echo "MLflow server running at $URL (process group $pgid)"
             return 0

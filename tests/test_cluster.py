@@ -19,7 +19,9 @@ fake nodes join on any port, not only 6379).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import getpass
 import hashlib
 import json
 import os
@@ -98,6 +100,10 @@ def test_cluster_yaml_passes_ray_validation_and_keeps_its_promises():
     head = types[cfg["head_node_type"]]
     assert head["resources"] == {"CPU": 0} and "GPU" not in head["resources"]
     assert "server.sh start" in head_start and "MLFLOW_HOST=\"$(hostname -I" in head_start
+    # Nothing job-specific in ~/.bashrc: Ray's `bash -c` worker launches re-read it on SSH-started
+    # nodes and it would override a job's runtime_env (a submitted --tracking-uri).
+    exported = [c for c in cfg["head_setup_commands"] + cfg["worker_setup_commands"] if "bashrc" in c and "echo" in c]
+    assert [re.search(r"export (\w+)=", c).group(1) for c in exported] == ["PATH", "RAY_AUTH_MODE"] * 2
     assert os.access(ROOT / "mlflow" / "server.sh", os.X_OK)
     gpu_types = {k: v for k, v in types.items() if v.get("resources", {}).get("GPU", 0) >= 1}
     assert gpu_types and all(v["node_config"]["InstanceType"].startswith("g5.") for v in gpu_types.values())
@@ -195,9 +201,9 @@ class Namespace:
         lines.append('exec "$@"')
         script = self.root / "enter.sh"
         script.write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen([*NS_ARGS, "bash", str(script), *argv], stdin=subprocess.DEVNULL,
-                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([*NS_ARGS, "bash", str(script), *argv], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         end = time.monotonic() + 20
         while time.monotonic() < end and self.ns is None:
             for pid in _pids():
@@ -240,10 +246,18 @@ class Namespace:
         assert not self.pids(), f"processes left in the namespace: {self.pids()}"
 
 
-def other_ray_processes() -> dict[int, str]:
-    """Ray daemons of other Ray instances on the machine (they must survive our tests)."""
-    mine = _pid_ns(os.getpid())
-    return {p: c for p in _pids() if (c := _comm(p)) in ("raylet", "gcs_server") and _pid_ns(p) == mine}
+@contextlib.contextmanager
+def decoy_raylet(tmp: Path):
+    """A process named ``raylet`` outside the namespace: ``ray stop`` kills every process of that
+    name it can see, so it is alive afterwards only if the namespace hid it."""
+    exe = tmp / "raylet"
+    shutil.copy(shutil.which("sleep"), exe)
+    proc = subprocess.Popen([str(exe), "3600"], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def results_of(trial_dir: Path) -> list[dict]:
@@ -346,19 +360,19 @@ def test_fractional_gpu_trials_run_on_fake_gpu_nodes(tmp_path, mlflow_uri):
            "DASHBOARD_METRIC_PORT": str(free_port()), "RAY_ADDRESS": f"{node_ip}:{gcs_port}",
            "MLFLOW_TRACKING_URI": mlflow_uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
-    others = other_ray_processes()
     ns = Namespace(tmp_path / "ns")
     log = tmp_path / "scenario.log"
-    try:
-        ns.start(["bash", str(work / "scenario.sh")], env, log)
-        rc = ns.wait(timeout=900)
-        driver = (work / "driver.log").read_text() if (work / "driver.log").exists() else ""
-        assert rc == 0 and (work / "driver.rc").read_text().strip() == "0", \
-            f"scenario rc {rc}\n{log.read_text()[-3000:]}\n--- driver\n{driver[-3000:]}"
-        assert ns.ray_processes() == []  # `ray stop` inside stopped only the namespace's Ray
-    finally:
-        ns.kill()
-    assert all(_comm(p) == c for p, c in others.items()), "another Ray instance's process died"
+    with decoy_raylet(tmp_path) as decoy:
+        try:
+            ns.start(["bash", str(work / "scenario.sh")], env, log)
+            rc = ns.wait(timeout=900)
+            driver = (work / "driver.log").read_text() if (work / "driver.log").exists() else ""
+            assert rc == 0 and (work / "driver.rc").read_text().strip() == "0", \
+                f"scenario rc {rc}\n{log.read_text()[-3000:]}\n--- driver\n{driver[-3000:]}"
+            assert ns.ray_processes() == []  # the scenario's `ray stop` stopped the namespace's Ray ...
+            assert decoy.poll() is None  # ... and nothing outside it
+        finally:
+            ns.kill()
 
     state = json.loads((work / "state.json").read_text())
     nodes = {n["node_id"]: n for n in state["nodes"]}
@@ -427,18 +441,24 @@ def run(cmd: list[str], env: dict, cwd: Path = ROOT, timeout: float = 300, log: 
 
 
 def kill_ssh_masters(cluster_name: str) -> None:
-    """Ray's ssh ControlMaster processes (ControlPersist=10s) of this cluster."""
+    """Ray's ssh ControlMaster processes (ControlPersist=10s) of this cluster, and their socket dir."""
     tag = hashlib.sha256(cluster_name.encode()).hexdigest()[:10]
+    control = Path("/tmp") / f"ray_ssh_{hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]}" / tag
     for pid in _pids():
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "ray_ssh_" in cmd and tag in cmd:
+        if str(control) in cmd:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    shutil.rmtree(control, ignore_errors=True)
+    try:
+        control.parent.rmdir()  # only if no other cluster uses it
+    except OSError:
+        pass
 
 
 def job_state(status_stdout: str) -> str | None:
@@ -502,9 +522,8 @@ Subsystem sftp internal-sftp
         "initialization_commands": [],
         # ... its venv + PATH commands (the downloads and pip installs cannot run offline) ...
         "setup_commands": [c for c in base["setup_commands"] if "pip install" not in c and "curl " not in c],
-        # ... its token generation and the head's MLFLOW_TRACKING_URI.
-        "head_setup_commands": [c for c in base["head_setup_commands"]
-                                if "get-auth-token" in c or "MLFLOW_TRACKING_URI" in c],
+        # ... and its token generation.
+        "head_setup_commands": [c for c in base["head_setup_commands"] if "get-auth-token" in c],
         "worker_setup_commands": [],
         "head_start_ray_commands": [
             "ray stop",
@@ -519,7 +538,7 @@ Subsystem sftp internal-sftp
         ],
         "worker_start_ray_commands": [],
     }
-    assert len(local["setup_commands"]) == 3 and len(local["head_setup_commands"]) == 2
+    assert len(local["setup_commands"]) == 3 and len(local["head_setup_commands"]) == 1
     config = t / "local.yaml"
     config.write_text(yaml.safe_dump(local, sort_keys=False))
 
@@ -529,10 +548,12 @@ Subsystem sftp internal-sftp
     log = t / "ray.log"
     url = f"http://{addr}:{dash}"
     mlflow_url = f"http://{addr}:{ports['mlflow']}"
-    others = other_ray_processes()
     ns = Namespace(t / "ns")
     timings = {}
+    decoys = contextlib.ExitStack()
+    decoy = decoys.enter_context(decoy_raylet(t))
     try:
+        (t / "client").mkdir()
         ns.start([sshd, "-D", "-e", "-f", str(t / "sshd_config")], env, t / "sshd.log", home=home, keep_in_home=keep)
         ssh = ["ssh", "-i", str(t / "id_ed25519"), "-o", "StrictHostKeyChecking=no", "-o",
                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=2",
@@ -559,10 +580,10 @@ Subsystem sftp internal-sftp
         # On the node, Ray commands use the token (RAY_AUTH_MODE=token in ~/.bashrc) ...
         st = run([RAY, "exec", str(config), "ray status"], env, log=log)
         assert st.returncode == 0 and "Active:" in st.stdout and "0.0/2.0 CPU" in st.stdout, st.stdout[-2000:]
-        # ... and the head knows its MLflow URI; docs/cluster.md reads it back like this.
-        shown = run([RAY, "exec", str(config), 'echo "TRACKING=$MLFLOW_TRACKING_URI"'], env, log=log)
-        host_ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
-        assert re.findall(r"TRACKING=(http://[0-9.]+:5000)", shown.stdout) == [f"http://{host_ip}:5000"]
+        # ... and the client learns the MLflow URL as seen from the cluster like docs/cluster.md does.
+        url_file = t / "client" / "server.url"
+        got = run([RAY, "rsync-down", str(config), "~/grokray-mlflow/server.url", str(url_file)], env, log=log)
+        assert got.returncode == 0 and url_file.read_text().strip() == mlflow_url
 
         # Token auth is on: the job API refuses a client without it.
         with pytest.raises(urllib.error.HTTPError) as denied:
@@ -573,7 +594,6 @@ Subsystem sftp internal-sftp
 
         # The client fetches the token (docs/cluster.md): rsync-down gives the exact file ...
         client_token = t / "client" / "auth_token"
-        client_token.parent.mkdir()
         down = run([RAY, "rsync-down", str(config), "~/.ray/auth_token", str(client_token)], env, log=log)
         assert down.returncode == 0 and client_token.read_text().strip() == token
         # ... while `ray exec ... 'ray get-auth-token' > file` would also write Ray's log lines into the
@@ -638,8 +658,9 @@ Subsystem sftp internal-sftp
         while ns.ray_processes() and time.monotonic() < end:
             time.sleep(0.5)
         assert ns.ray_processes() == [], "ray down left Ray processes on the node"
+        assert decoy.poll() is None, "ray down's `ray stop` reached a process outside the node"
     finally:
         ns.kill()  # sshd, the MLflow server and anything else on the "node"
         kill_ssh_masters(name)
+        decoys.close()
         print(f"timings: {timings}")
-    assert all(_comm(p) == c for p, c in others.items()), "another Ray instance's process died"

@@ -169,11 +169,15 @@ def test_server_sh_start_status_stop(mlflow_uri, tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"running at http://127.0.0.1:{port}" in out.stdout
         pgid = int(pid_file.read_text())
+        assert (data / "server.url").read_text().strip() == f"http://127.0.0.1:{port}"
         assert health(f"http://127.0.0.1:{port}") and listening_addresses(port) == ["127.0.0.1"]
         assert os.getpgid(pgid) == pgid and len(group_members(pgid)) >= 2
 
         st = sh("status", env=env)
         assert st.returncode == 0 and f"process group {pgid}" in st.stdout
+        # status finds the server from its URL file, without the settings it was started with
+        st = sh("status", env={k: v for k, v in env.items() if k != "MLFLOW_PORT"})
+        assert st.returncode == 0 and f"running at http://127.0.0.1:{port}" in st.stdout
         again = sh("start", env=env)
         assert again.returncode == 0 and "already running" in again.stdout and int(pid_file.read_text()) == pgid
         taken = sh("start", env={**env, "MLFLOW_PID_FILE": str(tmp_path / "other.pid")})
@@ -190,7 +194,7 @@ def test_server_sh_start_status_stop(mlflow_uri, tmp_path):
         stop = sh("stop", env=env)
         assert stop.returncode == 0 and f"stopped (process group {pgid})" in stop.stdout
         assert group_gone(pgid), "a process of the server's group is still alive"
-        assert not pid_file.exists() and not health(f"http://127.0.0.1:{port}")
+        assert not pid_file.exists() and not (data / "server.url").exists() and not health(f"http://127.0.0.1:{port}")
         st = sh("status", env=env)
         assert st.returncode == 3 and "not running" in st.stdout
     finally:

@@ -88,6 +88,10 @@ def init_ray(address: str | None = None, dashboard: bool = False) -> None:
         return
     env = {k: os.environ[k] for k in ("GROKRAY_CACHE", "GROKRAY_CHECKPOINT_EVERY_S", "MLFLOW_DISABLE_TELEMETRY",
                                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") if k in os.environ}
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:  # inside a Ray Job: its runtime_env sets these already, and Ray refuses to merge a repeat
+        job_env = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in job_env}
     # Trials checkpoint every few seconds; Tune's warning about frequent state snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Trial processes log to their own files; the driver prints the progress table and labels.

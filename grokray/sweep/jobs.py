@@ -9,11 +9,12 @@ installed, the ``grokray/`` package travel with it).
 Ray >= 2.59 turns token authentication on for clusters. The client reads the token
 from ``$RAY_AUTH_TOKEN``, the file ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``,
 with ``RAY_AUTH_MODE=token``; fetch it once from the head with
-``ray exec cluster.yaml 'ray get-auth-token' > ~/.ray/auth_token`` (README, "Cluster").
+``ray rsync-down cluster.yaml '~/.ray/auth_token' ~/.ray/auth_token`` (docs/cluster.md).
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 #: Never shipped with the job (large, local, or secret).
@@ -26,19 +27,23 @@ def job_id(name: str) -> str:
 
 
 def _client(address: str):
-    from ray.job_submission import JobSubmissionClient
-
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.exists()):
         os.environ["RAY_AUTH_MODE"] = "token"  # a token is at hand: use it (Ray >= 2.59 clusters require it)
+        if "ray" in sys.modules:  # Ray reads the mode when imported: make an earlier import see it
+            from ray._raylet import Config
+
+            Config.initialize("")
+    from ray.job_submission import JobSubmissionClient
+
     try:
         return JobSubmissionClient(address)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         hint = ""
         if "auth" in msg.lower() or "401" in msg or "403" in msg:
-            hint = ("; the cluster wants its token: ray exec cluster.yaml 'ray get-auth-token' > ~/.ray/auth_token "
-                    "and export RAY_AUTH_MODE=token")
+            hint = ("; the cluster wants its token: ray rsync-down cluster.yaml '~/.ray/auth_token' "
+                    "~/.ray/auth_token")
         raise ConnectionError(f"cannot reach the Ray job server at {address}: {msg}{hint}") from None
 
 
