@@ -311,20 +311,21 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
     v.add_argument("spec", metavar="SPEC.yaml")
     v.set_defaults(_run=_run_sweep_validate)
 
+    def driver_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS or local)")
+        q.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with a local Ray")
+        q.add_argument("--no-map", action="store_true", help="do not print the phase map at the end")
+
     r = sub.add_parser("run", help="run a sweep with Ray Tune (local Ray unless --address / $RAY_ADDRESS)")
     r.add_argument("spec", metavar="SPEC.yaml")
     r.add_argument("--name", default=None, help="sweep name (default: the spec's name); must be new")
-    r.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS or local)")
-    r.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with a local Ray")
-    r.add_argument("--no-map", action="store_true", help="do not print the phase map at the end")
+    driver_args(r)
     r.set_defaults(_run=_run_sweep_run)
 
     re = sub.add_parser("resume", help="continue an interrupted sweep")
     re.add_argument("name", metavar="NAME")
     re.add_argument("--storage", default=None, help="where the sweep's state lives (default: ~/grokray_results)")
-    re.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS or local)")
-    re.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with a local Ray")
-    re.add_argument("--no-map", action="store_true", help="do not print the phase map at the end")
+    driver_args(re)
     re.set_defaults(_run=_run_sweep_resume)
 
     st = sub.add_parser("status", help="trials, states and labels of a sweep")

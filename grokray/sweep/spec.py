@@ -160,6 +160,16 @@ def _mapping(value: Any, key: str) -> Mapping:
     return value
 
 
+def _int_at_least(value: Any, minimum: int, key: str) -> int | None:
+    """``value`` as an int >= ``minimum`` (None stays None), or a one-line ConfigError."""
+    if value is None:
+        return None
+    value = _coerce(value, int, key)
+    if value < minimum:
+        raise ConfigError(f"must be >= {minimum}", key=key, value=value)
+    return value
+
+
 def _no_unknown(raw: Mapping, known: tuple[str, ...] | list[str], prefix: str) -> None:
     for k in raw:
         if k not in known:
@@ -298,14 +308,8 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
             raise ConfigError("method grid needs 'values' (a distribution needs method random or optuna)",
                               key=f"parameters.{p.key}", value=p.distribution)
 
-    max_steps = raw.get("max_steps")
-    if max_steps is not None:
-        max_steps = _coerce(max_steps, int, "max_steps")
-        if max_steps < 1:
-            raise ConfigError("must be >= 1", key="max_steps", value=max_steps)
-    num_samples = _coerce(raw.get("num_samples", 1), int, "num_samples")
-    if num_samples < 1:
-        raise ConfigError("must be >= 1", key="num_samples", value=num_samples)
+    max_steps = _int_at_least(raw.get("max_steps"), 1, "max_steps")
+    num_samples = _int_at_least(raw.get("num_samples", 1), 1, "num_samples")
 
     metric = dict(_mapping(raw.get("metric"), "metric")) or {"name": "acc/test_inferred_ood", "mode": "max"}
     _no_unknown(metric, ("name", "mode"), "metric")
@@ -317,14 +321,8 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
 
     stopping = _parse_stopping(_mapping(raw.get("stopping"), "stopping"))
     resources = _parse_resources(_mapping(raw.get("resources"), "resources"))
-    max_concurrent = raw.get("max_concurrent")
-    if max_concurrent is not None:
-        max_concurrent = _coerce(max_concurrent, int, "max_concurrent")
-        if max_concurrent < 1:
-            raise ConfigError("must be >= 1", key="max_concurrent", value=max_concurrent)
-    max_failures = _coerce(raw.get("max_failures", 2), int, "max_failures")
-    if max_failures < 0:
-        raise ConfigError("must be >= 0", key="max_failures", value=max_failures)
+    max_concurrent = _int_at_least(raw.get("max_concurrent"), 1, "max_concurrent")
+    max_failures = _int_at_least(raw.get("max_failures", 2), 0, "max_failures")
 
     tracking = _mapping(raw.get("tracking"), "tracking")
     _no_unknown(tracking, ("uri", "experiment"), "tracking")
@@ -371,10 +369,7 @@ def _parse_stopping(raw: Mapping) -> Stopping:
     _no_unknown(raw, ("memorize_by", "memorize_acc", "split", "generalize_acc", "cleanup_window", "scheduler",
                       "asha"), "stopping")
     s = Stopping()
-    if raw.get("memorize_by") is not None:
-        s.memorize_by = _coerce(raw["memorize_by"], int, "stopping.memorize_by")
-        if s.memorize_by < 1:
-            raise ConfigError("must be >= 1", key="stopping.memorize_by", value=s.memorize_by)
+    s.memorize_by = _int_at_least(raw.get("memorize_by"), 1, "stopping.memorize_by")
     s.memorize_acc = _coerce(raw.get("memorize_acc", s.memorize_acc), float, "stopping.memorize_acc")
     if not 0 < s.memorize_acc <= 1:
         raise ConfigError("must be in (0, 1]", key="stopping.memorize_acc", value=s.memorize_acc)
