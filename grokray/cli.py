@@ -301,6 +301,20 @@ def _run_phase_map(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- transfer map
+
+def _add_transfer_map(p: argparse.ArgumentParser) -> None:
+    from grokray.transfer import add_transfer_map_args  # light: grokray.transfer imports no torch at load
+
+    add_transfer_map_args(p)
+
+
+def _run_transfer_map(args: argparse.Namespace) -> int:
+    from grokray.transfer import run_transfer_map
+
+    return run_transfer_map(args)
+
+
 # --------------------------------------------------------------------------- sweep
 
 def _add_sweep(p: argparse.ArgumentParser) -> None:
@@ -363,7 +377,12 @@ def _run_sweep_validate(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
     swept = ", ".join(f"{p.key} ({len(p.values) if p.values is not None else p.distribution})"
                       for p in spec.parameters if p.key in spec.swept_keys) or "nothing"
-    print(f"{args.spec}: OK: sweep {spec.name!r}, method {spec.method}, {spec.n_trials()} trial(s) of at most "
+    per = ""
+    if spec.finetune is not None:  # the source runs are resolved from MLflow when the sweep starts
+        src = spec.finetune.source
+        per = (f" per source run (fine-tuning {'sweep ' + repr(src.sweep) if src.sweep else f'{len(src.runs)} run(s)'}"
+               f"{', labels ' + '/'.join(src.label) if src.label else ''})")
+    print(f"{args.spec}: OK: sweep {spec.name!r}, method {spec.method}, {spec.n_trials()} trial(s){per} of at most "
           f"{spec.base_for_trials().train.max_steps} steps; swept: {swept}; "
           f"resources per trial {spec.resources.cpu:g} cpu / {spec.resources.gpu:g} gpu")
     return 0
@@ -451,7 +470,7 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
         if parent is None:
             raise UserError(f"no sweep {name!r} in the MLflow store at {client.tracking_uri}")
     runs = list(tracking.iter_runs(client, [experiment_id],
-                                   f"tags.`grokray.sweep` = '{name}' and tags.`grokray.kind` = 'trial'"))
+                                   f"tags.`grokray.sweep` = '{name}' and tags.`grokray.kind` != 'sweep'"))
     runs.sort(key=lambda r: r.info.start_time)
     states: dict[str, int] = {}
     print(f"sweep {name!r}: {len(runs)} trial run(s)" + (f"; state in {exp_dir}" if exp_dir else ""))
@@ -525,6 +544,8 @@ def _registry() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
         "paths": ("compare the inference paths of two runs or checkpoints", _add_paths, _run_paths),
         "sweep": ("sweeps on Ray Tune: validate, run, resume, status, submit, logs", _add_sweep, None),
         "phase-map": ("labels over the swept parameters: table, PNG, CSV", _add_phase_map, _run_phase_map),
+        "transfer-map": ("a finetune sweep per source label: steps to memorize, accuracy per composition, curves",
+                         _add_transfer_map, _run_transfer_map),
     }
 
 

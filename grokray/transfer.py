@@ -90,6 +90,9 @@ SPLITS = ("new_atomic", "retained_atomic", "unretained_atomic", "train_inferred"
 PRETTY = {"new_old": "new+old", "old_new": "old+new", "new_new": "new+new", "old_old": "old+old"}
 #: "Memorized the new facts": acc/new_atomic at or above this, sustained (the verdict's rule).
 MEMORIZE_ACC = 0.99
+#: "Final" accuracy = median of the last this many evaluations: fine-tuning at CPU scale has
+#: short loss spikes, and one landing on the last evaluation should not decide a run's number.
+FINAL_WINDOW = 5
 
 _P = tracking.TAG_PREFIX
 _OLD, _RETAINED, _NEW = 0, 1, 2
@@ -507,9 +510,10 @@ def transfer_summary(history: Sequence[Mapping[str, Any]], sustain: int | None =
     ``t_memorize_new``: first step from which ``acc/new_atomic >= 0.99`` for ``sustain``
     evaluations (the verdict's rule; NaN if never); ``t_new_old``: the same for
     ``acc/test_new_old >= 0.9``; ``init_/final_/max_<x>`` for each test composition and the
-    atomic probes (``init`` is the step-0 evaluation: the source model); ``forget_<x>``
-    = init - final for ``old_old``, ``retained`` and ``unretained`` atomic facts;
-    ``bridge_<x>``: final ``lens/<x>/bridge_found``.
+    atomic probes (``init`` is the step-0 evaluation: the source model; ``final`` the median
+    of the last :data:`FINAL_WINDOW` evaluations); ``forget_<x>`` = init - final for
+    ``old_old``, ``retained`` and ``unretained`` atomic facts; ``bridge_<x>``: final
+    ``lens/<x>/bridge_found`` (same median).
     """
     from grokray.verdict import VerdictParams, first_sustained
 
@@ -526,13 +530,13 @@ def transfer_summary(history: Sequence[Mapping[str, Any]], sustain: int | None =
     for short, key in keys.items():
         s, v = _series(history, key)
         out[f"init_{short}"] = float(v[0]) if len(v) and s[0] == 0 else math.nan
-        out[f"final_{short}"] = float(v[-1]) if len(v) else math.nan
+        out[f"final_{short}"] = float(np.median(v[-FINAL_WINDOW:])) if len(v) else math.nan
         out[f"max_{short}"] = float(v.max()) if len(v) else math.nan
     for short in ("old_old", "retained", "unretained"):
         out[f"forget_{short}"] = out[f"init_{short}"] - out[f"final_{short}"]
     for short in TEST_SPLITS:
         _, v = _series(history, f"lens/{short}/bridge_found")
-        out[f"bridge_{short}"] = float(v[-1]) if len(v) else math.nan
+        out[f"bridge_{short}"] = float(np.median(v[-FINAL_WINDOW:])) if len(v) else math.nan
     return out
 
 
@@ -595,6 +599,9 @@ def resolve_sources(client: "MlflowClient", *, sweep: str | None = None, label: 
     unknown sweep or run, or an empty selection.
     """
     labels = _labels(label)
+    if isinstance(sweep, (list, tuple)):  # several sweeps: their runs together
+        return [s for name in sweep for s in resolve_sources(client, sweep=name, label=label,
+                                                             experiment=experiment)]
     if (sweep is None) == (runs is None):
         raise ConfigError("give source.sweep or source.runs (one of the two)", key="source",
                           value={"sweep": sweep, "runs": runs})
@@ -639,20 +646,26 @@ def resolve_sources(client: "MlflowClient", *, sweep: str | None = None, label: 
     return chosen
 
 
-def download_checkpoint(client: "MlflowClient", run_id: str, checkpoint: str | int, dst: str | os.PathLike) -> str:
-    """Download the run's ``checkpoints/step_*.pt`` (``"last"`` or a step) to ``dst``; the local path."""
+def _check_checkpoint(client: "MlflowClient", run_id: str, checkpoint: str | int) -> str:
+    """The artifact path of the run's checkpoint (``"last"`` or a step); ConfigError if it has none."""
     files = sorted(a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".pt"))
     if not files:
         raise ConfigError("source run has no checkpoints", key="source.runs", value=run_id)
-    if checkpoint != "last":
-        want = f"checkpoints/step_{int(checkpoint):07d}.pt"
-        if want not in files:
-            steps = ", ".join(str(int(f.split("_")[-1][:-3])) for f in files)
-            raise ConfigError(f"source run {run_id} has no checkpoint at that step (has: {steps})",
-                              key="source.checkpoint", value=checkpoint)
-        files = [want]
+    if checkpoint == "last":
+        return files[-1]
+    want = f"checkpoints/step_{int(checkpoint):07d}.pt"
+    if want not in files:
+        steps = ", ".join(str(int(f.split("_")[-1][:-3])) for f in files)
+        raise ConfigError(f"source run {run_id} has no checkpoint at that step (has: {steps})",
+                          key="source.checkpoint", value=checkpoint)
+    return want
+
+
+def download_checkpoint(client: "MlflowClient", run_id: str, checkpoint: str | int, dst: str | os.PathLike) -> str:
+    """Download the run's ``checkpoints/step_*.pt`` (``"last"`` or a step) to ``dst``; the local path."""
+    path = _check_checkpoint(client, run_id, checkpoint)
     Path(dst).mkdir(parents=True, exist_ok=True)
-    return client.download_artifacts(run_id, files[-1], str(dst))
+    return client.download_artifacts(run_id, path, str(dst))
 
 
 def source_trial_config(client: "MlflowClient", run_id: str) -> TrialConfig:
@@ -675,7 +688,7 @@ def source_trial_config(client: "MlflowClient", run_id: str) -> TrialConfig:
 @dataclass
 class SourceSpec:
     """``source:`` of a finetune sweep: which runs to fine-tune, and from which checkpoint."""
-    sweep: str | None = None
+    sweep: str | list[str] | None = None   # a sweep name, or several
     label: list[str] | None = None    # full label names; None: every labelled run
     runs: list[str] | None = None
     checkpoint: str | int = "last"
@@ -742,8 +755,10 @@ def _parse_finetune(raw: Mapping[str, Any]) -> FinetuneSpec:
     sweep, runs = src_raw.get("sweep"), src_raw.get("runs")
     if (sweep is None) == (runs is None):
         raise ConfigError("give sweep or runs (one of the two)", key="source", value=dict(src_raw))
-    if sweep is not None and (not isinstance(sweep, str) or not NAME_RE.match(sweep)):
-        raise ConfigError("must be a sweep name", key="source.sweep", value=sweep)
+    for i, name in enumerate([sweep] if isinstance(sweep, str) or sweep is None else list(sweep) or [""]):
+        if name is not None and (not isinstance(name, str) or not NAME_RE.match(name)):
+            key = "source.sweep" if isinstance(sweep, str) or not isinstance(sweep, list) else f"source.sweep[{i}]"
+            raise ConfigError("must be a sweep name (or a list of them)", key=key, value=name)
     if runs is not None:
         if not isinstance(runs, list) or not runs:
             raise ConfigError("must be a non-empty list of MLflow run ids", key="source.runs", value=runs)
@@ -806,6 +821,7 @@ def prepare_sources(fspec: FinetuneSpec, tracking_uri: str, transfer_values: Ite
                               experiment=fspec.source.experiment)
     seen: set[str] = set()
     for s in sources:
+        _check_checkpoint(client, s["run_id"], fspec.source.checkpoint)
         cfg = source_trial_config(client, s["run_id"])
         s["data"] = to_plain(cfg.data)
         for values in transfer_values:
@@ -951,11 +967,13 @@ def log_transfer_summary(client: "MlflowClient", run_id: str, history: Sequence[
 
 
 def finetune_run_name(source: Mapping[str, Any], values: Mapping[str, Any], keys: Sequence[str]) -> str:
-    """``true:<source run name>|n_new=0.1`` (short source label, source name, other swept values)."""
+    """``true:<source run name>|tf_n_new=0.1`` (short source label, source name, other swept values)."""
     from grokray.phasemap import SHORT
     from grokray.sweep.trial import run_name
 
-    rest = run_name(dict(values), [k for k in keys if k != "source_run"])
+    # transfer.seed -> tf_seed: its last segment alone would read like the trial seed.
+    shown = {k.replace("transfer.", "tf_", 1): v for k, v in values.items()}
+    rest = run_name(shown, [k.replace("transfer.", "tf_", 1) for k in keys if k != "source_run"])
     name = f"{SHORT.get(source.get('label'), '?')}:{source.get('run_name') or str(source.get('run_id'))[:12]}"
     return name + (f"|{rest}" if rest != "trial" else "")
 
@@ -967,6 +985,7 @@ def finetune_trial(config: dict, ctx: FinetuneContext) -> None:
     :func:`grokray.sweep.trial.run_trial` (the MLflow child run is found again by its trial id).
     """
     import torch
+    from mlflow.entities import RunTag
     from ray import tune
 
     from grokray.config import replace_dotted, trial_config_from_dict
@@ -984,7 +1003,6 @@ def finetune_trial(config: dict, ctx: FinetuneContext) -> None:
     source["checkpoint"] = ctx.checkpoint
     values = {k: config[k] for k in ctx.swept_keys if k in config}
     run_id = find_or_create_run(client, ctx, tune.get_context().get_trial_id(), values)
-    from mlflow.entities import RunTag
 
     tags = {f"{_P}kind": "finetune", f"{_P}source_run": source_run, f"{_P}source_label": source["label"] or "",
             f"{_P}source_sweep": source["sweep"] or "", f"{_P}source_run_name": source["run_name"],
@@ -992,21 +1010,20 @@ def finetune_trial(config: dict, ctx: FinetuneContext) -> None:
             "mlflow.runName": finetune_run_name(source, values, ctx.swept_keys)}
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    with tempfile.TemporaryDirectory(prefix="grokray-finetune-") as work:
-        ckpt = download_checkpoint(src_client, source_run, ctx.checkpoint, Path(work) / "source")
-        trainer = prepare_finetune(ckpt, tcfg, cfg.train, Path(work) / "run", seed=cfg.seed)
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                trainer.load_state(Path(d) / "state.pt")
-        reporter = _finetune_reporter(run_id)
-        callbacks = [FinetuneLogger(client, run_id, tcfg, source), reporter]
-        status = "FAILED"
-        try:
-            result = trainer.run(callbacks)
+    status = "FAILED"  # also when the source checkpoint cannot be fetched or loaded
+    try:
+        with tempfile.TemporaryDirectory(prefix="grokray-finetune-") as work:
+            ckpt = download_checkpoint(src_client, source_run, ctx.checkpoint, Path(work) / "source")
+            trainer = prepare_finetune(ckpt, tcfg, cfg.train, Path(work) / "run", seed=cfg.seed)
+            checkpoint = tune.get_checkpoint()
+            if checkpoint is not None:
+                with checkpoint.as_directory() as d:
+                    trainer.load_state(Path(d) / "state.pt")
+            reporter = _finetune_reporter(run_id)
+            result = trainer.run([FinetuneLogger(client, run_id, tcfg, source), reporter])
             status = "FINISHED"
-        finally:
-            client.set_terminated(run_id, status=status)
+    finally:
+        client.set_terminated(run_id, status=status)
     final = dict(reporter.result(result.steps_run, result.history[-1]))
     final.update(stop_reason=result.stop_reason, steps_run=result.steps_run)
     tune.report(final)
@@ -1107,8 +1124,9 @@ def _med(values: "pd.Series") -> float:
 
 
 TABLE_LEGEND = ("per source label: runs; memorized = runs whose new-fact accuracy reached 0.99 (sustained) / runs, "
-                "t_mem = median first step; accuracy columns = median final exact match on the test compositions "
-                "(hop 1 + hop 2: new = learned in fine-tuning, old = retained); forget = median drop from step 0")
+                "t_mem = median first step; accuracy columns = median over runs of the final exact match (median of "
+                "a run's last 5 evaluations) on the test compositions (hop 1 + hop 2: new = learned in fine-tuning, "
+                "old = retained); forget = median drop from step 0")
 
 
 def format_transfer_table(df: "pd.DataFrame") -> str:

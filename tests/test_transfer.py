@@ -296,7 +296,7 @@ def test_finetune_trial_logs_transfer_metrics_and_tags_and_restarts(mlflow_uri, 
     assert tags["grokray.source_run"] == src and tags["grokray.source_label"] == "true_grokking"
     assert tags["grokray.source_sweep"] == "src-sweep" and tags["grokray.source_run_name"] == "seed=0"
     assert tags["mlflow.parentRunId"] == parent and tags["grokray.sweep"] == "ft-sweep"
-    assert run.info.run_name == "true:seed=0|n_new=10"
+    assert run.info.run_name == "true:seed=0|tf_n_new=10"
     assert params["transfer.n_new"] == "10" and params["source.run_id"] == src and params["seed"] == "3"
     assert params["data.n_entities"] == "30" and params["transfer.size.new_atomic"] == "10"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc/new_atomic")]
@@ -312,6 +312,20 @@ def test_finetune_trial_logs_transfer_metrics_and_tags_and_restarts(mlflow_uri, 
                       and (tmp_path / "d" / "dataset.json").read_text())["kind"] == "transfer"
     final = fake.results[-1]
     assert final["steps_run"] == 60 and "acc/test_new_old" in final and final["mlflow_run_id"] == run.info.run_id
+
+
+def test_finetune_trial_without_a_source_checkpoint_fails_its_run(mlflow_uri, tmp_path, monkeypatch):
+    client = tracking.get_client(mlflow_uri)
+    exp = tracking.get_or_create_experiment(client, "tf")
+    src = _source_run(client, exp, None, name="no-ckpt", label="true_grokking")
+    parent = _sweep_parent(client, exp, "ft-sweep", ["source_run"])
+    ctx = FinetuneContext(sweep="ft-sweep", base={"train": FT_TRAIN}, transfer=TF.to_dict(), swept_keys=["source_run"],
+                          tracking_uri=mlflow_uri, experiment_id=exp, parent_run_id=parent)
+    FakeTune(tmp_path).install(monkeypatch)
+    with pytest.raises(ConfigError, match="source run has no checkpoints"):
+        finetune_trial({"source_run": src}, ctx)
+    [run] = client.search_runs([exp], "tags.`grokray.kind` = 'finetune'")
+    assert run.info.status == "FAILED" and run.data.tags["grokray.source_run"] == src
 
 
 # =========================================================================== sources
@@ -385,14 +399,19 @@ def test_prepare_sources_builds_the_data_and_fails_once_when_infeasible(sources_
     assert len(list((tmp_path / "datasets").glob("tf-*.npz"))) == 2
     with pytest.raises(ConfigError, match=r"^transfer\.n_new: asks for 100 new facts .* \(got 100\)$"):
         prepare_sources(spec, sources_store["uri"], [{"transfer.n_new": 100}], cache=tmp_path)
+    at_step = parse_finetune({"kind": "finetune", "source": {"sweep": "calib", "label": "true", "checkpoint": 999}})
+    with pytest.raises(ConfigError, match=r"^source\.checkpoint: source run \w+ has no checkpoint at that step "
+                                          r"\(has: 100\) \(got 999\)$"):
+        prepare_sources(at_step, sources_store["uri"], cache=tmp_path)
 
 
 # =========================================================================== the transfer map
 
-def _history(t_mem: int, new_old: float, old_new: float, steps=(0, 100, 200, 300, 400)) -> list[dict]:
+def _history(t_mem: int, new_old: float, old_new: float, steps=tuple(range(0, 801, 100))) -> list[dict]:
+    """Accuracies rise linearly to step 400, then hold (the last 5 evaluations: the final value)."""
     out = []
     for s in steps:
-        f = s / steps[-1]
+        f = min(1.0, s / 400)
         out.append({"step": s, "acc/train": min(1.0, 0.5 + f), "acc/new_atomic": 1.0 if s >= t_mem else 0.1 * f,
                     "acc/retained_atomic": 1.0, "acc/unretained_atomic": 1.0 - 0.5 * f,
                     "acc/test_new_old": new_old * f, "acc/test_old_new": old_new * f, "acc/test_new_new": 0.02 * f,
@@ -433,7 +452,7 @@ def map_store(_migrated_store, tmp_path_factory):
         for h in history:
             tracking.log_metrics(client, run_id, h["step"], {k: v for k, v in h.items() if k != "step"})
         if status == "FINISHED":
-            tracking.log_run_summary(client, run_id, history, "max_steps", 400, 400)
+            tracking.log_run_summary(client, run_id, history, "max_steps", 800, 800)
             log_transfer_summary(client, run_id, history, label)
             client.set_terminated(run_id)
         ids.append(run_id)
@@ -454,7 +473,7 @@ def test_transfer_map_frame(map_store):
     assert df["forget_old_old"].tolist() == pytest.approx([0.2] * 4)
     assert df["forget_unretained"].tolist() == pytest.approx([0.5] * 4)
     assert df["bridge_old_new"].tolist() == pytest.approx([0.9] * 4)
-    assert df["status"].tolist() == ["FINISHED"] * 3 + ["RUNNING"] and df["steps_run"].tolist() == [400] * 4
+    assert df["status"].tolist() == ["FINISHED"] * 3 + ["RUNNING"] and df["steps_run"].tolist() == [800] * 4
     with pytest.raises(LookupError, match="no sweep named 'nope'"):
         transfer_map("nope", map_store["uri"])
 
@@ -510,6 +529,7 @@ def test_transfer_summary_rules():
     s = transfer_summary(h)
     assert s["t_memorize_new"] == 30.0                     # a one-evaluation spike is not sustained
     assert math.isnan(s["final_new_old"]) and s["init_new_atomic"] == 0.0 and s["max_new_atomic"] == 1.0
+    assert s["final_new_atomic"] == 0.995                  # median of the last 5: a spike at the end is not final
 
 
 # =========================================================================== the spec section
@@ -530,7 +550,7 @@ def test_parse_finetune_good_and_shipped_spec():
     path = ROOT / "sweeps" / "transfer.yaml"
     raw = read_yaml(path)
     shipped = parse_finetune(raw, path)
-    assert shipped.source.sweep == "calibration" and raw["kind"] == "finetune"
+    assert shipped.source.sweep == ["calibration", "calibration-nonshared"] and raw["kind"] == "finetune"
     base = trial_config_from_dict(read_yaml(path.parent / raw["base"]) if isinstance(raw["base"], str)
                                   else raw["base"])
     assert base.train.max_steps >= 1
@@ -541,7 +561,9 @@ def test_parse_finetune_good_and_shipped_spec():
     ({"source": None}, "source: kind: finetune needs a mapping"),
     ({"source": {"sweep": "calibration", "lable": "true"}}, "source.lable: unknown key; known keys: sweep, label"),
     ({"source": {"sweep": "calibration", "runs": ["a"]}}, "source: give sweep or runs (one of the two)"),
-    ({"source": {"sweep": "bad name!"}}, "source.sweep: must be a sweep name (got 'bad name!')"),
+    ({"source": {"sweep": "bad name!"}}, "source.sweep: must be a sweep name (or a list of them) (got 'bad name!')"),
+    ({"source": {"sweep": ["calibration", "bad name!"]}},
+     "source.sweep[1]: must be a sweep name (or a list of them) (got 'bad name!')"),
     ({"source": {"runs": []}}, "source.runs: must be a non-empty list of MLflow run ids (got [])"),
     ({"source": {"runs": ["ab-c"]}}, "source.runs[0]: must be an MLflow run id (got 'ab-c')"),
     ({"source": {"sweep": "calibration", "label": "sort_of"}}, "source.label: unknown label"),
@@ -563,3 +585,29 @@ def test_parse_finetune_errors_are_one_line_with_file_key_value(patch, expect):
         parse_finetune(raw, "sweeps/x.yaml")
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"sweeps/x.yaml: {expect}"), msg
+
+
+def _spec_reads_finetune() -> bool:
+    import dataclasses
+
+    from grokray.sweep.spec import SweepSpec
+    return "finetune" in {f.name for f in dataclasses.fields(SweepSpec)}
+
+
+@pytest.mark.skipif(not _spec_reads_finetune(), reason="grokray/sweep/spec.py does not read kind: finetune yet")
+def test_sweep_spec_reads_the_finetune_section():
+    from grokray.sweep.spec import load_spec, spec_from_dict
+    from grokray.transfer import transfer_grid, trial_keys
+
+    spec = spec_from_dict(GOOD, source="s.yaml")
+    assert spec.kind == "finetune" and spec.finetune.source.sweep == "calibration" and not spec.classifier.enabled
+    assert transfer_grid(spec) == [{"transfer.n_new": 0.05}, {"transfer.n_new": 0.1}]
+    assert trial_keys(spec) == ["source_run", "transfer.n_new"]
+    with pytest.raises(ConfigError, match=r"^s\.yaml: parameters\.transfer\.n_new\.values\[1\]: a count must be"):
+        spec_from_dict({**GOOD, "parameters": {"transfer.n_new": [0.05, 2.5]}}, source="s.yaml")
+    with pytest.raises(ConfigError, match=r"^s\.yaml: transfer: only for kind: finetune"):
+        spec_from_dict({"name": "x", "transfer": {"n_new": 3}}, source="s.yaml")
+    with pytest.raises(ConfigError, match=r"^kind: must be one of trial, finetune \(got 'fine'\)"):
+        spec_from_dict({"name": "x", "kind": "fine"})
+    shipped = load_spec(ROOT / "sweeps" / "transfer.yaml")
+    assert shipped.finetune.transfer.new_pairs == "replace" and shipped.base_for_trials().train.max_steps == 3000

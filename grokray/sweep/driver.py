@@ -127,6 +127,15 @@ def _search_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
+def _trial_keys(spec: SweepSpec) -> list[str]:
+    """Keys that name a trial (a finetune trial is named by its source run first)."""
+    if spec.finetune is not None:
+        from grokray.transfer import trial_keys
+
+        return trial_keys(spec)
+    return spec.swept_keys
+
+
 def _tune_config(spec: SweepSpec):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -147,13 +156,18 @@ def _tune_config(spec: SweepSpec):
                                   reduction_factor=a["reduction_factor"])
     return tune.TuneConfig(num_samples=spec.num_samples, search_alg=search_alg, scheduler=scheduler,
                            max_concurrent_trials=spec.max_concurrent if spec.method != "optuna" else None,
-                           trial_name_creator=functools.partial(_trial_name, keys=spec.swept_keys),
-                           trial_dirname_creator=functools.partial(_trial_name, keys=spec.swept_keys),
+                           trial_name_creator=functools.partial(_trial_name, keys=_trial_keys(spec)),
+                           trial_dirname_creator=functools.partial(_trial_name, keys=_trial_keys(spec)),
                            reuse_actors=False)
 
 
 def _trainable(spec: SweepSpec, record: SweepRecord):
     from ray import tune
+
+    if spec.finetune is not None:
+        from grokray.transfer import finetune_trainable
+
+        return finetune_trainable(spec, record)
 
     stop = spec.stopping
     ctx = TrialContext(sweep=record.name, base=spec.base_for_trials().to_dict(), swept_keys=spec.swept_keys,
@@ -187,10 +201,12 @@ class PhaseMapRefresher:
             return
         self.last = time.monotonic()
         try:
-            from grokray.phasemap import log_phase_map
+            if self.record.spec.get("kind") == "finetune":
+                from grokray.transfer import log_transfer_map as log_map
+            else:
+                from grokray.phasemap import log_phase_map as log_map
 
-            log_phase_map(self.record.tracking_uri, self.record.parent_run_id, self.record.name,
-                          self.record.experiment)
+            log_map(self.record.tracking_uri, self.record.parent_run_id, self.record.name, self.record.experiment)
         except Exception as e:  # the map is a view: never let it break the sweep
             print(f"[grokray] phase map not refreshed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
@@ -290,6 +306,11 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     from grokray.sweep.progress import ProgressTable
 
     started = time.time()
+    sources = None
+    if spec.finetune is not None:  # resolve the source runs and build their data before creating anything
+        from grokray.transfer import prepare_sweep_sources
+
+        sources = prepare_sweep_sources(spec, resolved_tracking_uri(spec))
     record, exp_dir = prepare_sweep(spec, name)
     spec = record.spec_obj()
     _warn_cluster_store(record, address)
@@ -302,7 +323,15 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     print(f"[grokray] sweep {record.name!r}: {spec.n_trials()} trial(s) ({spec.method}), MLflow experiment "
           f"{record.experiment!r} (parent run {record.parent_run_id}) at {record.tracking_uri}; state in {exp_dir}",
           flush=True)
-    tuner = tune.Tuner(_trainable(spec, record), param_space=_search_space(spec), tune_config=_tune_config(spec),
+    space = _search_space(spec)
+    if sources is not None:
+        from grokray.transfer import log_sources, source_space
+
+        space.update(source_space(sources))
+        log_sources(tracking.get_client(record.tracking_uri), record.parent_run_id, sources)
+        print(f"[grokray] fine-tuning {len(sources)} source run(s): "
+              + ", ".join(f"{s['run_name'] or s['run_id']} ({s['label']})" for s in sources), flush=True)
+    tuner = tune.Tuner(_trainable(spec, record), param_space=space, tune_config=_tune_config(spec),
                        run_config=_run_config(spec, record, callbacks))
     try:
         results = tuner.fit()

@@ -111,6 +111,8 @@ class SweepSpec:
     experiment: str | None = None
     storage: str = DEFAULT_STORAGE
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
+    kind: str = "trial"              # trial | finetune (grokray.transfer: fine-tune the runs of another sweep)
+    finetune: Any = None             # grokray.transfer.FinetuneSpec when kind is finetune
     source: str | None = None        # the file it came from
     raw: dict = field(default_factory=dict)  # the spec as written (saved with the sweep for resume)
 
@@ -267,7 +269,9 @@ def spec_from_dict(raw: Any, *, source: str | os.PathLike | None = None) -> Swee
 
 
 _TOP_KEYS = ("name", "description", "method", "base", "parameters", "max_steps", "num_samples", "metric",
-             "stopping", "resources", "max_concurrent", "max_failures", "tracking", "storage", "classifier")
+             "stopping", "resources", "max_concurrent", "max_failures", "tracking", "storage", "classifier",
+             "kind", "source", "transfer")
+KINDS = ("trial", "finetune")
 
 
 def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
@@ -281,6 +285,18 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     method = raw.get("method", "grid")
     if method not in METHODS:
         raise ConfigError(f"must be one of {', '.join(METHODS)}", key="method", value=method)
+    kind = raw.get("kind", "trial")
+    if kind not in KINDS:
+        raise ConfigError(f"must be one of {', '.join(KINDS)}", key="kind", value=kind)
+    finetune = None
+    if kind == "finetune":
+        from grokray.transfer import parse_finetune
+
+        finetune = parse_finetune(raw, source)
+    else:
+        for k in ("source", "transfer"):
+            if k in raw:
+                raise ConfigError("only for kind: finetune", key=k, value=raw[k])
 
     # base: a path (relative to the spec file) or an inline trial config.
     base_raw = raw.get("base")
@@ -303,7 +319,8 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     params_raw = _mapping(raw.get("parameters"), "parameters")
     parameters = [_parse_parameter(str(k), v) for k, v in params_raw.items()]
     for p in parameters:
-        _check_parameter_values(base, p)
+        if finetune is None or not finetune.owns(p.key):  # transfer.* values: checked by parse_finetune
+            _check_parameter_values(base, p)
         if method == "grid" and p.values is None:
             raise ConfigError("method grid needs 'values' (a distribution needs method random or optuna)",
                               key=f"parameters.{p.key}", value=p.distribution)
@@ -343,6 +360,8 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
         raise ConfigError("must be ood or id", key="classifier.split", value=classifier.split)
     if classifier.patching_queries < 1:
         raise ConfigError("must be >= 1", key="classifier.patching_queries", value=classifier.patching_queries)
+    if finetune is not None:
+        classifier.enabled = False  # finetune runs are read by the transfer map, not labelled
 
     if method == "optuna":
         if not parameters:
@@ -358,10 +377,12 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
                      metric=metric, stopping=stopping, resources=resources, max_concurrent=max_concurrent,
                      max_failures=max_failures, tracking_uri=tracking.get("uri"),
                      experiment=tracking.get("experiment"), storage=storage, classifier=classifier,
+                     kind=kind, finetune=finetune,
                      source=str(source) if source is not None else None, raw=to_plain(raw))
     if max_steps is not None:
         spec.base_for_trials()  # validates the budget against the base config
-    _check_phi_feasible(spec)
+    if finetune is None:
+        _check_phi_feasible(spec)  # a finetune sweep's data comes from its sources: checked at sweep start
     return spec
 
 
