@@ -320,7 +320,8 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     if spec.classifier.enabled:
         callbacks.append(ClassifierCallback(record.name, record.tracking_uri, spec.classifier.split,
                                             spec.classifier.patching_queries, refresh=refresher))
-    print(f"[grokray] sweep {record.name!r}: {spec.n_trials()} trial(s) ({spec.method}), MLflow experiment "
+    n_trials = spec.n_trials() * (len(sources) if sources is not None else 1)
+    print(f"[grokray] sweep {record.name!r}: {n_trials} trial(s) ({spec.method}), MLflow experiment "
           f"{record.experiment!r} (parent run {record.parent_run_id}) at {record.tracking_uri}; state in {exp_dir}",
           flush=True)
     space = _search_space(spec)
