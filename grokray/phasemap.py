@@ -177,6 +177,9 @@ def _swept_values(run: "Run") -> dict[str, Any]:
 def _hashable(value: Any, logged: str | None) -> Any:
     """A swept value as a cell key: scalars as they are; a mapping or list as the run's logged
     param (e.g. the augmentation preset name), else as compact JSON."""
+    if isinstance(value, dict) and logged is None and all(not isinstance(v, (dict, list)) for v in value.values()):
+        # A grouped value (``model: {n_layers: 2, n_loops: 1}``): read as its run name reads it.
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
     if isinstance(value, (dict, list)):
         return logged if logged is not None else json.dumps(value, sort_keys=True, separators=(",", ":"))
     return value
