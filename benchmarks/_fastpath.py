@@ -10,11 +10,17 @@ benchmarks measure it side by side against the shipped code and check the metric
 * ``optimizer="fused"``: ``torch.optim.AdamW(fused=True)`` (CPU fused kernel, torch >= 2.4)
   instead of ``foreach=True``.
 * ``flush_denormal``: ``torch.set_flush_denormal(True)`` (process-wide).
+* ``matmul="bf16"`` (with ``train.precision: fp32``): no autocast; weights, activations,
+  LayerNorm, attention and the loss stay fp32, and oneDNN computes fp32 matmuls with bf16
+  inputs and fp32 accumulation (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``,
+  process-wide, set around every call of the trainer here). Same matmul input rounding as
+  bf16 autocast, without autocast's casts, and with attention in fp32 (SDPA is fast in fp32).
 * :func:`evaluate_batched`: all probes in one forward (one concatenated batch), metrics
   reduced with tensor ops, one host transfer at the end; same numbers as ``evaluate``.
 """
 from __future__ import annotations
 
+import contextlib
 import types
 from typing import Any
 
@@ -71,13 +77,40 @@ def replace_optimizer(trainer: Any, kind: str) -> None:
     trainer.optimizer = torch.optim.AdamW(groups, fused=(kind == "fused"), foreach=(kind == "foreach") or None)
 
 
-def make_trainer(cfg, dataset, attention: str = "sdpa", optimizer: str = "foreach", work_dir=None):
-    """A grokray Trainer with the prototypes applied (``sdpa`` + ``foreach`` = as shipped)."""
+@contextlib.contextmanager
+def bf16_matmul():
+    """fp32 matmuls computed by oneDNN with bf16 inputs, fp32 accumulation (restored on exit)."""
+    prec = torch.backends.mkldnn.matmul
+    old = prec.fp32_precision
+    prec.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        prec.fp32_precision = old
+
+
+def wrap_bf16_matmul(trainer: Any) -> Any:
+    for name in ("train_step", "evaluate", "run"):
+        orig = getattr(trainer, name)
+
+        def wrapped(*a, _orig=orig, **kw):
+            with bf16_matmul():
+                return _orig(*a, **kw)
+        setattr(trainer, name, wrapped)
+    return trainer
+
+
+def make_trainer(cfg, dataset, attention: str = "sdpa", optimizer: str = "foreach", matmul: str = "default",
+                 work_dir=None):
+    """A grokray Trainer with the prototypes applied (``sdpa`` + ``foreach`` + default = as shipped)."""
     from grokray.train import Trainer
 
     t = Trainer(cfg, dataset=dataset, work_dir=work_dir)
     patch_attention(t.model, attention)
     replace_optimizer(t, optimizer)
+    if matmul == "bf16":
+        assert t.precision == "fp32", "bf16 matmul is the alternative to autocast: use train.precision fp32"
+        wrap_bf16_matmul(t)
     # Trainer.evaluate calls the module-level evaluate; keep that, the model is what changed.
     return t
 

@@ -15,8 +15,6 @@ The reference (Wang et al. 2024 and He et al. 2025 train Hugging Face GPT-2 code
 """
 from __future__ import annotations
 
-import math
-import sys
 from pathlib import Path
 from typing import Any
 

@@ -6,7 +6,9 @@ so the shipped trainer and the prototypes run interleaved in one process:
 A. train step (default trial, batch 512), samples/s, 1 and 2 threads:
    ``shipped`` (bf16 autocast, SDPA, foreach AdamW) vs ``attn_manual`` (matmul attention under
    bf16), ``adamw_fused``, ``fast`` (both), ``fast_ftz`` (both + flush denormals); and in fp32
-   ``shipped_fp32`` vs ``fp32_fused`` (SDPA kept: it is the fast one in fp32).
+   ``shipped_fp32`` vs ``fp32_fused`` (SDPA kept: it is the fast one in fp32); and
+   ``fp32_bf16mm`` (fp32 model, no autocast, oneDNN bf16 matmuls, SDPA, fused AdamW) against
+   ``shipped`` (the candidate for "bf16 everywhere it pays, fp32 elsewhere").
 B. evaluation (``grokray.train.evaluate``) and the logit lens (``lens_metrics``) per call, shipped
    vs manual attention vs one batched forward; projected share of a default 12k-step trial.
 C. correctness: the shipped trainer and the fast path trained from the same seed for the same
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _fastpath import evaluate_batched, make_trainer, patch_attention
+    from _fastpath import bf16_matmul, evaluate_batched, make_trainer
     from _models import default_config
     from grokray.circuits.lens import lens_metrics
     from grokray.data import load_dataset
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
     steps = 2 if args.quick else 20
     warmup = 1 if args.quick else 10
     threads = [int(t) for t in args.threads.split(",")][:1 if args.quick else None]
-    check_steps = args.check_steps or (12 if args.quick else 1000)
+    check_steps = args.check_steps or (4 if args.quick else 1000)
 
     cfg = default_config()
     cfg32 = default_config(precision="fp32")
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
           "adamw_fused": make_trainer(cfg, ds, optimizer="fused"),
           "fast": make_trainer(cfg, ds, attention="auto", optimizer="fused"),
           "shipped_fp32": make_trainer(cfg32, ds), "fp32_fused": make_trainer(cfg32, ds, attention="auto",
-                                                                                optimizer="fused")}
+                                                                                optimizer="fused"),
+          "fp32_bf16mm": make_trainer(cfg32, ds, optimizer="fused", matmul="bf16")}
 
     def timed(t):
         def run():
@@ -107,6 +110,8 @@ def main(argv=None) -> int:
         C.say(f"A. train step, {nt} thread(s)")
         raw = C.interleave(variants, rounds, log=C.say)
         vs = {n: C.paired_ratios(raw[n], raw["shipped"]) for n in raw if n != "shipped" and "fp32" not in n}
+        vs["fp32_bf16mm"] = C.paired_ratios(raw["fp32_bf16mm"], raw["shipped"])
+        vs["fp32_bf16mm vs fast"] = C.paired_ratios(raw["fp32_bf16mm"], raw["fast"])
         vs["fp32_fused vs shipped_fp32"] = C.paired_ratios(raw["fp32_fused"], raw["shipped_fp32"])
         step_results[f"threads_{nt}"] = {"samples_per_s": {n: C.summarize(v) for n, v in raw.items()},
                                          "ratio_vs_shipped": vs}
@@ -115,6 +120,38 @@ def main(argv=None) -> int:
         for n, r in vs.items():
             C.say(f"  {n:<28} x{r['median_of_paired']:.3f}")
     out["train_step"] = step_results
+
+    # ---------------------------------------------------------------- A2: the optimizer step alone
+    torch.set_num_threads(threads[0])
+    opt_raw = {}
+    base = tr["shipped"]
+    groups = [{"params": [p.detach().clone().requires_grad_() for p in g["params"]],
+               "weight_decay": g["weight_decay"]} for g in base.optimizer.param_groups]
+    for g in groups:
+        for p in g["params"]:
+            p.grad = torch.randn_like(p) * 1e-3
+    opts = {k: torch.optim.AdamW([{**g, "params": [p for p in g["params"]]} for g in groups], lr=1e-3,
+                                 betas=cfg.train.betas, **kw)
+            for k, kw in (("foreach (shipped)", {"foreach": True}), ("fused", {"fused": True}),
+                          ("for-loop (torch default on CPU)", {"foreach": False}))}
+
+    def opt_time(o):
+        def run():
+            t0 = time.perf_counter()
+            for _ in range(20):
+                o.step()
+            return (time.perf_counter() - t0) / 20
+        return run
+    for o in opts.values():
+        o.step()
+    opt_raw = C.interleave({k: opt_time(o) for k, o in opts.items()}, rounds)
+    out["optimizer_step_alone"] = {
+        "seconds_per_step": {k: C.summarize(v) for k, v in opt_raw.items()},
+        "fused_over_foreach_time": C.paired_ratios(opt_raw["fused"], opt_raw["foreach (shipped)"]),
+        "share_of_shipped_step": C.median(opt_raw["foreach (shipped)"]) * C.median(
+            step_results[f"threads_{threads[0]}"]["samples_per_s"]["shipped"]["raw"]) / B}
+    C.say("A2. AdamW step alone: " + ", ".join(f"{k} {1000 * C.median(v):.2f} ms" for k, v in opt_raw.items())
+          + f"; foreach = {100 * out['optimizer_step_alone']['share_of_shipped_step']:.1f}% of a shipped step")
 
     # ---------------------------------------------------------------- B: evaluation and lens
     torch.set_num_threads(threads[0])
@@ -172,9 +209,15 @@ def main(argv=None) -> int:
     m2 = {**evaluate(f.model, f.probes, f.precision, f.device),
           **lens_metrics(f.model, ds, lens_n, precision=f.precision, device=f.device)}
     m3 = evaluate_batched(f.model, f.probes, f.precision, f.device)
-    m1, m2, m3 = ({"step": 0, **m} for m in (m1, m2, m3))
+    g = tr["fp32_bf16mm"]
+    g.model.load_state_dict(a.model.state_dict())
+    with bf16_matmul():
+        m4 = {**evaluate(g.model, g.probes, "fp32", g.device),
+              **lens_metrics(g.model, ds, lens_n, precision="fp32", device=g.device)}
+    m1, m2, m3, m4 = ({"step": 0, **m} for m in (m1, m2, m3, m4))
     same_w = {"max_abs_diff_fast_vs_shipped": _maxdiff([m1], [m2]),
-              "max_abs_diff_batched_eval_vs_shipped": _maxdiff([{k: m1[k] for k in m3}], [m3])}
+              "max_abs_diff_batched_eval_vs_shipped": _maxdiff([{k: m1[k] for k in m3}], [m3]),
+              "max_abs_diff_fp32_bf16mm_vs_shipped": _maxdiff([m1], [m4])}
 
     def run(c, **kw):
         c = default_config(f"train.max_steps={check_steps}", precision=c)
@@ -186,22 +229,28 @@ def main(argv=None) -> int:
     h_ship, s_ship = run("bf16")
     h_fast, s_fast = run("bf16", attention="auto", optimizer="fused")
     h_32, s_32 = run("fp32")
-    final = {k: {"shipped_bf16": h_ship[-1].get(k), "fast_bf16": h_fast[-1].get(k), "shipped_fp32": h_32[-1].get(k)}
+    h_mm, s_mm = run("fp32", optimizer="fused", matmul="bf16")
+    final = {k: {"shipped_bf16": h_ship[-1].get(k), "fast_bf16": h_fast[-1].get(k), "shipped_fp32": h_32[-1].get(k),
+                 "fp32_bf16mm": h_mm[-1].get(k)}
              for k in ("acc/train", "acc/id_atomic", "acc/test_inferred_id", "acc/test_inferred_ood", "loss/train",
                        "train_loss", "lens/id/bridge_found", "lens/ood/bridge_found", "param_norm")}
-    d_fast, d_32 = _maxdiff(h_ship, h_fast), _maxdiff(h_ship, h_32)
+    d_fast, d_32, d_mm = _maxdiff(h_ship, h_fast), _maxdiff(h_ship, h_32), _maxdiff(h_ship, h_mm)
     out["correctness"] = {
         "same_weights": same_w,
         "training_runs": {"steps": check_steps, "wall_seconds": {"shipped_bf16": s_ship, "fast_bf16": s_fast,
-                                                                 "shipped_fp32": s_32},
+                                                                 "shipped_fp32": s_32, "fp32_bf16mm": s_mm},
                           "final_metrics": final,
                           "max_abs_diff_over_history": {"fast_bf16 vs shipped_bf16": d_fast,
-                                                        "shipped_fp32 vs shipped_bf16 (yardstick)": d_32},
-                          "verdict": _verdict(d_fast, d_32)}}
+                                                        "shipped_fp32 vs shipped_bf16 (yardstick)": d_32,
+                                                        "fp32_bf16mm vs shipped_bf16": d_mm},
+                          "verdict": _verdict(d_fast, d_32),
+                          "verdict_fp32_bf16mm": _verdict(d_mm, d_32)}}
     C.say(f"  same weights: max |diff| acc {same_w['max_abs_diff_fast_vs_shipped']['acc']:.4f}, "
           f"loss {same_w['max_abs_diff_fast_vs_shipped']['loss']:.2e}")
     C.say(f"  runs: fast vs shipped {d_fast}; fp32 vs shipped (yardstick) {d_32}")
-    C.say(f"  verdict: {out['correctness']['training_runs']['verdict']}")
+    C.say(f"  fp32_bf16mm vs shipped {d_mm}")
+    C.say(f"  verdict: {out['correctness']['training_runs']['verdict']}; fp32_bf16mm: "
+          f"{out['correctness']['training_runs']['verdict_fp32_bf16mm']}")
     C.write_result("fastpath", args, out, started, before)
     return 0
 

@@ -10,7 +10,8 @@ Peaks, same thread count as the step: a large square ``torch.mm`` (n=2048) in fp
 and a "shape-limited" peak: every matmul of one step at the step's own shapes
 (M = B x T = 1536 tokens by 128/384/512 wide), timed alone; the rest of a step is overhead.
 Variants interleaved: peak_fp32, peak_bf16, step matmuls fp32/bf16, steps (shipped bf16,
-shipped fp32, fast-path prototype bf16).
+shipped fp32, fast-path prototypes: bf16 autocast + matmul attention + fused AdamW, and fp32 with
+oneDNN bf16 matmuls + fused AdamW).
 
 Target (issue): a step at >= 50% of the measured fp32 matmul peak.
 
@@ -70,7 +71,8 @@ def main(argv=None) -> int:
     B, T = cfg.train.batch_size, 3
     flops = step_flops(cfg, ds.vocab_size)
     tr = {"step_shipped_bf16": make_trainer(cfg, ds), "step_shipped_fp32": make_trainer(default_config(precision="fp32"), ds),
-          "step_fast_bf16": make_trainer(cfg, ds, attention="auto", optimizer="fused")}
+          "step_fast_bf16": make_trainer(cfg, ds, attention="auto", optimizer="fused"),
+          "step_fp32_bf16mm": make_trainer(default_config(precision="fp32"), ds, optimizer="fused", matmul="bf16")}
     with FlopCounterMode(display=False) as fc:
         tr["step_shipped_fp32"].train_step()
     counted = fc.get_total_flops()
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
             mfu[s] = {"vs_peak_fp32": C.paired_ratios(raw[s], raw["peak_mm_fp32"])["median_of_paired"],
                       "vs_peak_bf16": C.paired_ratios(raw[s], raw["peak_mm_bf16"])["median_of_paired"],
                       "vs_step_shapes_mm_same_dtype": C.paired_ratios(
-                          raw[s], raw["step_shapes_mm_fp32" if "fp32" in s else "step_shapes_mm_bf16"]
+                          raw[s], raw["step_shapes_mm_fp32" if s == "step_shipped_fp32" else "step_shapes_mm_bf16"]
                       )["median_of_paired"],
                       "ms_per_step": 1000 * flops["total"] / med[s]}
         results[f"threads_{nt}"] = {"gflops_per_s": {n: {**C.summarize([x / 1e9 for x in v])} for n, v in raw.items()},

@@ -13,6 +13,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _load(d: Path, name: str) -> dict | None:
     p = d / f"{name}.json"
+    if not p.exists():  # e.g. throughput_contended.json written with --out
+        p = next(iter(sorted(d.glob(f"{name}_*.json"))), p)
     return json.loads(p.read_text()) if p.exists() else None
 
 
@@ -56,13 +58,17 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
     s = _load(d, "sweep_overhead")
     if s:
         f = s["fixed_costs"]
+        ex = f["extrapolation"]
+        waves = -(-s["config"]["n_trials"] // 2)
+        pred = (ex["F_sweep_seconds"] + waves * ex["F_trial_seconds_per_wave"]) / (waves * 360.0) + max(
+            0.0, f["in_trial_overhead_fraction"])
         out.append(("sweep overhead",
                     f"{s['config']['n_trials']} x {s['config']['steps_per_trial']} steps: sweep "
                     f"{s['sweep_wall_seconds']:.0f} s vs plain {s['plain_wall_seconds_mean']:.0f} s "
                     f"({100 * s['overhead_ratio']:+.0f}%); fixed: ray.init {f['ray_init_cold_seconds']:.1f} s, "
                     f"fresh store {f['fresh_sqlite_store_seconds']:.1f} s, classifier {f['classifier_per_trial_seconds']:.1f} "
-                    f"s/trial, in-trial {100 * f['in_trial_overhead_fraction']:+.1f}%; predicted for 6-min trials "
-                    f"{100 * f['extrapolation']['predicted_overhead_trial_6min']:.1f}%",
+                    f"s/trial, in-trial {100 * f['in_trial_overhead_fraction']:+.1f}% (negative = contention noise, "
+                    f"counted as 0); predicted for 6-min trials {100 * pred:.1f}%",
                     "<= 10%", _cond(s)))
     c = _load(d, "classifier_cost")
     if c:
