@@ -303,7 +303,7 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     from ray import tune
 
     from grokray.sweep.classifier import ClassifierCallback
-    from grokray.sweep.progress import ProgressTable
+    from grokray.sweep.progress import FINETUNE_COLUMNS, TRIAL_COLUMNS, ProgressTable
 
     started = time.time()
     sources = None
@@ -316,7 +316,8 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     _warn_cluster_store(record, address)
     init_ray(address, dashboard)
     refresher = PhaseMapRefresher(record)
-    callbacks: list = [ProgressTable(spec.base_for_trials().train.max_steps)]
+    columns = FINETUNE_COLUMNS if spec.finetune is not None else TRIAL_COLUMNS
+    callbacks: list = [ProgressTable(spec.base_for_trials().train.max_steps, columns=columns)]
     if spec.classifier.enabled:
         callbacks.append(ClassifierCallback(record.name, record.tracking_uri, spec.classifier.split,
                                             spec.classifier.patching_queries, refresh=refresher))

@@ -17,9 +17,23 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "  -  "
 
 
+#: Test columns of the table: (header, metric). A finetune sweep shows its transfer splits.
+TRIAL_COLUMNS = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
+FINETUNE_COLUMNS = (("new+old", "acc/test_new_old"), ("old+new", "acc/test_old_new"))
+
+
 class ProgressTable(Callback):
-    def __init__(self, max_steps: int, every_s: float = 30.0, stream: Any = None):
+    """Tune callback printing the table.
+
+    Example:
+        >>> ProgressTable(12000).columns == TRIAL_COLUMNS
+        True
+    """
+
+    def __init__(self, max_steps: int, every_s: float = 30.0, stream: Any = None,
+                 columns: tuple = TRIAL_COLUMNS):
         self.max_steps, self.every_s = max_steps, every_s
+        self.columns = tuple(columns)
         self.stream = stream
         self._last_print = 0.0
         self._t0 = time.monotonic()
@@ -32,9 +46,13 @@ class ProgressTable(Callback):
     def __setstate__(self, state: dict) -> None:
         # Restored by a resumed driver: clocks of the old process mean nothing here.
         self.__dict__.update(state, _last_print=0.0, _t0=time.monotonic())
+        self.__dict__.setdefault("columns", TRIAL_COLUMNS)  # pickled before columns existed
 
     def _out(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
+
+    def _cells(self, r: dict) -> str:
+        return "  ".join(f"{_fmt(r.get(metric)):<{max(5, len(head))}}" for head, metric in self.columns)
 
     def table(self, trials: list) -> str:
         counts: dict[str, int] = {}
@@ -44,11 +62,11 @@ class ProgressTable(Callback):
             r = t.last_result or {}
             step = r.get("step")
             rows.append(f"  {str(t)[:46]:<46} {t.status:<10} {str(step) if step is not None else '-':>7}/"
-                        f"{self.max_steps:<7} {_fmt(r.get('acc/train'))}  {_fmt(r.get('acc/test_inferred_id'))}  "
-                        f"{_fmt(r.get('acc/test_inferred_ood'))}  {r.get('stop_reason', '')}")
+                        f"{self.max_steps:<7} {_fmt(r.get('acc/train'))}  {self._cells(r)}  {r.get('stop_reason', '')}")
         elapsed = time.monotonic() - self._t0
+        heads = "  ".join(f"{head:<{max(5, len(head))}}" for head, _ in self.columns)
         head = (f"[grokray] {elapsed / 60:.1f} min: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-                + f"\n  {'trial':<46} {'status':<10} {'step':>15}  train  ID     OOD    stop")
+                + f"\n  {'trial':<46} {'status':<10} {'step':>15}  train  {heads}  stop")
         return "\n".join([head, *rows])
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -61,9 +79,9 @@ class ProgressTable(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
+        tests = ", ".join(f"{head} {_fmt(r.get(metric))}" for head, metric in self.columns)
         self._out(f"[grokray] finished {trial} at step {r.get('step')} ({r.get('stop_reason', '?')}): "
-                  f"train {_fmt(r.get('acc/train'))}, ID {_fmt(r.get('acc/test_inferred_id'))}, "
-                  f"OOD {_fmt(r.get('acc/test_inferred_ood'))}")
+                  f"train {_fmt(r.get('acc/train'))}, {tests}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         where = getattr(trial, "error_file", None) or getattr(trial, "path", "")
