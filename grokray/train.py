@@ -119,6 +119,14 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 # --------------------------------------------------------------------------- evaluation
 
+def adamw_kernel(device: torch.device) -> dict[str, bool]:
+    """AdamW's implementation: the fused kernel on CPU and CUDA (one kernel for all
+    parameters; on CPU the optimizer step takes ~0.16 ms instead of ~0.44 ms with
+    ``foreach``), ``foreach`` elsewhere. Same update rule either way.
+    """
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+
+
 def answer_logits(model: LoopedTransformer, batch: Batch) -> torch.Tensor:
     """Logits at each query's answer position, ``[N, V]``; only those positions are unembedded."""
     resid = model.residual(batch.tokens)                                   # [N, T, d]
@@ -202,7 +210,7 @@ class Trainer:
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr_at(0, tc), betas=tc.betas, foreach=True)
+            lr=lr_at(0, tc), betas=tc.betas, **adamw_kernel(self.device))
 
         self.train_data = self.dataset.encode(self.dataset.train_rows()).to(self.device)
         # The papers' probes first, in their usual order; datasets with other probes (transfer) keep theirs.

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from grokray.config import ModelConfig
-from grokray.model import LoopedTransformer
+from grokray.model import CausalSelfAttention, LoopedTransformer
 
 
 def make(n_layers=2, n_loops=3, reinject=False, seed=0):
@@ -87,3 +87,29 @@ def test_causal_positions_do_not_see_the_future():
     other[:, 2] = 15
     b = m(other)
     torch.testing.assert_close(a[:, :2], b[:, :2])
+
+
+def _force_attention(model: LoopedTransformer, matmul: bool | None) -> None:
+    for mod in model.modules():
+        if isinstance(mod, CausalSelfAttention):
+            mod.matmul_attention = matmul
+
+
+def test_matmul_attention_equals_sdpa_in_fp32():
+    m = make()
+    _force_attention(m, False)
+    sdpa = m(TOKENS)
+    _force_attention(m, True)
+    torch.testing.assert_close(m(TOKENS), sdpa, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_picks_matmul_attention_and_agrees_with_sdpa():
+    m = make()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = m(TOKENS).float()                  # default: matmul attention under bf16
+        _force_attention(m, False)
+        sdpa = m(TOKENS).float()
+    fp32 = m(TOKENS)
+    # The two bf16 kernels differ only by bf16 rounding: far closer than bf16 is to fp32.
+    assert (auto - sdpa).abs().max() <= max(0.05, 2 * (sdpa - fp32).abs().max())
+    assert auto.argmax(-1).eq(fp32.argmax(-1)).float().mean() >= 0.9
