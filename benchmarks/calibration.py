@@ -3,6 +3,11 @@
     python benchmarks/calibration.py --run                 # run sweeps/calibration.yaml, then tabulate
     python benchmarks/calibration.py --tracking-uri sqlite:////path/mlflow.db   # tabulate an existing sweep
 
+    # the fast path's labels against the committed table (issue 6: "labels unchanged")
+    python benchmarks/calibration.py --tracking-uri sqlite:////path/fast.db \
+        --sweep calibration-fast calibration-nonshared-fast --result calibration_fastpath \
+        --out /tmp/calibration_fastpath --compare-to benchmarks/results/calibration.json
+
 Prints a markdown table (regime, loops, seed, label, detail, confidence, t_memorize,
 t_generalize, final accuracies, lens and causal evidence), writes it with the raw numbers
 to ``benchmarks/results/calibration.json``, and writes plots to ``docs/calibration/``:
@@ -31,6 +36,32 @@ def _num(v, fmt="{:.2f}"):
     return fmt.format(v)
 
 
+def compare(rows: list[dict], reference: list[dict], reference_name: str) -> dict:
+    """Labels (and the numbers behind them) of the same regimes in two calibration tables."""
+    ref = {(r["regime"], r["model"], r["seed"]): r for r in reference}
+    head = ("| regime | layers x loops | label (reference) | label (this run) | t_gen ref / this "
+            "| OOD ref / this | bridge given correct ref / this |")
+    lines, pairs = [head, "|" + "---|" * (head.count("|") - 1)], []
+    for r in rows:
+        o = ref.get((r["regime"], r["model"], r["seed"]))
+        if o is None:
+            continue
+        same = o["label"] == r["label"]
+        pairs.append({"regime": r["regime"], "model": r["model"], "seed": r["seed"], "reference": o["label"],
+                      "this": r["label"], "same": same, "t_generalize": [o["t_generalize"], r["t_generalize"]],
+                      "ood": [o["ood"], r["ood"]], "bridge_given_correct": [o["bridge_given_correct"],
+                                                                             r["bridge_given_correct"]]})
+        mark = "" if same else " (changed)"
+        lines.append(f"| {r['regime']} | {r['model']} | {o['label']} | **{r['label']}**{mark} "
+                     f"| {_num(o['t_generalize'], '{:.0f}')} / {_num(r['t_generalize'], '{:.0f}')} "
+                     f"| {_num(o['ood'])} / {_num(r['ood'])} "
+                     f"| {_num(o['bridge_given_correct'])} / {_num(r['bridge_given_correct'])} |")
+    n_same = sum(p["same"] for p in pairs)
+    return {"reference": reference_name, "pairs": pairs, "same": n_same, "compared": len(pairs),
+            "table_markdown": "\n".join(lines),
+            "summary": f"{n_same}/{len(pairs)} labels unchanged against {reference_name}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", nargs="+", default=["calibration", "calibration-nonshared"],
@@ -40,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--run", action="store_true", help="run the sweep first (about 40 min on 2 CPU cores)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "calibration"))
+    ap.add_argument("--result", default="calibration", help="write benchmarks/results/RESULT.json")
+    ap.add_argument("--compare-to", default=None,
+                    help="a calibration JSON (e.g. the committed one): tabulate labels side by side")
     args = ap.parse_args(argv)
 
     from grokray import tracking
@@ -140,10 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {"sweeps": args.sweep, "tracking_uri": uri, "machine": {"platform": platform.platform(),
               "cpus": os.cpu_count()}, "rows": rows, "table_markdown": table,
               "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.compare_to:
+        result["comparison"] = compare(rows, json.loads(Path(args.compare_to).read_text())["rows"], args.compare_to)
+        print("\n" + result["comparison"]["table_markdown"])
+        print(result["comparison"]["summary"])
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / "calibration.json").write_text(json.dumps(result, indent=2, default=float))
-    print(f"\nplots in {out}; numbers in {res / 'calibration.json'}")
+    (res / f"{args.result}.json").write_text(json.dumps(result, indent=2, default=float))
+    print(f"\nplots in {out}; numbers in {res / (args.result + '.json')}")
     return 0
 
 

@@ -10,7 +10,7 @@ Peaks, same thread count as the step: a large square ``torch.mm`` (n=2048) in fp
 and a "shape-limited" peak: every matmul of one step at the step's own shapes
 (M = B x T = 1536 tokens by 128/384/512 wide), timed alone; the rest of a step is overhead.
 Variants interleaved: peak_fp32, peak_bf16, step matmuls fp32/bf16, steps (shipped bf16,
-shipped fp32, fast-path prototypes: bf16 autocast + matmul attention + fused AdamW, and fp32 with
+shipped fp32, grokray before the fast path: bf16 autocast with SDPA + foreach AdamW, and fp32 with
 oneDNN bf16 matmuls + fused AdamW).
 
 Target (issue): a step at >= 50% of the measured fp32 matmul peak.
@@ -70,8 +70,11 @@ def main(argv=None) -> int:
     ds = load_dataset(cfg.data)
     B, T = cfg.train.batch_size, 3
     flops = step_flops(cfg, ds.vocab_size)
-    tr = {"step_shipped_bf16": make_trainer(cfg, ds), "step_shipped_fp32": make_trainer(default_config(precision="fp32"), ds),
-          "step_fast_bf16": make_trainer(cfg, ds, attention="auto", optimizer="fused"),
+    # shipped = grokray's own rule (matmul attention under bf16, SDPA in fp32; fused AdamW);
+    # before = grokray before the fast path (SDPA always, foreach AdamW), rebuilt by _fastpath.
+    tr = {"step_shipped_bf16": make_trainer(cfg, ds, attention="auto", optimizer="fused"),
+          "step_shipped_fp32": make_trainer(default_config(precision="fp32"), ds, attention="auto", optimizer="fused"),
+          "step_before_bf16": make_trainer(cfg, ds),
           "step_fp32_bf16mm": make_trainer(default_config(precision="fp32"), ds, optimizer="fused", matmul="bf16")}
     with FlopCounterMode(display=False) as fc:
         tr["step_shipped_fp32"].train_step()

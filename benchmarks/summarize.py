@@ -31,26 +31,34 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
         for key, r in t["results"].items():
             s = r["samples_per_s"]
             rr = r["ratios"]
+            if "grokray_before_bf16" in s:   # measured after the fast path landed
+                extra = (f" / before the fast path bf16 {s['grokray_before_bf16']['median']:,.0f}",
+                         f", shipped/before x{rr['shipped_vs_before (grokray_bf16 / grokray_before_bf16)']['median_of_paired']:.2f}")
+            else:                            # measured with the fast path as a prototype
+                extra = (f" / fast-path prototype bf16 {s['grokray_fast_bf16']['median']:,.0f}",
+                         f", fast/reference x{rr['fast_vs_reference (grokray_fast_bf16 / reference_fp32)']['median_of_paired']:.2f}")
             out.append((f"throughput, {r['threads']} thread(s)",
-                        f"grokray bf16 {s['grokray_bf16']['median']:,.0f} / fp32 {s['grokray_fp32']['median']:,.0f} / "
-                        f"fast-path bf16 {s['grokray_fast_bf16']['median']:,.0f} vs reference fp32 "
+                        f"grokray bf16 {s['grokray_bf16']['median']:,.0f} / fp32 {s['grokray_fp32']['median']:,.0f}"
+                        f"{extra[0]} vs reference fp32 "
                         f"{s['reference_fp32']['median']:,.0f} samples/s; shipped/reference "
                         f"x{rr['shipped_vs_reference (grokray_bf16 / reference_fp32)']['median_of_paired']:.2f}, "
-                        f"fp32/reference x{rr['fp32_vs_reference (grokray_fp32 / reference_fp32)']['median_of_paired']:.2f}, "
-                        f"fast/reference x{rr['fast_vs_reference (grokray_fast_bf16 / reference_fp32)']['median_of_paired']:.2f}",
+                        f"fp32/reference x{rr['fp32_vs_reference (grokray_fp32 / reference_fp32)']['median_of_paired']:.2f}"
+                        f"{extra[1]}",
                         ">= 3x (as shipped)", _cond(t)))
     m = _load(d, "mfu")
     if m:
         for key, r in m["results"].items():
             g = r["gflops_per_s"]
             mf = r["mfu"]
+            other_key = "step_before_bf16" if "step_before_bf16" in mf else "step_fast_bf16"
+            other = "before-fast-path" if other_key == "step_before_bf16" else "fast-path prototype"
             out.append((f"MFU, {key.split('_')[1]} thread(s)",
                         f"peak mm fp32 {g['peak_mm_fp32']['median']:.0f} / bf16 {g['peak_mm_bf16']['median']:.0f} GFLOP/s; "
                         f"step shipped bf16 {100 * mf['step_shipped_bf16']['vs_peak_fp32']:.0f}%, shipped fp32 "
-                        f"{100 * mf['step_shipped_fp32']['vs_peak_fp32']:.0f}%, fast bf16 "
-                        f"{100 * mf['step_fast_bf16']['vs_peak_fp32']:.0f}% of the fp32 peak "
+                        f"{100 * mf['step_shipped_fp32']['vs_peak_fp32']:.0f}%, {other} bf16 "
+                        f"{100 * mf[other_key]['vs_peak_fp32']:.0f}% of the fp32 peak "
                         f"({100 * mf['step_shipped_bf16']['vs_peak_bf16']:.0f}% / - / "
-                        f"{100 * mf['step_fast_bf16']['vs_peak_bf16']:.0f}% of the bf16 peak)",
+                        f"{100 * mf[other_key]['vs_peak_bf16']:.0f}% of the bf16 peak)",
                         ">= 50% of fp32 peak", _cond(m)))
         p = m["profile"]["step_shipped_bf16"]["categories_share"]
         out.append(("step time, shipped bf16 (1 thread)",

@@ -3,12 +3,13 @@
 Variants (same model shape: the default trial, d_model 128, 4 heads, d_mlp 512, 1 block x 2 loops,
 batch 512; same thread count for all):
 
-* ``grokray_bf16``: grokray as shipped (bf16 autocast, data pre-tensorized, foreach AdamW);
+* ``grokray_bf16``: grokray as shipped (bf16 autocast with matmul attention, data
+  pre-tensorized, fused AdamW);
 * ``grokray_fp32``: the same in fp32 (apples-to-apples with the reference);
 * ``reference_fp32``: HF ``GPT2Block`` looped, ``DataLoader`` over python examples, AdamW
   defaults, fp32, as the papers ran it (see ``_models.py``);
-* ``grokray_fast_bf16``: the proposed fast path (prototype from ``_fastpath.py``: matmul attention
-  under bf16 + fused AdamW), so "fast path vs reference" is measured in the same run;
+* ``grokray_before_bf16``: grokray before the fast path landed (SDPA under bf16, foreach AdamW;
+  rebuilt by ``_fastpath.py``), so the fast path's gain is measured in the same run;
 * ``grokray_fp32_bf16mm``: the second fast-path candidate (prototype): fp32 model without autocast,
   oneDNN bf16 matmuls (fp32 accumulation), SDPA, fused AdamW;
 * ``reference_sdpa_fp32`` (full mode only): the reference with transformers' current default
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
         "grokray_bf16": Trainer(default_config(precision="bf16"), dataset=dataset),
         "grokray_fp32": Trainer(default_config(precision="fp32"), dataset=dataset),
         "reference_fp32": ReferenceTrainer(cfg, dataset, attn="eager", precision="fp32"),
-        "grokray_fast_bf16": make_trainer(default_config(precision="bf16"), dataset, attention="auto",
-                                          optimizer="fused"),
+        "grokray_before_bf16": make_trainer(default_config(precision="bf16"), dataset, attention="sdpa",
+                                            optimizer="foreach"),
         "grokray_fp32_bf16mm": make_trainer(default_config(precision="fp32"), dataset, optimizer="fused",
                                             matmul="bf16"),
     }
@@ -99,10 +100,10 @@ def main(argv=None) -> int:
             "fp32_vs_reference (grokray_fp32 / reference_fp32)": C.paired_ratios(raw["grokray_fp32"],
                                                                                  raw["reference_fp32"]),
             "bf16_vs_fp32 (grokray_bf16 / grokray_fp32)": C.paired_ratios(raw["grokray_bf16"], raw["grokray_fp32"]),
-            "fast_vs_reference (grokray_fast_bf16 / reference_fp32)": C.paired_ratios(raw["grokray_fast_bf16"],
-                                                                                      raw["reference_fp32"]),
-            "fast_vs_shipped (grokray_fast_bf16 / grokray_bf16)": C.paired_ratios(raw["grokray_fast_bf16"],
-                                                                                  raw["grokray_bf16"]),
+            "before_vs_reference (grokray_before_bf16 / reference_fp32)": C.paired_ratios(
+                raw["grokray_before_bf16"], raw["reference_fp32"]),
+            "shipped_vs_before (grokray_bf16 / grokray_before_bf16)": C.paired_ratios(raw["grokray_bf16"],
+                                                                                      raw["grokray_before_bf16"]),
             "fp32_bf16mm_vs_reference (grokray_fp32_bf16mm / reference_fp32)": C.paired_ratios(
                 raw["grokray_fp32_bf16mm"], raw["reference_fp32"]),
             "fp32_bf16mm_vs_shipped (grokray_fp32_bf16mm / grokray_bf16)": C.paired_ratios(
@@ -124,13 +125,13 @@ def main(argv=None) -> int:
 
     key = f"threads_{threads[0]}"
     headline = results[key]["ratios"]["shipped_vs_reference (grokray_bf16 / reference_fp32)"]["median_of_paired"]
-    fast = results[key]["ratios"]["fast_vs_reference (grokray_fast_bf16 / reference_fp32)"]["median_of_paired"]
+    before_ratio = results[key]["ratios"]["before_vs_reference (grokray_before_bf16 / reference_fp32)"]["median_of_paired"]
     payload = {"config": {"model": cfg.model.__dict__, "batch_size": B, "rounds": rounds, "steps_per_round": steps,
                           "warmup_steps": warmup, "threads": threads},
                "results": results,
                "target": {"what": "grokray as shipped >= 3x reference as shipped (samples/s)", "ratio": 3.0,
                           f"measured_{key}": headline, "met": headline >= 3.0,
-                          f"fast_path_prototype_{key}": fast, "fast_path_met": fast >= 3.0,
+                          f"before_fast_path_{key}": before_ratio,
                           f"fp32_bf16mm_prototype_{key}": results[key]["ratios"][
                               "fp32_bf16mm_vs_reference (grokray_fp32_bf16mm / reference_fp32)"]["median_of_paired"]}}
     C.write_result("throughput", args, payload, started, before)

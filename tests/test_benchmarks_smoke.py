@@ -46,7 +46,7 @@ def test_throughput(tmp_path):
     pytest.importorskip("transformers", reason="the reference needs the 'bench' extra: pip install -e '.[bench]'")
     doc = run_quick("throughput", tmp_path, "--threads", "1")
     res = doc["results"]["threads_1"]
-    for variant in ("grokray_bf16", "grokray_fp32", "reference_fp32", "grokray_fast_bf16"):
+    for variant in ("grokray_bf16", "grokray_fp32", "reference_fp32", "grokray_before_bf16"):
         s = res["samples_per_s"][variant]
         assert positive(s["median"]) and all(positive(x) for x in s["raw"])
     for r in res["ratios"].values():
@@ -59,7 +59,7 @@ def test_mfu(tmp_path):
     flops = doc["flops_per_step"]
     assert positive(flops["total"]) and positive(flops["flop_counter_mode"])
     mfu = doc["results"]["threads_1"]["mfu"]
-    for step in ("step_shipped_bf16", "step_shipped_fp32", "step_fast_bf16"):
+    for step in ("step_shipped_bf16", "step_shipped_fp32", "step_before_bf16"):
         assert positive(mfu[step]["vs_peak_fp32"]) and positive(mfu[step]["ms_per_step"])
         prof = doc["profile"][step]
         assert len(prof["top10"]) == 10 and all(positive(r["share"]) for r in prof["top10"])
