@@ -39,7 +39,7 @@ def _num(v, fmt="{:.2f}"):
 def compare(rows: list[dict], reference: list[dict], reference_name: str) -> dict:
     """Labels (and the numbers behind them) of the same regimes in two calibration tables."""
     ref = {(r["regime"], r["model"], r["seed"]): r for r in reference}
-    head = ("| regime | layers x loops | label (reference) | label (this run) | t_gen ref / this "
+    head = ("| regime | layers x loops | label (reference) | label (this run) | detail ref / this | t_gen ref / this "
             "| OOD ref / this | bridge given correct ref / this |")
     lines, pairs = [head, "|" + "---|" * (head.count("|") - 1)], []
     for r in rows:
@@ -48,18 +48,22 @@ def compare(rows: list[dict], reference: list[dict], reference_name: str) -> dic
             continue
         same = o["label"] == r["label"]
         pairs.append({"regime": r["regime"], "model": r["model"], "seed": r["seed"], "reference": o["label"],
-                      "this": r["label"], "same": same, "t_generalize": [o["t_generalize"], r["t_generalize"]],
+                      "this": r["label"], "same": same, "detail": [o["detail"], r["detail"]],
+                      "t_generalize": [o["t_generalize"], r["t_generalize"]],
                       "ood": [o["ood"], r["ood"]], "bridge_given_correct": [o["bridge_given_correct"],
                                                                              r["bridge_given_correct"]]})
         mark = "" if same else " (changed)"
         lines.append(f"| {r['regime']} | {r['model']} | {o['label']} | **{r['label']}**{mark} "
+                     f"| {o['detail']} / {r['detail']} "
                      f"| {_num(o['t_generalize'], '{:.0f}')} / {_num(r['t_generalize'], '{:.0f}')} "
                      f"| {_num(o['ood'])} / {_num(r['ood'])} "
                      f"| {_num(o['bridge_given_correct'])} / {_num(r['bridge_given_correct'])} |")
     n_same = sum(p["same"] for p in pairs)
-    return {"reference": reference_name, "pairs": pairs, "same": n_same, "compared": len(pairs),
-            "table_markdown": "\n".join(lines),
-            "summary": f"{n_same}/{len(pairs)} labels unchanged against {reference_name}"}
+    n_detail = sum(p["detail"][0] == p["detail"][1] for p in pairs)
+    return {"reference": reference_name, "pairs": pairs, "same": n_same, "same_detail": n_detail,
+            "compared": len(pairs), "table_markdown": "\n".join(lines),
+            "summary": f"{n_same}/{len(pairs)} labels and {n_detail}/{len(pairs)} details unchanged "
+                       f"against {reference_name}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec", nargs="+", default=[str(ROOT / "sweeps" / "calibration.yaml"),
                                                  str(ROOT / "sweeps" / "calibration-nonshared.yaml")])
     ap.add_argument("--tracking-uri", default=None)
-    ap.add_argument("--run", action="store_true", help="run the sweep first (about 40 min on 2 CPU cores)")
+    ap.add_argument("--run", action="store_true", help="run the sweeps first (about 25 min on 2 quiet CPU cores)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "calibration"))
     ap.add_argument("--result", default="calibration", help="write benchmarks/results/RESULT.json")
     ap.add_argument("--compare-to", default=None,
