@@ -63,20 +63,21 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
         p = m["profile"]["step_shipped_bf16"]["categories_share"]
         out.append(("step time, shipped bf16 (1 thread)",
                     ", ".join(f"{k.split(' (')[0]} {100 * v:.0f}%" for k, v in list(p.items())[:5]), "-", _cond(m)))
-    s = _load(d, "sweep_overhead")
-    if s:
+    for path in sorted(d.glob("sweep_overhead*.json")):   # one row per trial length measured
+        s = json.loads(path.read_text())
         f = s["fixed_costs"]
         ex = f["extrapolation"]
         waves = -(-s["config"]["n_trials"] // 2)
-        pred = (ex["F_sweep_seconds"] + waves * ex["F_trial_seconds_per_wave"]) / (waves * 360.0) + max(
-            0.0, f["in_trial_overhead_fraction"])
-        out.append(("sweep overhead",
+        in_trial = max(0.0, f["in_trial_overhead_per_trial_seconds"])
+        extra = s["sweep_wall_seconds"] - s["plain_wall_seconds_mean"]
+        # The extra seconds are per sweep / per trial, not per step (see sweep_overhead.py).
+        pred = (ex["F_sweep_seconds"] + waves * (ex["F_trial_seconds_per_wave"] + in_trial)) / (waves * 240.0)
+        out.append((f"sweep overhead, {s['config']['steps_per_trial']}-step trials",
                     f"{s['config']['n_trials']} x {s['config']['steps_per_trial']} steps: sweep "
                     f"{s['sweep_wall_seconds']:.0f} s vs plain {s['plain_wall_seconds_mean']:.0f} s "
-                    f"({100 * s['overhead_ratio']:+.0f}%); fixed: ray.init {f['ray_init_cold_seconds']:.1f} s, "
+                    f"({100 * s['overhead_ratio']:+.0f}%, {extra:.0f} s); fixed: ray.init {f['ray_init_cold_seconds']:.1f} s, "
                     f"fresh store {f['fresh_sqlite_store_seconds']:.1f} s, classifier {f['classifier_per_trial_seconds']:.1f} "
-                    f"s/trial, in-trial {100 * f['in_trial_overhead_fraction']:+.1f}% (negative = contention noise, "
-                    f"counted as 0); predicted for 6-min trials {100 * pred:.1f}%",
+                    f"s/trial, in-trial {in_trial:.1f} s/trial; predicted for 4-min trials (default) {100 * pred:.1f}%",
                     "<= 10%", _cond(s)))
     c = _load(d, "classifier_cost")
     if c:
