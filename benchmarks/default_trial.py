@@ -1,6 +1,7 @@
 """Calibration of the default trial (issue: engine): does it show the grokking shape in ~10 minutes?
 
     python benchmarks/default_trial.py [--config sweeps/trials/default.yaml] [--threads 2] [--seeds 0]
+    python benchmarks/default_trial.py --from-runs RUN_ID ... --tracking-uri URI   # trials a sweep already ran
 
 Trains the default trial (no tracking) and records the behavioural milestones: the step and
 minute at which train accuracy first holds >= 0.99, the ID test accuracy then, and when ID
@@ -48,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--quick", action="store_true", help="300 steps (smoke test)")
+    ap.add_argument("--from-runs", nargs="+", default=None, metavar="RUN_ID",
+                    help="read the histories of default trials already logged to MLflow instead of training")
+    ap.add_argument("--tracking-uri", default=None)
     args = ap.parse_args(argv)
+    if args.from_runs:
+        return from_runs(args)
 
     from grokray.config import load_trial_config
     from grokray.train import Trainer
@@ -78,6 +84,38 @@ def main(argv: list[str] | None = None) -> int:
     name = "default_trial_quick.json" if args.quick else "default_trial.json"
     (res / name).write_text(json.dumps(out, indent=2))
     print(f"wrote {res / name}")
+    return 0
+
+
+def from_runs(args: argparse.Namespace) -> int:
+    """Milestones of trials a sweep already ran (e.g. the calibration's default-trial cell)."""
+    import tempfile
+
+    from grokray import tracking
+
+    client = tracking.get_client(tracking.tracking_uri(args.tracking_uri))
+    rows = []
+    for run_id in args.from_runs:
+        run = client.get_run(run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            history = json.loads(Path(client.download_artifacts(run_id, "history.json", tmp)).read_text())
+        m = milestones(history)
+        m.update(seed=int(run.data.params["seed"]), run_id=run_id, run_name=run.info.run_name,
+                 sweep=run.data.tags.get("grokray.sweep"),
+                 params={k: v for k, v in run.data.params.items() if k.startswith(("data.", "model.", "train."))})
+        rows.append(m)
+        print(f"{run.info.run_name}: train>=0.99 at step {m['t_memorize']} ({m['minutes_memorize'] or float('nan'):.1f} "
+              f"min, ID then {m['id_acc_at_memorize'] or float('nan'):.2f}); ID>=0.5 at {m['t_id_0.5']} "
+              f"({m['minutes_id_0.5'] or float('nan'):.1f} min); ID>=0.9 at {m['t_id_0.9']} "
+              f"({m['minutes_id_0.9'] or float('nan'):.1f} min); final train {m['final_train']:.3f} ID "
+              f"{m['final_id']:.3f} OOD {m['final_ood']:.3f} after {m['final_step']} steps, {m['minutes_total']:.1f} min")
+    out = {"source": f"MLflow runs at {client.tracking_uri}", "runs": rows,
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+           "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    res = ROOT / "benchmarks" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "default_trial.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {res / 'default_trial.json'}")
     return 0
 
 

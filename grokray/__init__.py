@@ -13,6 +13,7 @@ _LAZY = {
     "pivot": ("grokray.phasemap", "pivot"),
     "filter_label": ("grokray.phasemap", "filter_label"),
     "plot_phase_map": ("grokray.phasemap", "plot_phase_map"),
+    "transfer_map": ("grokray.transfer", "transfer_map"),
     "classify_run": ("grokray.classify", "classify_run"),
     "classify_history": ("grokray.verdict", "classify_history"),
     "load_trial_config": ("grokray.config", "load_trial_config"),

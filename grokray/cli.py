@@ -6,6 +6,7 @@ User mistakes (bad config, unknown run, malformed spec) end as one line on stder
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -265,6 +266,49 @@ def _run_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_patching(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="MLflow run id or checkpoint file (.pt)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of RUN (default: last)")
+    p.add_argument("--split", default="train_inferred",
+                   help="queries to patch (default: train_inferred, as Wang et al.; or test_inferred_id / _ood)")
+    p.add_argument("--queries", type=int, default=300, help="number of queries (default: 300)")
+    p.add_argument("--all", action="store_true", help="also patch queries the model answers wrongly")
+    p.add_argument("--png", default=None, help="heatmaps (default: patching_step<N>.png)")
+    p.add_argument("--out", default=None, help="flip-rate matrices as JSON (default: patching_step<N>.json)")
+    _add_tracking(p)
+
+
+def _run_patching(args: argparse.Namespace) -> int:
+    from grokray.circuits.patching import causal_patching
+    from grokray.config import trial_config_from_dict
+    from grokray.data import load_dataset
+    from grokray.model import load_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _resolve_checkpoint(args.run, args.step, args.tracking_uri, tmp)
+        model, ckpt = load_checkpoint(path)
+    dataset = load_dataset(trial_config_from_dict(ckpt["trial_config"]).data)
+    step = ckpt.get("step")
+    try:
+        result = causal_patching(model, dataset, split=args.split, n=args.queries, only_correct=not args.all,
+                                 step=step)
+    except ValueError as e:  # an unknown or atomic split
+        raise UserError(f"--split: {str(e).splitlines()[0]}") from None
+    png = args.png or f"patching_step{step}.png"
+    out = args.out or f"patching_step{step}.json"
+    result.plot(png)
+    Path(out).write_text(result.to_json())
+    print(f"causal patching at step {step} on {args.split}: {result.n_selected} queries "
+          f"({'all' if args.all else 'answered correctly'}, clean accuracy {result.clean_acc:.3f})")
+    print("flip rate by depth (rows) and patched position (h, r1, r2), per perturbed token:")
+    for token, mat in result.matrices.items():
+        print(f"  perturbed {token} ({result.n_queries[token]} queries)")
+        for name, row in zip(result.depth_names, mat):
+            print(f"    {name:<28} " + "  ".join(f"{v:.2f}" for v in row))
+    print(f"heatmaps: {png}; matrices: {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- phase map
 
 def _add_phase_map(p: argparse.ArgumentParser) -> None:
@@ -333,6 +377,9 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
     r = sub.add_parser("run", help="run a sweep with Ray Tune (local Ray unless --address / $RAY_ADDRESS)")
     r.add_argument("spec", metavar="SPEC.yaml")
     r.add_argument("--name", default=None, help="sweep name (default: the spec's name); must be new")
+    r.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI, overriding the spec's tracking.uri (default: the spec's, else "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
     driver_args(r)
     r.set_defaults(_run=_run_sweep_run)
 
@@ -361,7 +408,8 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
     sb.add_argument("--name", default=None, help="sweep name (default: the spec's name)")
     sb.add_argument("--working-dir", default=".", help="directory shipped with the job (default: .)")
     sb.add_argument("--tracking-uri", default=None,
-                    help="MLflow URI as seen from the cluster (default: the spec's, else the head's server)")
+                    help="MLflow URI as seen from the cluster, overriding the spec's (default: the spec's, "
+                         "else the cluster's $MLFLOW_TRACKING_URI: the head's server)")
     sb.add_argument("--pip-install", action="store_true",
                     help="pip install the shipped working dir on the nodes (if grokray is not installed there)")
     sb.set_defaults(_run=_run_sweep_submit)
@@ -419,6 +467,8 @@ def _after_sweep(summary, no_map: bool) -> int:
 
 def _run_sweep_run(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
+    if args.tracking_uri:
+        spec = dataclasses.replace(spec, tracking_uri=args.tracking_uri)
     from grokray.sweep.driver import SweepError, run_sweep
 
     try:
@@ -541,6 +591,8 @@ def _registry() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
         "train": ("train one trial and log it to MLflow", _add_train, _run_train),
         "data": ("generate (or load) a trial's dataset and print its split sizes", _add_data, _run_data),
         "classify": ("label runs true / fake / no grokking from what MLflow holds", _add_classify, _run_classify),
+        "patching": ("causal patching of one checkpoint: flip-rate matrices, JSON and PNG", _add_patching,
+                     _run_patching),
         "paths": ("compare the inference paths of two runs or checkpoints", _add_paths, _run_paths),
         "sweep": ("sweeps on Ray Tune: validate, run, resume, status, submit, logs", _add_sweep, None),
         "phase-map": ("labels over the swept parameters: table, PNG, CSV", _add_phase_map, _run_phase_map),

@@ -69,3 +69,30 @@ def test_user_errors_are_one_line_exit_2_no_traceback(args, message, tmp_path):
     assert out.stderr.startswith(message), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing half-written
+
+
+def test_patching_of_one_checkpoint_writes_matrices_and_heatmaps(tmp_path):
+    out = run("train", *sets(TINY), "--set", "train.max_steps=300", "--no-track", "--out", str(tmp_path / "run"),
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    ckpt = sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))[-1]
+    out = run("patching", str(ckpt), "--queries", "40", "--out", "p.json", "--png", "p.png", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    from grokray.circuits.patching import PatchingResult
+    result = PatchingResult.from_json((tmp_path / "p.json").read_text())
+    assert result.step == 300 and result.split == "train_inferred" and result.n_selected > 0
+    assert set(result.matrices) == {"h", "r1", "r2"}
+    for token, mat in result.matrices.items():
+        assert mat.shape == (len(result.depth_names), 3)
+        col = result.positions.index(token)
+        # At the embedding, only the perturbed token's own position differs: patching it runs the
+        # perturbed query (most answers flip), patching any other position changes nothing.
+        assert mat[0, col] > 0.5 and all(mat[0, c] == 0 for c in range(3) if c != col), (token, mat)
+        # Causal attention: positions before the perturbed token never see it.
+        assert (mat[:, :col] == 0).all(), (token, mat)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "perturbed r1" in out.stdout and "heatmaps: p.png" in out.stdout
+
+    bad = run("patching", str(ckpt), "--split", "id_atomic", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("grokray: error: --split: ")
+    assert len(bad.stderr.strip().splitlines()) == 1

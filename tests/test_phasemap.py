@@ -457,3 +457,37 @@ def test_many_runs_one_search(mlflow_uri, monkeypatch, tmp_path):
     data = open(plot_phase_map(df, tmp_path / "big.png"), "rb").read()
     assert data[:8] == PNG_MAGIC
     print(f"plot in {time.perf_counter() - t0:.2f} s")
+
+
+# --------------------------------------------------------------------------- the command line
+
+def _cli(*args, cwd):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "grokray", "phase-map", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, timeout=300)
+
+
+def test_cli_table_png_csv_and_json(store, tmp_path):
+    out = _cli(SWEEP, "--x", "data.phi", "--y", "data.augmentation", "--csv", "runs.csv",
+               "--tracking-uri", store["uri"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    df = phase_map(SWEEP, store["uri"])
+    assert format_table(df, "data.phi", "data.augmentation") in out.stdout
+    assert (tmp_path / f"{SWEEP}_phase_map.png").read_bytes()[:8] == PNG_MAGIC
+    csv = pd.read_csv(tmp_path / "runs.csv")
+    assert len(csv) == len(df) == len(DEMO) and sorted(csv["run_id"]) == sorted(df["run_id"])
+
+    js = _cli(SWEEP, "--json", "--png", "m.png", "--tracking-uri", store["uri"], cwd=tmp_path)
+    assert js.returncode == 0, js.stderr
+    rows = [json.loads(line) for line in js.stdout.splitlines()]
+    assert len(rows) == len(DEMO)
+    assert sorted((r["run_id"], r["label"]) for r in rows) == sorted(
+        (rid, None if pd.isna(lab) else lab) for rid, lab in zip(df["run_id"], df["label"]))
+    assert (tmp_path / "m.png").exists()
+
+
+def test_cli_bad_axis_is_one_line(store, tmp_path):
+    out = _cli(SWEEP, "--x", "data.nope", "--tracking-uri", store["uri"], cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("grokray: error: ") and "data.nope" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / f"{SWEEP}_phase_map.png").exists()

@@ -143,6 +143,23 @@ def test_four_trial_sweep_parent_children_labels_map(tmp_path, mlflow_uri):
     assert len(child_runs(mlflow_uri, "four")) == 4  # nothing overwritten
 
 
+def test_a_diverging_trial_ends_labelled_and_the_sweep_goes_on(tmp_path, mlflow_uri):
+    spec = write_spec(tmp_path, "div", parameters={"train.lr": {"values": [3.0e-3, 1.0e30]},
+                                                   "train.warmup_steps": {"value": 0}},
+                      max_steps=100, max_concurrent=2)
+    out = grokray("sweep", "run", str(spec), "--no-map", uri=mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = {float(r.data.params["train.lr"]): r for r in child_runs(mlflow_uri, "div")}
+    assert set(runs) == {3.0e-3, 1.0e30}
+    bad, good = runs[1.0e30], runs[3.0e-3]
+    assert bad.info.status == good.info.status == "FINISHED"
+    assert bad.data.tags["grokray.stop_reason"] == "diverged" and int(bad.data.tags["grokray.steps_run"]) < 100
+    assert bad.data.tags["grokray.label"] == "no_grokking" and bad.data.tags["grokray.detail"] == "diverged"
+    assert good.data.tags["grokray.steps_run"] == "100" and good.data.tags["grokray.label"] in (
+        "true_grokking", "fake_grokking", "no_grokking")
+    assert "FAILED" not in out.stdout
+
+
 def test_kill_driver_and_resume(tmp_path, mlflow_uri):
     spec = write_spec(tmp_path, "resumable", parameters={"seed": {"values": [0, 1, 2]}}, max_concurrent=1,
                       max_steps=700)
@@ -220,11 +237,16 @@ def test_killed_trial_worker_restarts_from_checkpoint(tmp_path, mlflow_uri):
 
 
 def test_optuna_sweep_with_real_optuna(tmp_path, mlflow_uri):
+    # The spec names another store: --tracking-uri must win over it (as `sweep submit` relies on).
+    wrong = tmp_path / "not-this.db"
     spec = write_spec(tmp_path, "tpe", method="optuna", num_samples=2, max_concurrent=2,
                       parameters={"train.weight_decay": {"distribution": "log_uniform", "min": 0.01, "max": 1.0}},
-                      metric={"name": "acc/train", "mode": "max"}, classifier={"enabled": False})
-    out = grokray("sweep", "run", str(spec), "--no-map", uri=mlflow_uri, cwd=tmp_path)
+                      metric={"name": "acc/train", "mode": "max"}, classifier={"enabled": False},
+                      tracking={"uri": f"sqlite:///{wrong}"})
+    out = grokray("sweep", "run", str(spec), "--no-map", "--tracking-uri", mlflow_uri, uri="sqlite:///" + str(wrong),
+                  cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert not wrong.exists()
     runs = child_runs(mlflow_uri, "tpe")
     assert len(runs) == 2
     wds = [float(r.data.params["train.weight_decay"]) for r in runs]

@@ -14,6 +14,7 @@ with ``RAY_AUTH_MODE=token``; fetch it once from the head with
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -63,7 +64,10 @@ def submit(spec_path: str, name: str, address: str, working_dir: str = ".", trac
     if pip_install:
         runtime_env["pip"] = ["-e", "."]
     client = _client(address)
-    return client.submit_job(entrypoint=f"python -m grokray sweep run {rel.as_posix()} --name {name}",
+    entrypoint = f"python -m grokray sweep run {shlex.quote(rel.as_posix())} --name {shlex.quote(name)}"
+    if tracking_uri:  # beats the spec's tracking.uri, as the option says
+        entrypoint += f" --tracking-uri {shlex.quote(tracking_uri)}"
+    return client.submit_job(entrypoint=entrypoint,
                              submission_id=job_id(name), runtime_env=runtime_env,
                              metadata={"grokray.sweep": name})
 

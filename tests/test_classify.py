@@ -1,0 +1,79 @@
+"""The classifier service against a real MLflow store: label once per classifier version,
+relabel when the version changes, write the evidence, and answer bad input in one line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import TINY
+from grokray import tracking
+from grokray.classify import CLASSIFIER_VERSION, classify_experiment, classify_run
+from grokray.verdict import LABELS
+
+GROKRAY = [sys.executable, "-m", "grokray"]
+
+
+def grokray(*args, cwd):
+    return subprocess.run([*GROKRAY, *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, timeout=600)
+
+
+@pytest.fixture
+def trained_run(tmp_path, mlflow_uri):
+    """One tiny trial trained and logged by `grokray train`, as a user does it."""
+    sets = [a for o in TINY for a in ("--set", o)]
+    out = grokray("train", *sets, "--set", "train.max_steps=300", "--experiment", "cls",
+                  "--tracking-uri", mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    client = tracking.get_client(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cls").experiment_id])
+    return client, run.info.run_id
+
+
+def test_label_once_then_unchanged_then_relabelled_on_a_new_version(trained_run, mlflow_uri):
+    client, run_id = trained_run
+    first = classify_run(run_id, mlflow_uri)
+    assert first.action == "labelled" and first.verdict.label in LABELS
+    tags = client.get_run(run_id).data.tags
+    assert tags["grokray.label"] == first.verdict.label
+    assert tags["grokray.detail"] == first.verdict.detail
+    assert tags["grokray.classifier_version"] == CLASSIFIER_VERSION
+    assert 0.0 <= float(tags["grokray.confidence"]) <= 1.0
+    artifacts = {f.path for f in client.list_artifacts(run_id, "verdict")}
+    assert {"verdict/verdict.json", "verdict/curves.png"} <= artifacts
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["verdict/true_grokking"] == float(first.verdict.label == "true_grokking")
+    assert metrics["verdict/censored"] == float(first.verdict.censored)
+
+    again = classify_run(run_id, mlflow_uri)
+    assert again.action == "unchanged" and again.verdict.to_dict() == first.verdict.to_dict()
+
+    client.set_tag(run_id, "grokray.classifier_version", "0")   # labelled by an older classifier
+    third = classify_run(run_id, mlflow_uri)
+    assert third.action == "relabelled" and third.previous["classifier_version"] == "0"
+    assert client.get_run(run_id).data.tags["grokray.classifier_version"] == CLASSIFIER_VERSION
+    assert third.verdict.label == first.verdict.label            # same data, same rules, same label
+
+
+def test_classify_experiment_and_cli(trained_run, mlflow_uri, tmp_path):
+    client, run_id = trained_run
+    outcomes = classify_experiment("cls", mlflow_uri)
+    assert [o.run_id for o in outcomes] == [run_id] and outcomes[0].action == "labelled"
+
+    out = grokray("classify", run_id, "--tracking-uri", mlflow_uri, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["run_id"] == run_id and line["action"] == "unchanged" and line["label"] == outcomes[0].verdict.label
+
+
+@pytest.mark.parametrize("args, message", [
+    (["classify", "0123456789abcdef", "--tracking-uri", "{uri}"], "grokray: error: no run '0123456789abcdef'"),
+    (["classify", "--experiment", "nope", "--tracking-uri", "{uri}"], "grokray: error: --experiment: no experiment named 'nope'"),
+    (["classify", "--tracking-uri", "{uri}"], "grokray: error: give RUN_ID(s) or --experiment NAME"),
+])
+def test_bad_input_is_one_line(args, message, mlflow_uri, tmp_path):
+    out = grokray(*[a.format(uri=mlflow_uri) for a in args], cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
