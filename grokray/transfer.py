@@ -244,26 +244,16 @@ def _transfer_dataset_class() -> type:
                     "phi_effective": len(self.rows["train_inferred"]) / n_ret, "phi_max": self.pool_size / n_ret,
                     "lens_splits": dict(self.lens_splits), "counts": dict(self.counts)}
 
-        def save(self, path: str | os.PathLike) -> None:
-            meta = {"name": self.name, "config": to_plain(self.config), "source": self.source_name,
+        def _meta(self) -> dict:
+            return {"name": self.name, "config": to_plain(self.config), "source": self.source_name,
                     "transfer": self.transfer.to_dict(), "lens_splits": self.lens_splits, "counts": self.counts,
                     "transfer_version": TRANSFER_VERSION}
-            arrays = {"atomic": self.atomic, "atomic_ood": self.atomic_ood,
-                      "pool_size": np.array(self.pool_size, dtype=np.int64), "meta": np.array(json.dumps(meta))}
-            arrays.update({f"rows__{k}": v for k, v in self.rows.items()})
-            arrays.update({f"probe__{k}": v for k, v in self.probe_rows.items()})
-            with open(path, "wb") as fh:
-                np.savez(fh, **arrays)
 
         @classmethod
         def load(cls, path: str | os.PathLike, config: DataConfig) -> "TransferDataset":
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                rows = {k[len("rows__"):]: z[k] for k in z.files if k.startswith("rows__")}
-                probes = {k[len("probe__"):]: z[k] for k in z.files if k.startswith("probe__")}
-                atomic, atomic_ood, pool = z["atomic"], z["atomic_ood"], int(z["pool_size"])
-            return cls(config, meta["name"], config.n_entities, config.n_relations, atomic, atomic_ood, rows, probes,
-                       pool, source_name=meta["source"], transfer=transfer_config_from_dict(meta["transfer"]),
+            meta, arrays = cls._read(path)
+            return cls(config, meta["name"], config.n_entities, config.n_relations, **arrays,
+                       source_name=meta["source"], transfer=transfer_config_from_dict(meta["transfer"]),
                        lens_splits=dict(meta["lens_splits"]), counts=dict(meta.get("counts", {})))
 
     TransferDataset.__qualname__ = "TransferDataset"

@@ -143,25 +143,32 @@ class Dataset:
                 "phi_max": self.pool_size / max(n_id, 1)}
 
     # ---------------------------------------------------------------- persistence
+    def _meta(self) -> dict:
+        """The JSON :meth:`save` stores beside the arrays; subclasses add their own fields."""
+        return {"name": self.name, "config": to_plain(self.config), "generator_version": GENERATOR_VERSION}
+
     def save(self, path: str | os.PathLike) -> None:
         arrays = {"atomic": self.atomic, "atomic_ood": self.atomic_ood,
-                  "pool_size": np.array(self.pool_size, dtype=np.int64),
-                  "meta": np.array(json.dumps({"name": self.name, "config": to_plain(self.config),
-                                               "generator_version": GENERATOR_VERSION}))}
+                  "pool_size": np.array(self.pool_size, dtype=np.int64), "meta": np.array(json.dumps(self._meta()))}
         arrays.update({f"rows__{k}": v for k, v in self.rows.items()})
         arrays.update({f"probe__{k}": v for k, v in self.probe_rows.items()})
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, config: DataConfig) -> "Dataset":
+    @staticmethod
+    def _read(path: str | os.PathLike) -> tuple[dict, dict]:
+        """A saved dataset's meta JSON and its arrays, keyed by the constructor's field names."""
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            rows = {k[len("rows__"):]: z[k] for k in z.files if k.startswith("rows__")}
-            probes = {k[len("probe__"):]: z[k] for k in z.files if k.startswith("probe__")}
-            atomic, atomic_ood, pool = z["atomic"], z["atomic_ood"], int(z["pool_size"])
-        return cls(config, meta["name"], config.n_entities, config.n_relations, atomic, atomic_ood,
-                   rows, probes, pool)
+            arrays = {"atomic": z["atomic"], "atomic_ood": z["atomic_ood"], "pool_size": int(z["pool_size"]),
+                      "rows": {k[len("rows__"):]: z[k] for k in z.files if k.startswith("rows__")},
+                      "probe_rows": {k[len("probe__"):]: z[k] for k in z.files if k.startswith("probe__")}}
+        return meta, arrays
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config: DataConfig) -> "Dataset":
+        meta, arrays = cls._read(path)
+        return cls(config, meta["name"], config.n_entities, config.n_relations, **arrays)
 
 
 def _atomic_rows(atomic: np.ndarray) -> np.ndarray:
