@@ -979,7 +979,7 @@ def finetune_trial(config: dict, ctx: FinetuneContext) -> None:
     from ray import tune
 
     from grokray.config import replace_dotted, trial_config_from_dict
-    from grokray.sweep.trial import find_or_create_run
+    from grokray.sweep.trial import find_or_create_run, report_final, restore_from_tune_checkpoint
 
     torch.set_num_threads(max(1, ctx.threads))
     source_run = config["source_run"]
@@ -1005,18 +1005,13 @@ def finetune_trial(config: dict, ctx: FinetuneContext) -> None:
         with tempfile.TemporaryDirectory(prefix="grokray-finetune-") as work:
             ckpt = download_checkpoint(src_client, source_run, ctx.checkpoint, Path(work) / "source")
             trainer = prepare_finetune(ckpt, tcfg, cfg.train, Path(work) / "run", seed=cfg.seed)
-            checkpoint = tune.get_checkpoint()
-            if checkpoint is not None:
-                with checkpoint.as_directory() as d:
-                    trainer.load_state(Path(d) / "state.pt")
+            restore_from_tune_checkpoint(trainer)
             reporter = _finetune_reporter(run_id)
             result = trainer.run([FinetuneLogger(client, run_id, tcfg, source), reporter])
             status = "FINISHED"
     finally:
         client.set_terminated(run_id, status=status)
-    final = dict(reporter.result(result.steps_run, result.history[-1]))
-    final.update(stop_reason=result.stop_reason, steps_run=result.steps_run)
-    tune.report(final)
+    report_final(reporter, result)
 
 
 # =========================================================================== the transfer map

@@ -101,6 +101,25 @@ class TuneReporter:
         return None
 
 
+def restore_from_tune_checkpoint(trainer: Any) -> None:
+    """A restarted trial continues from its last Tune checkpoint (none on a first start)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load_state(Path(d) / "state.pt")
+
+
+def report_final(reporter: TuneReporter, result: Any) -> None:
+    """The trial's last Tune result: its last metrics, why it stopped and after how many steps."""
+    from ray import tune
+
+    final = dict(reporter.result(result.steps_run, result.history[-1]))
+    final.update(stop_reason=result.stop_reason, steps_run=result.steps_run)
+    tune.report(final)
+
+
 def run_trial(config: dict, ctx: TrialContext) -> None:
     """The Tune trainable: ``config`` holds the swept values under their dotted keys."""
     import torch
@@ -119,10 +138,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     with tempfile.TemporaryDirectory(prefix="grokray-trial-") as work:
         trainer = Trainer(cfg, work_dir=work)
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                trainer.load_state(Path(d) / "state.pt")
+        restore_from_tune_checkpoint(trainer)
         reporter = TuneReporter(run_id)
         callbacks = [tracking.RunLogger(client, run_id), reporter, StopCallback(StopRule(**ctx.stop))]
         status = "FAILED"
@@ -131,6 +147,4 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             status = "FINISHED"
         finally:
             client.set_terminated(run_id, status=status)
-    final = dict(reporter.result(result.steps_run, result.history[-1]))
-    final.update(stop_reason=result.stop_reason, steps_run=result.steps_run)
-    tune.report(final)
+    report_final(reporter, result)
