@@ -170,6 +170,20 @@ def interleave(variants: dict[str, Callable[[], float]], rounds: int, log: Calla
     return raw
 
 
+def rate(work: Callable[[], Any], reps: int, amount: float) -> Callable[[], float]:
+    """A variant for :func:`interleave`: ``reps`` calls of ``work``, returning ``reps * amount``
+    per second (samples/s, FLOP/s). The last result is brought to the host when it is a tensor
+    (a no-op on CPU): on a GPU the clock must not stop before the queued kernels finish."""
+    def run() -> float:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = work()
+        if hasattr(out, "cpu"):
+            out.cpu()
+        return reps * amount / (time.perf_counter() - t0)
+    return run
+
+
 def summarize(raw: list[float]) -> dict[str, Any]:
     return {"median": median(raw), "min": min(raw), "max": max(raw), "n": len(raw), "raw": [round(x, 6) for x in raw]}
 

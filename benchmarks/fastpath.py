@@ -81,14 +81,6 @@ def main(argv=None) -> int:
                                                                                 optimizer="fused"),
           "fp32_bf16mm": make_trainer(cfg32, ds, optimizer="fused", matmul="bf16")}
 
-    def timed(t):
-        def run():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                t.train_step()
-            return steps * B / (time.perf_counter() - t0)
-        return run
-
     compile_s = None
     if args.compile:
         tr["fast_compiled"] = make_trainer(cfg, ds, attention="auto", optimizer="fused")
@@ -99,8 +91,8 @@ def main(argv=None) -> int:
         compile_s = time.perf_counter() - t0
         C.say(f"torch.compile first step: {compile_s:.1f} s")
     out["compile_first_step_seconds"] = compile_s
-    variants = {n: timed(t) for n, t in tr.items()}
-    variants["fast_ftz"] = _ftz(timed(tr["fast"]))
+    variants = {n: C.rate(t.train_step, steps, B) for n, t in tr.items()}
+    variants["fast_ftz"] = _ftz(C.rate(tr["fast"].train_step, steps, B))
     step_results = {}
     for nt in threads:
         torch.set_num_threads(nt)

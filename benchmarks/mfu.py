@@ -104,29 +104,13 @@ def main(argv=None) -> int:
         a, b = sq[dt]
         reps = 2 if args.quick else 6
 
-        def run():
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                torch.mm(a, b)
-            return reps * 2 * n_mm ** 3 / (time.perf_counter() - t0)
-        return run
+        return C.rate(lambda: torch.mm(a, b), reps, 2 * n_mm ** 3)
 
     def shape_mm(dt):
-        def run():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                for a, b in sm[dt]:
-                    torch.mm(a, b)
-            return steps * shape_flops / (time.perf_counter() - t0)
-        return run
+        return C.rate(lambda: [torch.mm(a, b) for a, b in sm[dt]], steps, shape_flops)
 
     def step(t):
-        def run():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                t.train_step()
-            return steps * flops["total"] / (time.perf_counter() - t0)
-        return run
+        return C.rate(t.train_step, steps, flops["total"])
 
     variants = {"peak_mm_fp32": peak(torch.float32), "peak_mm_bf16": peak(torch.bfloat16),
                 "step_shapes_mm_fp32": shape_mm(torch.float32), "step_shapes_mm_bf16": shape_mm(torch.bfloat16),

@@ -148,18 +148,8 @@ def main(argv=None) -> int:
             packed = Packed(cfg, ds, n, attention=attention)
             seq = [make_trainer(default_config(f"seed={s}"), ds, attention=attention) for s in range(n)]
 
-            def run_packed():
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    packed.train_step()
-                return n * B * steps / (time.perf_counter() - t0)
-
-            def run_seq():
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    for t in seq:
-                        t.train_step()
-                return n * B * steps / (time.perf_counter() - t0)
+            run_packed = C.rate(packed.train_step, steps, n * B)
+            run_seq = C.rate(lambda trainers=seq: [t.train_step() for t in trainers], steps, n * B)
 
             for _ in range(1 if args.quick else 3):
                 run_packed(), run_seq()
@@ -181,11 +171,7 @@ def main(argv=None) -> int:
         for _ in range(3):
             packed.train_step()
 
-        def run_packed2():
-            t0 = time.perf_counter()
-            for _ in range(psteps):
-                packed.train_step()
-            return n * B * psteps / (time.perf_counter() - t0)
+        run_packed2 = C.rate(packed.train_step, psteps, n * B)
 
         here = str(Path(__file__).resolve().parent)
 

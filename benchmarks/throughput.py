@@ -76,15 +76,6 @@ def main(argv=None) -> int:
                                                                    pretensorized=True)
     assert runners["grokray_bf16"].precision == "bf16" and runners["grokray_fp32"].precision == "fp32"
 
-    def timed(runner):
-        def run() -> float:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                loss = runner.train_step()
-            float(loss)  # sync (no-op on CPU; keeps the loop honest elsewhere)
-            return steps * B / (time.perf_counter() - t0)
-        return run
-
     results = {}
     for nt in threads:
         torch.set_num_threads(nt)
@@ -92,7 +83,7 @@ def main(argv=None) -> int:
             for _ in range(warmup):
                 r.train_step()
         C.say(f"{nt} thread(s): {rounds} rounds x {steps} steps per variant")
-        raw = C.interleave({n: timed(r) for n, r in runners.items()}, rounds, log=C.say)
+        raw = C.interleave({n: C.rate(r.train_step, steps, B) for n, r in runners.items()}, rounds, log=C.say)
         summary = {n: C.summarize(v) for n, v in raw.items()}
         ratios = {
             "shipped_vs_reference (grokray_bf16 / reference_fp32)": C.paired_ratios(raw["grokray_bf16"],
