@@ -75,11 +75,19 @@ def get_client(uri: str | None = None) -> "MlflowClient":
     """An MlflowClient for ``uri`` (see :func:`tracking_uri`); a local sqlite store is created if missing."""
     from mlflow.tracking import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
+    from grokray.config import ConfigError
+
     uri = tracking_uri(uri)
     db = sqlite_path(uri)
     if db is not None:
         _prepare_sqlite(db)
-    return MlflowClient(tracking_uri=uri)
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except MlflowException:  # MLflow's own message is a paragraph: one line for a user mistake
+        raise ConfigError("not a tracking URI MLflow can use (sqlite:///PATH, http(s)://HOST:PORT, file:PATH, "
+                          "postgresql://...)", key="tracking URI", value=uri) from None
 
 
 def get_or_create_experiment(client: "MlflowClient", name: str) -> str:

@@ -3,12 +3,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from helpers import TINY
 
 GROKRAY = [sys.executable, "-m", "grokray"]
+QUICKSTART = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
 
 
 def run(*args, cwd=None, env=None):
@@ -62,6 +64,9 @@ def test_train_from_yaml_with_out_dir_and_no_tracking(tmp_path):
     (["train", "--set", "train.lr=fast"], "grokray: error: train.lr: must be a number (got 'fast')"),
     (["train", "missing.yaml"], "grokray: error: missing.yaml: file not found"),
     (["data", "--set", "phi"], "grokray: error: --set: an override must look like key=value (got 'phi')"),
+    (["phase-map", "x", "--tracking-uri", "bogus://x"], "grokray: error: tracking URI: not a tracking URI MLflow"),
+    (["sweep", "run", str(QUICKSTART), "--name", "never", "--tracking-uri", "bogus://x"],
+     "grokray: error: tracking URI: not a tracking URI MLflow"),
 ])
 def test_user_errors_are_one_line_exit_2_no_traceback(args, message, tmp_path):
     out = run(*args, cwd=tmp_path)
