@@ -44,7 +44,7 @@ def _causal(T: int, device: torch.device) -> torch.Tensor:
 
 
 def attention_forward(mode: str):
-    """A replacement ``CausalSelfAttention.forward`` (``mode``: manual | auto | sdpa)."""
+    """A replacement ``SelfAttention.forward`` (``mode``: manual | auto | sdpa)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -65,11 +65,11 @@ def attention_forward(mode: str):
 def patch_attention(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """Force the attention kernel: ``sdpa`` (always SDPA, grokray before the fast path),
     ``manual`` (always matmul) or ``auto`` (matmul under bf16: grokray's own rule now)."""
-    from grokray.model import CausalSelfAttention
+    from grokray.model import SelfAttention
 
     fwd = attention_forward(mode)
     for m in model.modules():
-        if isinstance(m, CausalSelfAttention):
+        if isinstance(m, SelfAttention):
             m.forward = types.MethodType(fwd, m)
     return model
 

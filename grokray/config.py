@@ -72,14 +72,31 @@ class HopInjection:
     k: int = 0          # queries added per chosen fact (fewer if the bridge has fewer ID facts)
 
 
-#: He et al. appendix C settings. k=18 is "all but the OOD ones" at out-degree 20.
-AUGMENTATION_PRESETS: dict[str, tuple[HopInjection, HopInjection]] = {
-    "none": (HopInjection(0.0, 0), HopInjection(0.0, 0)),
-    "both_full": (HopInjection(1.0, 18), HopInjection(1.0, 18)),
-    "both_half": (HopInjection(0.5, 9), HopInjection(0.5, 9)),
-    "hop1_full": (HopInjection(1.0, 18), HopInjection(0.0, 0)),
-    "hop2_full": (HopInjection(0.0, 0), HopInjection(1.0, 18)),
+#: He et al. appendix C settings as (hop1 ratio, hop2 ratio, k per injected fact as a fraction of phi).
+#: He et al. equalize supervision: at phi 18 an ID fact appears in ~18 training compositions as a
+#: hop, so an injected OOD fact gets k = 18 ("full") or 9 ("half"). Copying k = 18 to another phi
+#: over-supervises the OOD facts and plants a shortcut (docs/calibration.md): k = round(phi) and
+#: round(phi / 2) keep the papers' equalization at every phi (:func:`preset_injections`).
+AUGMENTATION_PRESETS: dict[str, tuple[float, float, float]] = {
+    "none": (0.0, 0.0, 0.0),
+    "both_full": (1.0, 1.0, 1.0),
+    "both_half": (0.5, 0.5, 0.5),
+    "hop1_full": (1.0, 0.0, 1.0),
+    "hop2_full": (0.0, 1.0, 1.0),
 }
+
+
+def preset_injections(name: str, phi: float) -> tuple[HopInjection, HopInjection]:
+    """The (hop1, hop2) injections of a preset at ``phi``: ``k = round(phi x share)``.
+
+    >>> preset_injections("both_full", 18.0)
+    (HopInjection(ratio=1.0, k=18), HopInjection(ratio=1.0, k=18))
+    >>> preset_injections("both_half", 7.2)
+    (HopInjection(ratio=0.5, k=4), HopInjection(ratio=0.5, k=4))
+    """
+    r1, r2, share = AUGMENTATION_PRESETS[name]
+    k = int(round(phi * share)) if share else 0
+    return (HopInjection(r1, k if r1 else 0), HopInjection(r2, k if r2 else 0))
 
 
 # --------------------------------------------------------------------------- sections
@@ -90,7 +107,10 @@ class DataConfig:
     n_entities: int = 100        # |E|; paper scale 2000
     n_relations: int = 20        # |R|; paper scale 200
     out_degree: int = 20         # distinct relations per head entity; paper 20
-    ood_fraction: float = 0.05   # atomic FACTS (not entities) held out of compositions; paper 5%
+    # atomic FACTS (not entities) held out of compositions; paper 5% of 40k facts. The OOD test set
+    # grows with its square: 0.09 gives ~330 both-OOD queries at this size (0.05: ~106, one query
+    # = one point of accuracy) and still allows phi 18.
+    ood_fraction: float = 0.09
     test_id_fraction: float = 0.005  # both-ID compositions held out as test_inferred_id; paper 0.5%
     phi: float = 7.2             # |train_inferred| / |ID atomic|; the paper's knob for grokking speed
     # preset name (none, both_full, both_half, hop1_full, hop2_full) or
@@ -101,13 +121,15 @@ class DataConfig:
 
     def injections(self) -> tuple[HopInjection, HopInjection]:
         """The (hop1, hop2) injection this config asks for (preset resolved)."""
-        return resolve_augmentation(self.augmentation)
+        return resolve_augmentation(self.augmentation, self.phi)
 
     def augmentation_name(self) -> str:
-        """Preset name if the injection matches one, else a compact description."""
+        """Preset name if the injection matches one at this phi, else a compact description."""
         hop1, hop2 = self.injections()
-        for name, preset in AUGMENTATION_PRESETS.items():
-            if preset == (hop1, hop2):
+        if isinstance(self.augmentation, str):
+            return self.augmentation
+        for name in AUGMENTATION_PRESETS:
+            if preset_injections(name, self.phi) == (hop1, hop2):
                 return name
         return f"hop1({hop1.ratio:g},{hop1.k})+hop2({hop2.ratio:g},{hop2.k})"
 
@@ -121,6 +143,10 @@ class ModelConfig:
     n_layers: int = 1            # distinct blocks in the shared stack
     n_loops: int = 2             # times the stack is applied; Wang et al. and Kohli et al.: >=2 for OOD
     reinject_input: bool = False  # add the input embedding before every loop after the first (TRM-style)
+    # Causal attention (GPT-2, Wang et al.): the r1 position never sees r2, so hop 1 must be
+    # computed there. false: every position sees the whole query (He et al.'s TRM), which also
+    # allows answers that never form the bridge at r1.
+    causal: bool = True
     tie_embeddings: bool = False  # unembedding = token embedding^T (GPT-2, as in Wang et al.)
     # "torch": PyTorch's defaults (embeddings N(0, 1), linear layers Kaiming-uniform); the large
     # initial norm is what makes the small CPU trials grok within minutes (calibration).
@@ -195,15 +221,15 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resolve_augmentation(value: Any) -> tuple[HopInjection, HopInjection]:
-    """Preset name or ``{hop1: {ratio, k}, hop2: {ratio, k}}`` -> validated (hop1, hop2)."""
+def resolve_augmentation(value: Any, phi: float = 18.0) -> tuple[HopInjection, HopInjection]:
+    """Preset name (resolved at ``phi``) or ``{hop1: {ratio, k}, hop2: {ratio, k}}`` -> validated (hop1, hop2)."""
     if value is None:
         value = "none"
     if isinstance(value, str):
         if value not in AUGMENTATION_PRESETS:
             raise ConfigError(f"unknown augmentation preset; choose one of {', '.join(AUGMENTATION_PRESETS)}",
                               key="augmentation", value=value)
-        return AUGMENTATION_PRESETS[value]
+        return preset_injections(value, phi)
     if not isinstance(value, Mapping):
         raise ConfigError("must be a preset name or a mapping {hop1: {ratio, k}, hop2: {ratio, k}}",
                           key="augmentation", value=value)
@@ -313,7 +339,7 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     _check(d.phi >= 0.0, "must be >= 0", "data.phi", d.phi)
     _check(d.probe_size >= 1, "must be >= 1", "data.probe_size", d.probe_size)
     try:
-        resolve_augmentation(d.augmentation)
+        resolve_augmentation(d.augmentation, d.phi)
     except ConfigError as e:
         raise e.with_prefix("data") from None
     _check(m.d_model >= 1, "must be >= 1", "model.d_model", m.d_model)

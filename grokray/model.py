@@ -52,11 +52,12 @@ class HookPoint(nn.Module):
         return x
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention.
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, causal unless ``cfg.causal`` is false (every position sees
+    the whole query, as in He et al.'s TRM).
 
     Two kernels, same result: ``F.scaled_dot_product_attention`` in fp32, and explicit
-    ``q @ k^T`` + causal mask + softmax + ``@ v`` when the activations are bf16 (autocast).
+    ``q @ k^T`` + (causal mask) + softmax + ``@ v`` when the activations are bf16 (autocast).
     Why: our sequences are 3 tokens long, and PyTorch's CPU flash-attention kernel, tiled
     for long sequences, spends ~45% of a bf16 training step on B x heads problems of 3 x 3;
     two small matmuls make the step ~1.5x faster (benchmarks/fastpath.py). In fp32 SDPA is
@@ -69,6 +70,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.causal = cfg.causal
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -81,11 +83,12 @@ class CausalSelfAttention(nn.Module):
             use_matmul = q.dtype == torch.bfloat16
         if use_matmul:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, nh, T, T]
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1).to(v.dtype)
-            y = att @ v                                                   # [B, nh, T, hs]
+            if self.causal:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                att = att.masked_fill(~mask, float("-inf"))
+            y = att.softmax(dim=-1).to(v.dtype) @ v                       # [B, nh, T, hs]
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, nh, T, hs]
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # [B, nh, T, hs]
         y = y.transpose(1, 2).contiguous().view(B, T, C)                 # [B, T, C]
         return self.proj(y)
 
@@ -96,7 +99,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = SelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.d_model)
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_mlp), nn.GELU(), nn.Linear(cfg.d_mlp, cfg.d_model))
 

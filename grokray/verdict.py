@@ -66,7 +66,7 @@ Example:
     >>> v.label, v.detail, v.t_memorize, v.t_generalize, v.delay_ratio, v.censored
     ('true_grokking', 'grokking', 1000, 10000, 10.0, False)
     >>> round(v.confidence, 2), v.reasons[0]
-    (0.97, 'OOD acc >= 0.5 from step 10000 (smoothed), 10.0x after memorization at 1000')
+    (0.97, 'OOD acc >= 0.5 from step 10000 to the end (smoothed), 10.0x after memorization at 1000')
     >>> classify_history(history[:4], max_steps=30000).detail   # memorized, then stopped: too short
     'censored'
 """
@@ -78,18 +78,19 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from grokray.history import (clean_history, divergence_step, first_sustained, held_from, is_number, metric_series,
+                             running_median, step_ratio, sustained_level)
 
 #: Bumped whenever a rule or a default changes what a history is labelled.
 CLASSIFIER_VERSION = "1"
 LABELS = ("true_grokking", "fake_grokking", "no_grokking")
-DETAILS = ("grokking", "comprehension", "semi", "memorization", "censored", "confusion", "diverged")
+DETAILS = ("grokking", "comprehension", "unmemorized", "transient", "semi", "memorization", "censored", "confusion",
+           "diverged")
 SPLITS = ("ood", "id")
 #: Target accuracy metric per split.
 TARGET_ACC = {"ood": "acc/test_inferred_ood", "id": "acc/test_inferred_id"}
 TRAIN_ACC = "acc/train"
-#: Metrics whose non-finite value means the run diverged (the trainer's own test).
-DIVERGENCE_KEYS = ("train_loss", "param_norm")
 #: ``stop_reason`` values meaning "ran to its budget".
 BUDGET_STOPS = (None, "max_steps")
 #: Keys accepted in ``evidence``.
@@ -100,10 +101,6 @@ EVIDENCE_KEYS = ("causal_r1", "bridge_given_correct", "bridge_found", "n_target"
 
 def _fail(name: str, problem: str, value: Any) -> None:
     raise ValueError(f"{name}: {problem} (got {value!r})")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -176,7 +173,7 @@ class VerdictParams:
             if f.type in ("int", int):
                 if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
                     _fail(name(f.name), "must be an integer", value)
-            elif not _is_number(value) or not math.isfinite(value):
+            elif not is_number(value) or not math.isfinite(value):
                 _fail(name(f.name), "must be a finite number", value)
         for f in ("smooth_window", "sustain", "min_evals"):
             if getattr(self, f) < 1:
@@ -297,123 +294,6 @@ class Verdict:
         return cls(**kwargs)
 
 
-# --------------------------------------------------------------------------- step 1: clean
-
-class Series(NamedTuple):
-    """One metric over steps: finite values only, sorted by step."""
-    steps: np.ndarray   # int64
-    values: np.ndarray  # float64
-
-    def last(self) -> float | None:
-        return float(self.values[-1]) if len(self.values) else None
-
-
-def _as_float(value: Any, where: str) -> float:
-    if not _is_number(value):
-        _fail(where, "must be a number", value)
-    return float(value)
-
-
-def clean_history(history: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Entries sorted by step, the last one kept for a duplicated step; entries without a
-    finite ``step`` are dropped (their count is returned). A negative, fractional or
-    non-numeric step, or an entry that is not a mapping, is a ValueError.
-
-    >>> clean_history([{"step": 5, "a": 1}, {"step": 1}, {"step": 5, "a": 2}, {"a": 3}])
-    ([{'step': 1}, {'step': 5, 'a': 2}], 1)
-    """
-    if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Iterable):
-        _fail("history", "must be a sequence of dicts", history)
-    by_step: dict[int, dict[str, Any]] = {}
-    dropped = 0
-    for i, entry in enumerate(history):
-        if not isinstance(entry, Mapping):
-            _fail(f"history[{i}]", "must be a dict", entry)
-        step = entry.get("step")
-        if step is None or (_is_number(step) and not math.isfinite(step)):
-            dropped += 1
-            continue
-        step_f = _as_float(step, f"history[{i}]['step']")
-        if step_f < 0 or not step_f.is_integer():
-            _fail(f"history[{i}]['step']", "must be a non-negative integer", step)
-        by_step[int(step_f)] = {**entry, "step": int(step_f)}
-    return [by_step[s] for s in sorted(by_step)], dropped
-
-
-def metric_series(entries: list[dict[str, Any]], key: str) -> Series:
-    """``key`` over the cleaned entries, missing, ``None`` and non-finite values dropped."""
-    steps, values = [], []
-    for entry in entries:
-        value = entry.get(key)
-        if value is None:
-            continue
-        value = _as_float(value, f"history step {entry['step']} {key!r}")
-        if math.isfinite(value):
-            steps.append(entry["step"])
-            values.append(value)
-    return Series(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
-
-
-def divergence_step(entries: list[dict[str, Any]]) -> int | None:
-    """First step with a non-finite ``train_loss`` or ``param_norm`` (the trainer's rule)."""
-    for entry in entries:
-        for key in DIVERGENCE_KEYS:
-            value = entry.get(key)
-            if value is not None and not math.isfinite(_as_float(value, f"history step {entry['step']} {key!r}")):
-                return entry["step"]
-    return None
-
-
-# --------------------------------------------------------------------------- steps 2-5: curves
-
-def running_median(values: np.ndarray, window: int) -> np.ndarray:
-    """Median over ``window`` consecutive values, centred where possible and shifted inward
-    at the ends so every window holds ``min(window, n)`` values (a spike at the last
-    evaluation is filtered too).
-
-    >>> running_median(np.array([0.1, 0.1, 0.9, 0.1, 0.8, 0.8]), 3).tolist()
-    [0.1, 0.1, 0.1, 0.8, 0.8, 0.8]
-    """
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    if window <= 1 or n == 0:
-        return values.copy()
-    w = min(window, n)
-    medians = np.median(sliding_window_view(values, w), axis=1)        # window starting at each index
-    return medians[np.clip(np.arange(n) - window // 2, 0, n - w)]
-
-
-def window_minima(values: np.ndarray, sustain: int) -> np.ndarray:
-    """``min(values[i:i+sustain])`` for every ``i`` (windows truncated at the end)."""
-    if len(values) == 0:
-        return np.empty(0)
-    padded = np.concatenate([np.asarray(values, dtype=np.float64), np.full(sustain - 1, np.inf)])
-    return sliding_window_view(padded, sustain).min(axis=1)
-
-
-def first_sustained(steps: np.ndarray, values: np.ndarray, threshold: float, sustain: int) -> int | None:
-    """First step from which ``values >= threshold`` for ``sustain`` consecutive
-    evaluations (at the end of the curve, all remaining ones).
-
-    >>> first_sustained(np.array([0, 10, 20, 30]), np.array([0.0, 1.0, 0.0, 1.0]), 0.5, 2)
-    30
-    """
-    hits = np.flatnonzero(window_minima(values, sustain) >= threshold)
-    return int(steps[hits[0]]) if len(hits) else None
-
-
-def sustained_level(values: np.ndarray, sustain: int) -> float | None:
-    """The highest level held for ``sustain`` evaluations: ``max_i min(values[i:i+sustain])``.
-    ``first_sustained(..., t, sustain)`` is not None exactly when this is ``>= t``; it is
-    the value a sustained-threshold decision is compared with."""
-    return float(window_minima(values, sustain).max()) if len(values) else None
-
-
-def step_ratio(t_late: int, t_early: int) -> float:
-    """``t_late / t_early`` with both clamped to >= 1 step."""
-    return max(t_late, 1) / max(t_early, 1)
-
-
 # --------------------------------------------------------------------------- steps 6-8: decisions
 
 def margin_confidence(value: float | None, threshold: float, scale: float) -> float:
@@ -438,6 +318,8 @@ class _Facts(NamedTuple):
     target_level: float | None  # best sustained smoothed target acc
     t_memorize: int | None
     t_generalize: int | None
+    t_transient: int | None      # a sustained crossing that fell back before the end (None if none)
+    final_level: float | None    # the smoothed target level held over the last evaluations
     max_after_memorize: float | None
 
 
@@ -457,25 +339,32 @@ def behaviour(facts: _Facts, p: VerdictParams) -> tuple[str, dict[str, float], l
         return "diverged", {"diverged": 1.0}, reasons
     memorized = facts.t_memorize is not None
     margins["memorized"] = margin_confidence(facts.train_level, p.memorize_acc, p.train_acc_scale)
-    margins["generalized"] = margin_confidence(facts.target_level, g_acc, p.acc_scale)
+    margins["generalized"] = margin_confidence(facts.final_level, g_acc, p.acc_scale)
     if facts.t_generalize is not None:
         t_gen = facts.t_generalize
         if not memorized:
             del margins["memorized"]
             margins["not_memorized"] = margin_confidence(facts.train_level, p.memorize_acc, p.train_acc_scale)
-            reasons.append(f"{name} acc >= {g_acc:g} from step {t_gen} (smoothed), "
-                           f"train acc never >= {p.memorize_acc:g} for {p.sustain} evaluations")
-            return "comprehension", margins, reasons
+            reasons.append(f"{name} acc >= {g_acc:g} from step {t_gen} to the end (smoothed), "
+                           f"but train acc never held >= {p.memorize_acc:g} for {p.sustain} evaluations")
+            return "unmemorized", margins, reasons
         ratio = step_ratio(t_gen, facts.t_memorize)
         margins["delay_ratio"] = margin_confidence(math.log10(ratio), math.log10(p.comprehension_ratio),
                                                    p.log_scale)
-        reasons.append(f"{name} acc >= {g_acc:g} from step {t_gen} (smoothed), "
+        reasons.append(f"{name} acc >= {g_acc:g} from step {t_gen} to the end (smoothed), "
                        f"{ratio:.1f}x after memorization at {facts.t_memorize}")
         if ratio <= p.comprehension_ratio:
             reasons.append(f"delay ratio {ratio:.2f} <= {p.comprehension_ratio:g}: test rose with train")
             return "comprehension", margins, reasons
         reasons.append(f"delay ratio {ratio:.2f} > {p.comprehension_ratio:g}: delayed generalization")
         return "grokking", margins, reasons
+    final = "none" if facts.final_level is None else f"{facts.final_level:.2f}"
+    if facts.t_transient is not None:
+        # Reached the threshold, then fell back: a transient (e.g. a shortcut learned before the
+        # facts), never generalization. Recorded with its step, labelled on where the run ended.
+        reasons.append(f"transient: smoothed {name} acc reached {facts.target_level:.2f} >= {g_acc:g} at step "
+                       f"{facts.t_transient} and fell back (ends at {final})")
+        return "transient", margins, reasons
     best = "none" if facts.target_level is None else f"{facts.target_level:.2f}"
     reasons.append(f"{name} acc never >= {g_acc:g} for {p.sustain} evaluations (best smoothed {best})")
     if not memorized:
@@ -577,14 +466,14 @@ def _check_evidence(evidence: Mapping[str, Any] | None) -> dict[str, Any]:
         _fail("evidence", f"unknown keys (known: {', '.join(EVIDENCE_KEYS)})", unknown)
     out: dict[str, Any] = {}
     for key, value in evidence.items():
-        if value is None or (_is_number(value) and math.isnan(value)):
+        if value is None or (is_number(value) and math.isnan(value)):
             continue
         if key == "n_target":
             if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 0:
                 _fail("evidence['n_target']", "must be an integer >= 0", value)
             out[key] = int(value)
         else:
-            if not _is_number(value) or not 0 <= value <= 1:
+            if not is_number(value) or not 0 <= value <= 1:
                 _fail(f"evidence[{key!r}]", "must be a number in [0, 1]", value)
             out[key] = float(value)
     return out
@@ -617,13 +506,17 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
     target = metric_series(entries, TARGET_ACC[split])
     smoothed = running_median(target.values, p.smooth_window)
     t_mem = first_sustained(train.steps, train.values, p.memorize_acc, p.sustain)
-    t_gen = first_sustained(target.steps, smoothed, p.generalize_acc(split), p.sustain)
+    # Generalization must hold: from t_gen to the end of the run, not just once.
+    t_gen = held_from(target.steps, smoothed, p.generalize_acc(split), p.sustain)
+    t_first = first_sustained(target.steps, smoothed, p.generalize_acc(split), p.sustain)
     after = smoothed[target.steps >= t_mem] if t_mem is not None else smoothed[:0]
     facts = _Facts(
         split=split, diverged_at=divergence_step(entries), stop_diverged=stop_reason == "diverged",
         steps_run=entries[-1]["step"] if entries else 0, n_evals=min(len(train.values), len(target.values)),
         train_level=sustained_level(train.values, p.sustain), target_level=sustained_level(smoothed, p.sustain),
-        t_memorize=t_mem, t_generalize=t_gen, max_after_memorize=float(after.max()) if len(after) else None)
+        t_memorize=t_mem, t_generalize=t_gen, t_transient=t_first if t_gen is None else None,
+        final_level=float(smoothed[-min(p.sustain, len(smoothed)):].min()) if len(smoothed) else None,
+        max_after_memorize=float(after.max()) if len(after) else None)
 
     detail, margins, reasons = behaviour(facts, p)
     lens = f"lens/{split}/"
@@ -633,15 +526,12 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
     n_target = ev.get("n_target")
 
     label, factor, cap = "no_grokking", 1.0, 1.0
-    if detail in ("grokking", "comprehension"):
+    if detail in ("grokking", "comprehension", "unmemorized"):
         label, circuit_margins, circuit_reasons, factor = circuit(bgc, causal, p)
         margins.update(circuit_margins)
         reasons += circuit_reasons
         if bgc is None and causal is None:
             cap = p.no_circuit_cap
-        final = smoothed[-1]
-        if final < p.generalize_acc(split):
-            reasons.append(f"did not stay: final smoothed {split.upper()} acc {final:.2f}")
 
     generalized = label != "no_grokking"
     on_budget = stop_reason in BUDGET_STOPS or facts.steps_run >= max_steps

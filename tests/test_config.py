@@ -1,6 +1,6 @@
 import pytest
 
-from grokray.config import (AUGMENTATION_PRESETS, ConfigError, HopInjection, TrialConfig, load_trial_config,
+from grokray.config import (ConfigError, HopInjection, TrialConfig, load_trial_config, preset_injections,
                             replace_dotted)
 
 
@@ -17,15 +17,22 @@ def test_yaml_file_and_overrides(tmp_path):
     path.write_text("seed: 3\ndata:\n  phi: 12.6\ntrain:\n  lr: 3e-3\n  betas: [0.9, 0.95]\n")
     cfg = load_trial_config(path, ["model.n_loops=4", "data.augmentation=both_full"])
     assert (cfg.seed, cfg.data.phi, cfg.train.lr, cfg.train.betas) == (3, 12.6, 0.003, (0.9, 0.95))
-    assert cfg.model.n_loops == 4 and cfg.data.injections() == AUGMENTATION_PRESETS["both_full"]
+    assert cfg.model.n_loops == 4 and cfg.data.injections() == preset_injections("both_full", 12.6)
+    # He et al.'s equalized supervision: k = round(phi) per injected OOD fact
+    assert cfg.data.injections() == (HopInjection(1.0, 13), HopInjection(1.0, 13))
 
 
 def test_custom_augmentation_mapping_and_name():
     cfg = load_trial_config(None, ["data.augmentation={hop1: {ratio: 0.25, k: 3}}"])
     assert cfg.data.injections() == (HopInjection(0.25, 3), HopInjection(0.0, 0))
     assert cfg.data.augmentation_name() == "hop1(0.25,3)+hop2(0,0)"
+    # a mapping equal to a preset at this phi is named after it (phi 18: k 18; phi 7.2: k 7)
+    assert load_trial_config(None, ["data.phi=18", "data.augmentation={hop2: {ratio: 1, k: 18}}"]
+                             ).data.augmentation_name() == "hop2_full"
     assert load_trial_config(None, ["data.augmentation={hop2: {ratio: 1, k: 18}}"]).data.augmentation_name() \
-        == "hop2_full"
+        == "hop1(0,0)+hop2(1,18)"
+    assert load_trial_config(None, ["data.augmentation={hop2: {ratio: 0.5, k: 4}}"]).data.augmentation_name() \
+        == "hop1(0,0)+hop2(0.5,4)"
 
 
 @pytest.mark.parametrize("override, key, value", [

@@ -106,9 +106,27 @@ def test_same_seed_same_data_other_seed_other_data():
 
 
 def test_hash_resolves_presets():
-    explicit = {"hop1": {"ratio": 1.0, "k": 18}, "hop2": {"ratio": 1.0, "k": 18}}
+    # presets follow He et al.'s equalized supervision: k = round(phi) (full) per injected OOD fact
+    explicit = {"hop1": {"ratio": 1.0, "k": 7}, "hop2": {"ratio": 1.0, "k": 7}}
     assert data_hash(DataConfig(augmentation="both_full")) == data_hash(DataConfig(augmentation=explicit))
+    at18 = {"hop1": {"ratio": 1.0, "k": 18}, "hop2": {"ratio": 1.0, "k": 18}}
+    assert data_hash(DataConfig(phi=18.0, augmentation="both_full")) == data_hash(DataConfig(phi=18.0,
+                                                                                             augmentation=at18))
     assert data_hash(DataConfig(augmentation="none")) != data_hash(DataConfig(augmentation="both_full"))
+
+
+@pytest.mark.parametrize("preset, phi, k1, k2", [("both_full", 7.2, 7, 7), ("both_half", 7.2, 4, 4),
+                                                  ("hop2_full", 5.4, 0, 5), ("hop1_full", 3.6, 4, 0)])
+def test_presets_inject_at_most_k_equal_to_phi_per_ood_fact(preset, phi, k1, k2):
+    ds = build_dataset(DataConfig(n_entities=60, n_relations=12, out_degree=10, ood_fraction=0.15, phi=phi,
+                                  augmentation=preset))
+    added = ds.rows["train_augmented"]
+    ood = {tuple(f) for f in ds.rows["ood_atomic"][:, [0, 1]].tolist()}
+    hop1 = [tuple(r) for r in added[:, [0, 1]].tolist() if tuple(r) in ood]      # (h, r1) is an OOD fact
+    hop2 = [tuple(r) for r in added[:, [3, 2]].tolist() if tuple(r) in ood]      # (b, r2) is an OOD fact
+    counts1 = np.unique(np.array(hop1).reshape(-1, 2), axis=0, return_counts=True)[1] if hop1 else np.zeros(0)
+    counts2 = np.unique(np.array(hop2).reshape(-1, 2), axis=0, return_counts=True)[1] if hop2 else np.zeros(0)
+    assert (counts1.max(initial=0), counts2.max(initial=0)) == (k1, k2)   # capped by k, reached where edges allow
 
 
 def test_probes_are_capped_samples():

@@ -3,12 +3,13 @@ import pytest
 import torch
 
 from grokray.config import ModelConfig
-from grokray.model import CausalSelfAttention, LoopedTransformer
+from grokray.model import LoopedTransformer, SelfAttention
 
 
-def make(n_layers=2, n_loops=3, reinject=False, seed=0):
+def make(n_layers=2, n_loops=3, reinject=False, seed=0, causal=True):
     torch.manual_seed(seed)
-    cfg = ModelConfig(d_model=32, n_heads=4, d_mlp=64, n_layers=n_layers, n_loops=n_loops, reinject_input=reinject)
+    cfg = ModelConfig(d_model=32, n_heads=4, d_mlp=64, n_layers=n_layers, n_loops=n_loops, reinject_input=reinject,
+                      causal=causal)
     return LoopedTransformer(cfg, vocab_size=17).eval()
 
 
@@ -89,9 +90,36 @@ def test_causal_positions_do_not_see_the_future():
     torch.testing.assert_close(a[:, :2], b[:, :2])
 
 
+def test_non_causal_positions_see_the_whole_query():
+    m = make(causal=False)
+    other = TOKENS.clone()
+    other[:, 2] = 15
+    a, b = m(TOKENS), m(other)
+    # changing the last token changes every position's output, the first one included
+    assert (a[:, 0] - b[:, 0]).abs().max() > 1e-3 and (a[:, 1] - b[:, 1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_matmul_and_sdpa_agree_with_and_without_the_causal_mask(causal):
+    m = make(causal=causal)
+    _force_attention(m, False)
+    sdpa = m(TOKENS)
+    _force_attention(m, True)
+    torch.testing.assert_close(m(TOKENS), sdpa, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reinject", [False, True])
+def test_four_and_more_loops_keep_one_hook_per_application(reinject):
+    m = make(n_layers=1, n_loops=6, reinject=reinject)
+    logits, cache = m.run_with_cache(TOKENS)
+    assert m.n_depths == 7 and len(cache) == 7
+    # the last hook is the residual the logits are decoded from
+    torch.testing.assert_close(m.decode(cache["loop.5.layer.0.resid_post"]), logits)
+
+
 def _force_attention(model: LoopedTransformer, matmul: bool | None) -> None:
     for mod in model.modules():
-        if isinstance(mod, CausalSelfAttention):
+        if isinstance(mod, SelfAttention):
             mod.matmul_attention = matmul
 
 

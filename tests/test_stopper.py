@@ -46,6 +46,22 @@ RULE = StopRule(memorize_by=3000, cleanup_window=1.0)
      10000, None),
     ("partial rise below threshold", history(mem(1000), gen(2000, level=0.35)), 20000, None),
     ("empty history", [], 0, None),
+    # generalization must hold: a transient that falls back never counts
+    ("transient spike at 100, back at chance", history(mem(1000), lambda s: 0.7 if 60 <= s <= 150 else 0.2),
+     5000, None),
+    ("transient, then a real rise: the window counts from the rise",
+     history(mem(1000), lambda s: 0.7 if 60 <= s <= 150 or s >= 6000 else 0.2), 9000, None),
+    ("transient, then a real rise held through its window",
+     history(mem(1000), lambda s: 0.7 if 60 <= s <= 150 or s >= 6000 else 0.2), 12000, "generalized"),
+    # memorize_by never kills a run whose target generalized or is still rising
+    ("generalized, train at 0.97 (never memorized), at the budget: generalized, not no_memorization",
+     history(lambda s: 0.97, gen(500)), 3000, "generalized"),
+    ("generalized, train at 0.97, before the budget: wait for memorization",
+     history(lambda s: 0.97, gen(500)), 2500, None),
+    ("not memorized, target still rising at the budget: keep going",
+     history(lambda s: 0.97, lambda s: min(0.45, 0.1 * s / 1000)), 3000, None),
+    ("not memorized, target flat at the budget: stop", history(lambda s: 0.97, lambda s: 0.1), 3000,
+     "no_memorization"),
 ])
 def test_stop_rule(name, h, step, expected):
     assert RULE.check(upto(h, step)) == expected, name

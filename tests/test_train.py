@@ -118,13 +118,13 @@ def test_fast_path_matches_the_plain_path():
     percent: measured 11.43 / 11.76 / 11.78 / 11.07 for the four bf16 kernel combinations
     against 11.75 in fp32, while every accuracy agreed exactly.
     """
-    from grokray.model import CausalSelfAttention
+    from grokray.model import SelfAttention
 
     fast = Trainer(tiny_config("train.max_steps=300", "train.precision=bf16"))
     assert fast.optimizer.defaults["fused"] is True
     plain = Trainer(tiny_config("train.max_steps=300", "train.precision=bf16"))
     for mod in plain.model.modules():
-        if isinstance(mod, CausalSelfAttention):
+        if isinstance(mod, SelfAttention):
             mod.matmul_attention = False
     plain.optimizer = torch.optim.AdamW(
         [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in plain.optimizer.param_groups],

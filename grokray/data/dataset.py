@@ -5,7 +5,8 @@ have ``r2 = bridge = -1``) and turns them into model inputs:
 
 * tokens: entities are ``0..E-1``, relations ``E..E+R-1``, and ``PAD = E+R``;
 * atomic fact ``h r PAD``, answer read at position 1; composition ``h r1 r2``,
-  answer read at position 2. Attention is causal, so the pad never matters.
+  answer read at position 2. With causal attention the pad never matters; without
+  (``model.causal: false``) it is one constant token every atomic fact sees.
 
 The dataset is a pure function of its :class:`~grokray.config.DataConfig`; its name is
 ``ds-`` + a hash of that config (augmentation preset resolved), so a hundred trials
@@ -38,7 +39,9 @@ from grokray.data.augment import augment
 from grokray.data.graph import BRIDGE, H, R1, R2, TAIL, build_graph, split
 
 #: Bump when the generator's output for a given config changes: it is part of the hash.
-GENERATOR_VERSION = 1
+#: 2: augmentation presets inject k = round(phi) (full) / round(phi / 2) (half) queries per OOD
+#: fact (He et al.'s equalized supervision) instead of a fixed 18 / 9.
+GENERATOR_VERSION = 2
 
 #: Evaluation probes, in the order metrics are reported.
 PROBES = ("train", "train_inferred", "id_atomic", "ood_atomic", "train_augmented",

@@ -17,7 +17,7 @@ Example:
     >>> from grokray.config import DataConfig
     >>> g = build_graph(DataConfig(n_entities=50, n_relations=10, out_degree=5))
     >>> g.atomic.shape, int(g.atomic_ood.sum())
-    ((250, 3), 12)
+    ((250, 3), 22)
 """
 from __future__ import annotations
 

@@ -5,11 +5,13 @@ that would grok: test accuracy is flat until the jump. So the default scheduler 
 FIFO and a trial ends only when
 
 * it diverged (NaN/inf loss or weights: the trainer's own rule),
-* it never memorized: train accuracy below ``memorize_acc`` at ``memorize_by`` steps
-  (``no_memorization``),
-* it generalized and stayed so for a cleanup window: the smoothed target accuracy held
-  the verdict's threshold and the run went on for ``cleanup_window`` x the steps it
-  took to memorize and generalize (``generalized``),
+* it never memorized: train accuracy below ``memorize_acc`` at ``memorize_by`` steps, and
+  its target accuracy neither holds the threshold nor is still rising (``no_memorization``),
+* it generalized and stayed so for a cleanup window: the smoothed target accuracy has held
+  the verdict's threshold from ``t_generalize`` up to now (:func:`grokray.history.held_from`)
+  and the run went on for ``cleanup_window`` x the steps it took to memorize and
+  generalize (``generalized``); a run that generalized without memorizing waits for
+  memorization until ``memorize_by``,
 * or it ran out of budget (``max_steps``; the verdict records it as censored).
 
 :class:`StopRule` is the pure rule on a metric history, with the same smoothing and
@@ -30,8 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from grokray.verdict import (TARGET_ACC, TRAIN_ACC, VerdictParams, clean_history, first_sustained, metric_series,
-                             running_median)
+from grokray.history import clean_history, first_sustained, held_from, metric_series, rising, running_median
+from grokray.verdict import TARGET_ACC, TRAIN_ACC, VerdictParams
 
 
 @dataclass
@@ -59,19 +61,22 @@ class StopRule:
         memorize_acc = self.memorize_acc if self.memorize_acc is not None else p.memorize_acc
         train = metric_series(entries, TRAIN_ACC)
         t_mem = first_sustained(train.steps, train.values, memorize_acc, p.sustain)
-        if self.memorize_by is not None and step >= self.memorize_by and t_mem is None:
-            return "no_memorization"
         target = metric_series(entries, TARGET_ACC[self.split])
-        if t_mem is None or len(target.values) == 0:
-            return None
         threshold = self.generalize_acc if self.generalize_acc is not None else p.generalize_acc(self.split)
         smoothed = running_median(target.values, p.smooth_window)
-        t_gen = first_sustained(target.steps, smoothed, threshold, p.sustain)
-        if t_gen is None or smoothed[-1] < threshold:
+        t_gen = held_from(target.steps, smoothed, threshold, p.sustain)   # the verdict's rule: held up to now
+        out_of_memorization_budget = self.memorize_by is not None and step >= self.memorize_by
+        if t_gen is not None:
+            if t_mem is None and not out_of_memorization_budget:
+                return None  # generalized first: give memorization its budget (comprehension)
+            settled = max(t_gen, t_mem) if t_mem is not None else t_gen
+            if step >= settled * (1.0 + self.cleanup_window) and (target.steps > settled).sum() >= p.sustain:
+                return "generalized"
             return None
-        settled = max(t_gen, t_mem)
-        if step >= settled * (1.0 + self.cleanup_window) and (target.steps > settled).sum() >= p.sustain:
-            return "generalized"
+        if out_of_memorization_budget and t_mem is None:
+            if len(target.values) and rising(target.steps, smoothed):
+                return None  # the target is on its way up: not a run to kill
+            return "no_memorization"
         return None
 
 
