@@ -123,7 +123,8 @@ def make_trainer(cfg, dataset, attention: str = "sdpa", optimizer: str = "foreac
 def evaluate_batched(model, probes: dict, precision: str, device: torch.device) -> dict[str, float]:
     """``grokray.train.evaluate`` with one forward over all probes and one host sync."""
     from grokray.data import Batch
-    from grokray.train import answer_logits, autocast
+    from grokray.device import autocast
+    from grokray.train import answer_logits
 
     was = model.training
     model.eval()

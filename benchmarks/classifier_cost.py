@@ -7,8 +7,8 @@ one thread (as the sweep's classifier actor and trials run):
    temp sqlite store: ``training_seconds`` = the trainer's own wall time (``TrainResult.seconds``);
 2. ``grokray.classify.classify_run(run, force=True)`` ``repeats`` times: seconds per call, and a
    breakdown from timers wrapped around its parts (monkeypatched here, grokray is not edited):
-   history download, checkpoint download + load, dataset load, evidence (lens + causal
-   patching), verdict, artifact/tag writes (plots included);
+   history download, checkpoint download + load, dataset load, evidence (interchange + lens +
+   causal patching), verdict, artifact/tag writes (plots included);
 3. fraction = classifier seconds / training seconds. Target (issue): <= 5% for the default trial.
 
 The default trial is 12,000 steps. The full mode trains it for ``--default-steps`` (1,500) and
@@ -49,18 +49,20 @@ def _timed(name: str, fn):
     return wrapper
 
 
+#: The evidence part of a verdict: shortcut baselines, interchange test, lens, causal patching.
+EVIDENCE = "evidence (interchange + lens + causal patching)"
+
+
 def instrument() -> None:
     """Wrap the parts of classify_run with timers (module attributes it looks up at call time)."""
-    import grokray.circuits.evidence as ev
     import grokray.classify as cl
-    import grokray.data as data
-    import grokray.model as model
+    import grokray.tracking as tr
 
-    cl._load_history = _timed("history_download", cl._load_history)
-    cl._final_checkpoint = _timed("checkpoint_listing", cl._final_checkpoint)
-    model.load_checkpoint = _timed("checkpoint_load", model.load_checkpoint)
-    data.load_dataset = _timed("dataset_load", data.load_dataset)
-    ev.circuit_evidence = _timed("evidence (lens + causal patching)", ev.circuit_evidence)
+    tr.load_history = _timed("history_download", tr.load_history)
+    tr.checkpoints = _timed("checkpoint_listing", tr.checkpoints)
+    cl.load_checkpoint = _timed("checkpoint_load", cl.load_checkpoint)
+    cl.load_dataset = _timed("dataset_load", cl.load_dataset)
+    cl.circuit_evidence = _timed(EVIDENCE, cl.circuit_evidence)
     cl.classify_history = _timed("verdict", cl.classify_history)
     cl.write_verdict = _timed("write (plots, artifacts, tags, metrics)", cl.write_verdict)
 
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
         ds = load_dataset(cfg.data)
         with tempfile.TemporaryDirectory() as work:
             trainer = Trainer(cfg, dataset=ds, work_dir=work)
-            run_id = tracking.start_trial_run(client, exp, f"bench-{name}")
+            run_id = tracking.start_run(client, exp, f"bench-{name}")
             result = trainer.run([tracking.RunLogger(client, run_id)])
             client.set_terminated(run_id, status="FINISHED")
         train_s = result.seconds

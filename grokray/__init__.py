@@ -6,14 +6,14 @@ The Python entry points most users want, imported lazily (``import grokray`` sta
     >>> callable(grokray.phase_map)
     True
 """
-__version__ = "0.1.0"
+from grokray.version import __version__
 
 _LAZY = {
     "phase_map": ("grokray.phasemap", "phase_map"),
     "pivot": ("grokray.phasemap", "pivot"),
     "filter_label": ("grokray.phasemap", "filter_label"),
     "plot_phase_map": ("grokray.phasemap", "plot_phase_map"),
-    "transfer_map": ("grokray.transfer", "transfer_map"),
+    "transfer_map": ("grokray.transfermap", "transfer_map"),
     "classify_run": ("grokray.classify", "classify_run"),
     "classify_history": ("grokray.verdict", "classify_history"),
     "load_trial_config": ("grokray.config", "load_trial_config"),

@@ -87,6 +87,9 @@ def _run_data(args: argparse.Namespace) -> int:
     for k, v in summary["sizes"].items():
         probe = summary["probe_sizes"].get(k)
         print(f"  {k:<20} {v:>9,}" + (f"   probe {probe:,}" if probe is not None else ""))
+    print("shortcut baselines (accuracy of answering without composing; grokray.data.shortcuts):")
+    for split, rules in summary["shortcuts"].items():
+        print(f"  {split:<4} " + "  ".join(f"{rule} {acc:.3f}" for rule, acc in rules.items()))
     return 0
 
 
@@ -122,7 +125,7 @@ def _run_train(args: argparse.Namespace) -> int:
             client = tracking.get_client(args.tracking_uri)
             exp_id = tracking.get_or_create_experiment(client, args.experiment)
             name = name or tracking.trial_run_name(cfg)
-            run_id = tracking.start_trial_run(client, exp_id, name)
+            run_id = tracking.start_run(client, exp_id, name)
             callbacks.append(tracking.RunLogger(client, run_id))
         if not args.quiet:
             callbacks.append(Progress(cfg.train.max_steps))
@@ -159,17 +162,16 @@ def _existing_client(uri: str | None):
     """A client for an existing store: a missing local sqlite file is a user error, not a new store."""
     from grokray import tracking
 
-    uri = tracking.tracking_uri(uri)
-    db = tracking.sqlite_path(uri)
-    if db is not None and not db.exists():
-        raise UserError(f"no MLflow store at {db} (set --tracking-uri or run from the directory holding mlflow.db)")
-    return tracking.get_client(uri)
+    return tracking.existing_client(uri)
 
 
 def _add_classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run id(s) to label")
     p.add_argument("--experiment", default=None, help="label every finished trial run of this experiment")
     p.add_argument("--split", choices=["ood", "id"], default="ood", help="target test split (default: ood)")
+    p.add_argument("--criterion", choices=["interchange", "lens"], default="interchange",
+                   help="what decides true vs fake for grokray.label: the bridge interchange test (default) or "
+                        "He et al.'s logit-lens rule; both are always computed and tagged")
     p.add_argument("--force", action="store_true", help="relabel even if this classifier version already did")
     p.add_argument("--queries", type=int, default=200, help="queries for causal patching (default: 200)")
     p.add_argument("--json", action="store_true", help="print verdicts as JSON lines")
@@ -192,7 +194,8 @@ def _run_classify(args: argparse.Namespace) -> int:
         run_ids = args.run_ids
     for run_id in run_ids:
         try:
-            out = classify_run(run_id, client=client, split=args.split, force=args.force, n_queries=args.queries)
+            out = classify_run(run_id, client=client, split=args.split, criterion=args.criterion, force=args.force,
+                               n_queries=args.queries)
         except RunNotClassifiable as e:
             raise UserError(str(e)) from None
         if args.json:
@@ -216,10 +219,10 @@ def _add_paths(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve_checkpoint(ref: str, step: int | None, tracking_uri: str | None, tmp: str) -> str:
-    from pathlib import Path as _P
+    from grokray import tracking
 
-    if ref.endswith(".pt") or _P(ref).exists():
-        if not _P(ref).exists():
+    if ref.endswith(".pt") or Path(ref).exists():
+        if not Path(ref).exists():
             raise UserError(f"{ref}: checkpoint file not found")
         return ref
     client = _existing_client(tracking_uri)
@@ -228,16 +231,10 @@ def _resolve_checkpoint(ref: str, step: int | None, tracking_uri: str | None, tm
     except Exception:
         raise UserError(f"{ref}: not a checkpoint file and no MLflow run with that id at {client.tracking_uri}") \
             from None
-    files = sorted(a.path for a in client.list_artifacts(ref, "checkpoints") if a.path.endswith(".pt"))
-    if not files:
-        raise UserError(f"run {ref} has no checkpoints")
-    if step is not None:
-        want = f"checkpoints/step_{step:07d}.pt"
-        if want not in files:
-            steps = ", ".join(str(int(f.split("_")[-1][:-3])) for f in files)
-            raise UserError(f"run {ref} has no checkpoint at step {step} (has: {steps})")
-        files = [want]
-    return client.download_artifacts(ref, files[-1], tmp)
+    try:
+        return tracking.download_checkpoint(client, ref, step, tmp)
+    except LookupError as e:
+        raise UserError(str(e)) from None
 
 
 def _run_paths(args: argparse.Namespace) -> int:
@@ -348,15 +345,34 @@ def _run_phase_map(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- transfer map
 
 def _add_transfer_map(p: argparse.ArgumentParser) -> None:
-    from grokray.transfer import add_transfer_map_args  # light: grokray.transfer imports no torch at load
-
-    add_transfer_map_args(p)
+    p.add_argument("name", metavar="SWEEP", help="a finetune sweep name")
+    p.add_argument("--png", default=None, help="write the transfer curves here (default: SWEEP_transfer.png)")
+    p.add_argument("--csv", default=None, help="also write one row per finetune run as CSV")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run instead of the table")
+    _add_tracking(p)
 
 
 def _run_transfer_map(args: argparse.Namespace) -> int:
-    from grokray.transfer import run_transfer_map
+    """``grokray transfer-map``: the table (or JSON lines), the curves PNG, optionally a CSV."""
+    from grokray.plots import plot_transfer_curves
+    from grokray.transfermap import format_transfer_table, transfer_histories, transfer_map
 
-    return run_transfer_map(args)
+    client = _existing_client(args.tracking_uri)
+    try:
+        df = transfer_map(args.name, client.tracking_uri)
+    except LookupError as e:
+        raise UserError(str(e).strip("'\"")) from None
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    png = args.png or f"{args.name}_transfer.png"
+    plot_transfer_curves(transfer_histories(df, client.tracking_uri), png, title=f"transfer: {args.name}")
+    if args.json:
+        print(df.to_json(orient="records", lines=True), end="")
+        return 0
+    print(f"{args.name}: {len(df)} finetune run(s)")
+    print(format_transfer_table(df))
+    print(f"transfer curves: {png}" + (f"; runs: {args.csv}" if args.csv else ""))
+    return 0
 
 
 # --------------------------------------------------------------------------- sweep
@@ -385,13 +401,17 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
 
     re = sub.add_parser("resume", help="continue an interrupted sweep")
     re.add_argument("name", metavar="NAME")
-    re.add_argument("--storage", default=None, help="where the sweep's state lives (default: ~/grokray_results)")
+    re.add_argument("--storage", default=None,
+                    help="where the sweep's state lives (default: beside the MLflow store, see --tracking-uri)")
+    re.add_argument("--tracking-uri", default=None,
+                    help="the MLflow store the sweep wrote to (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db)")
     driver_args(re)
     re.set_defaults(_run=_run_sweep_resume)
 
     st = sub.add_parser("status", help="trials, states and labels of a sweep")
     st.add_argument("name", metavar="NAME")
-    st.add_argument("--storage", default=None, help="where the sweep's state lives (default: ~/grokray_results)")
+    st.add_argument("--storage", default=None,
+                    help="where the sweep's state lives (default: beside the MLflow store, see --tracking-uri)")
     st.add_argument("--address", default=None, help="Ray job server of a submitted sweep (http://HEAD:8265)")
     _add_tracking(st)
     st.set_defaults(_run=_run_sweep_status)
@@ -425,27 +445,48 @@ def _run_sweep_validate(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
     swept = ", ".join(f"{p.key} ({len(p.values) if p.values is not None else p.distribution})"
                       for p in spec.parameters if p.key in spec.swept_keys) or "nothing"
-    per = ""
-    if spec.finetune is not None:  # the source runs are resolved from MLflow when the sweep starts
-        src = spec.finetune.source
-        per = (f" per source run (fine-tuning {'sweep ' + repr(src.sweep) if src.sweep else f'{len(src.runs)} run(s)'}"
-               f"{', labels ' + '/'.join(src.label) if src.label else ''})")
+    per = spec.kind_impl.n_trials_note(spec)
     print(f"{args.spec}: OK: sweep {spec.name!r}, method {spec.method}, {spec.n_trials()} trial(s){per} of at most "
-          f"{spec.base_for_trials().train.max_steps} steps; swept: {swept}; "
+          f"{spec.budget} steps; swept: {swept}; "
           f"resources per trial {spec.resources.cpu:g} cpu / {spec.resources.gpu:g} gpu")
     return 0
 
 
-def _print_map(name: str, uri: str) -> None:
+def _map_logger(kind_name: str):
+    """The report a sweep kind's parent run carries, refreshed as its trials end (presentation
+    layer: handed to the sweep driver, which never imports it)."""
+    from grokray.sweep.kinds import KINDS
+
+    if KINDS[kind_name].map_name == "transfer_map":
+        from grokray.transfermap import log_transfer_map
+
+        return log_transfer_map
+    from grokray.phasemap import log_phase_map
+
+    return log_phase_map
+
+
+def _print_map(record) -> None:
+    from grokray.sweep.kinds import KINDS
+
+    kind = KINDS[record.spec.get("kind", "trial")]
+    if kind.map_name == "transfer_map":
+        from grokray.transfermap import format_transfer_table, transfer_map
+
+        df = transfer_map(record.name, record.tracking_uri)
+        if len(df):
+            print()
+            print(format_transfer_table(df))
+        return
     from grokray.phasemap import format_table, phase_map, plot_phase_map, resolve_axes
 
-    df = phase_map(name, uri)
+    df = phase_map(record.name, record.tracking_uri)
     if len(df) == 0:
         return
     x, y, facets = resolve_axes(df)
     print()
     print(format_table(df, x, y, facets=facets))
-    png = f"{name}_phase_map.png"
+    png = f"{record.name}_phase_map.png"
     plot_phase_map(df, png, x, y, facets=facets)
     print(f"phase map: {png}")
 
@@ -455,7 +496,7 @@ def _after_sweep(summary, no_map: bool) -> int:
     print(f"[grokray] sweep {rec.name!r} done: {summary.n_trials} trial(s), {summary.n_errors} failed, "
           f"{_fmt_duration(summary.seconds)}")
     if not no_map:
-        _print_map(rec.name, rec.tracking_uri)
+        _print_map(rec)
     from grokray import tracking
 
     db = tracking.sqlite_path(rec.tracking_uri)
@@ -472,17 +513,20 @@ def _run_sweep_run(args: argparse.Namespace) -> int:
     from grokray.sweep.driver import SweepError, run_sweep
 
     try:
-        summary = run_sweep(spec, name=args.name, address=args.address, dashboard=args.dashboard)
+        summary = run_sweep(spec, name=args.name, address=args.address, dashboard=args.dashboard,
+                            map_logger=_map_logger(spec.kind))
     except SweepError as e:
         raise UserError(str(e)) from None
     return _after_sweep(summary, args.no_map)
 
 
 def _run_sweep_resume(args: argparse.Namespace) -> int:
-    from grokray.sweep.driver import SweepError, resume_sweep
+    from grokray.sweep.driver import SweepError, find_sweep, resume_sweep
 
     try:
-        summary = resume_sweep(args.name, storage=args.storage, address=args.address, dashboard=args.dashboard)
+        record, _ = find_sweep(args.name, args.storage, args.tracking_uri)
+        summary = resume_sweep(args.name, storage=args.storage, address=args.address, dashboard=args.dashboard,
+                               tracking_uri=args.tracking_uri, map_logger=_map_logger(record.spec.get("kind", "trial")))
     except SweepError as e:
         raise UserError(str(e)) from None
     return _after_sweep(summary, args.no_map)
@@ -492,15 +536,15 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
     from grokray import tracking
     from grokray.sweep.driver import SweepError, find_sweep
 
-    uri, experiment_id, name = args.tracking_uri, None, args.name
+    name, exp_dir, parent = args.name, None, None
     try:
-        record, exp_dir = find_sweep(args.name, args.storage)
-        uri = uri or record.tracking_uri
-        experiment_id = record.experiment_id
+        record, exp_dir = find_sweep(name, args.storage, args.tracking_uri)
+        client = _existing_client(record.tracking_uri)
+        parent = client.get_run(record.parent_run_id)
     except SweepError as e:
         if not (args.address or args.tracking_uri):
             raise UserError(str(e)) from None
-        exp_dir = None
+        client = _existing_client(args.tracking_uri)
     if args.address:
         from grokray.sweep import jobs
 
@@ -508,30 +552,22 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
             print(f"job {jobs.job_id(name)}: {jobs.status(name, args.address)}")
         except Exception as e:
             raise UserError(f"{args.address}: {str(e).splitlines()[0]}") from None
-    client = _existing_client(uri)
-    if experiment_id is None:
-        parent = None
-        for exp in client.search_experiments():
-            found = client.search_runs([exp.experiment_id], f"tags.`grokray.sweep` = '{name}' and "
-                                       "tags.`grokray.kind` = 'sweep'", max_results=1)
-            if found:
-                parent, experiment_id = found[0], exp.experiment_id
-                break
+    if parent is None:
+        parent = tracking.find_sweep_parent(client, name)
         if parent is None:
             raise UserError(f"no sweep {name!r} in the MLflow store at {client.tracking_uri}")
-    runs = list(tracking.iter_runs(client, [experiment_id],
-                                   f"tags.`grokray.sweep` = '{name}' and tags.`grokray.kind` != 'sweep'"))
-    runs.sort(key=lambda r: r.info.start_time)
+    runs = tracking.sweep_runs(client, parent, kind=None)
     states: dict[str, int] = {}
     print(f"sweep {name!r}: {len(runs)} trial run(s)" + (f"; state in {exp_dir}" if exp_dir else ""))
-    print(f"{'run':<44} {'status':<9} {'steps':>13} {'stop':<16} {'label':<14} {'detail':<13} conf")
+    print(f"{'run':<40} {'run id':<32} {'status':<9} {'steps':>13} {'stop':<16} {'label':<14} {'detail':<13} conf")
+    Tag = tracking.Tag
     for r in runs:
         t = r.data.tags
         states[r.info.status] = states.get(r.info.status, 0) + 1
-        steps = f"{t.get('grokray.steps_run', '?')}/{t.get('grokray.max_steps', r.data.params.get('train.max_steps', '?'))}"
-        print(f"{(r.info.run_name or r.info.run_id)[:44]:<44} {r.info.status:<9} {steps:>13} "
-              f"{t.get('grokray.stop_reason', '-'):<16} {t.get('grokray.label', '-'):<14} "
-              f"{t.get('grokray.detail', '-'):<13} {t.get('grokray.confidence', '-')}")
+        steps = f"{t.get(Tag.STEPS_RUN, '?')}/{t.get(Tag.MAX_STEPS, r.data.params.get('train.max_steps', '?'))}"
+        print(f"{(r.info.run_name or r.info.run_id)[:40]:<40} {r.info.run_id:<32} {r.info.status:<9} {steps:>13} "
+              f"{t.get(Tag.STOP_REASON, '-'):<16} {t.get(Tag.LABEL, '-'):<14} "
+              f"{t.get(Tag.DETAIL, '-'):<13} {t.get(Tag.CONFIDENCE, '-')}")
     print("  " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))
     return 0
 
@@ -570,7 +606,7 @@ def _run_sweep_submit(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
-    from grokray import __version__
+    from grokray.version import __version__
 
     parser = argparse.ArgumentParser(prog="grokray", description="Grokking sweeps on Ray: train, classify, map.")
     parser.add_argument("--version", action="version", version=f"grokray {__version__}")

@@ -186,6 +186,11 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
+    def with_values(self, values: Mapping[str, Any]) -> "TrialConfig":
+        """A new validated config with dotted keys replaced (a sweep trial's values); see
+        :func:`replace_dotted`. One-line ConfigError for a bad key or value."""
+        return replace_dotted(self, values)
+
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, e.g. ``{'data.phi': 7.2, 'train.betas': (0.9, 0.98), 'seed': 0}``."""
         return flatten(self.to_dict())
@@ -246,8 +251,8 @@ def resolve_augmentation(value: Any, phi: float = 18.0) -> tuple[HopInjection, H
         if bad:
             k = sorted(bad)[0]
             raise ConfigError("unknown key; expected ratio and k", key=f"augmentation.{hop}.{k}", value=spec[k])
-        ratio = _coerce(spec.get("ratio", 0.0), float, f"augmentation.{hop}.ratio")
-        k = _coerce(spec.get("k", 0), int, f"augmentation.{hop}.k")
+        ratio = coerce(spec.get("ratio", 0.0), float, f"augmentation.{hop}.ratio")
+        k = coerce(spec.get("k", 0), int, f"augmentation.{hop}.k")
         if not 0.0 <= ratio <= 1.0:
             raise ConfigError("ratio must be in [0, 1]", key=f"augmentation.{hop}.ratio", value=ratio)
         if k < 0:
@@ -256,7 +261,7 @@ def resolve_augmentation(value: Any, phi: float = 18.0) -> tuple[HopInjection, H
     return hops[0], hops[1]
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
+def coerce(value: Any, typ: Any, key: str) -> Any:
     """Convert a YAML/CLI value to ``typ`` or raise a one-line ConfigError."""
     origin = typing.get_origin(typ)
     if typ is Any:
@@ -303,7 +308,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"must be a list of {len(args)} values", key=key, value=value)
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     raise TypeError(f"unsupported config type {typ!r} for {key}")  # programming error, not user input
 
 
@@ -317,7 +322,7 @@ def _build_section(cls: type, raw: Any, prefix: str) -> Any:
     for k in raw:
         if k not in names:
             raise ConfigError(f"unknown key; known keys: {', '.join(names)}", key=f"{prefix}.{k}", value=raw[k])
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in raw.items()}
+    kwargs = {k: coerce(v, hints[k], f"{prefix}.{k}") for k, v in raw.items()}
     return cls(**kwargs)
 
 
@@ -391,7 +396,7 @@ def trial_config_from_dict(raw: Any, *, source: str | os.PathLike | None = None)
             if k not in known:
                 raise ConfigError(f"unknown key; known keys: {', '.join(sorted(known))}", key=str(k), value=raw[k])
         sections = {name: _build_section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
-        seed = _coerce(raw.get("seed", 0), int, "seed")
+        seed = coerce(raw.get("seed", 0), int, "seed")
         return validate(TrialConfig(seed=seed, **sections))
     except ConfigError as e:
         raise e.with_source(source) from None

@@ -59,7 +59,6 @@ Example (a hand-made frame; :func:`phase_map` gives the real one):
 """
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import textwrap
@@ -70,20 +69,21 @@ import numpy as np
 import pandas as pd
 
 from grokray import tracking
+from grokray.plots import LABEL_COLORS as COLORS
+from grokray.plots import OTHER_COLOR
+from grokray.plots import plt
+from grokray.sweep.naming import value_label
+from grokray.verdict import LABELS, label_name
+from grokray.verdict import SHORT_LABELS as SHORT
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-#: Labels in the order of the claim they make, strongest first.
-LABELS = ("true_grokking", "fake_grokking", "no_grokking")
 #: Who wins a tie for the majority: the weaker claim first.
 TIE_ORDER = ("no_grokking", "fake_grokking", "true_grokking")
-SHORT = {"true_grokking": "true", "fake_grokking": "fake", "no_grokking": "no", None: "?"}
-#: Cell colours (Okabe-Ito, colour-blind safe); unlabelled light grey, no runs white.
-COLORS = {"true_grokking": "#009E73", "fake_grokking": "#E69F00", "no_grokking": "#0072B2", None: "#D9D9D9"}
+#: Cell colour of a cell without runs.
 EMPTY_COLOR = "#FFFFFF"
-OTHER_COLOR = "#999999"
 HATCH = "///"
 #: Numeric parameters with more distinct values than this are binned for the map.
 MAX_LEVELS = 12
@@ -91,12 +91,15 @@ N_BINS = 6
 
 #: Columns after the parameters, in order.
 COLUMNS = ("label", "detail", "confidence", "t_memorize", "t_generalize", "delay_ratio", "final_train_acc",
-           "final_id_acc", "final_ood_acc", "bridge_rate", "censored", "steps_run", "run_id", "run_name", "status",
-           "classifier_version")
+           "final_id_acc", "final_ood_acc", "final_target_level", "shortcut_best", "interchange", "bridge_rate",
+           "label_lens", "censored", "steps_run", "run_id", "run_name", "status", "classifier_version")
+#: Float columns after the parameters.
+FLOAT_COLUMNS = ("confidence", "t_memorize", "t_generalize", "delay_ratio", "final_train_acc", "final_id_acc",
+                 "final_ood_acc", "final_target_level", "shortcut_best", "interchange", "bridge_rate")
 #: Params logged on a trial run that are not trial-config knobs.
 NOT_CONFIG = ("model.n_params",)
 
-_P = tracking.TAG_PREFIX
+Tag = tracking.Tag
 TABLE_LEGEND = ("true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled; "
                 "k/n = runs with that label / runs; * = some runs censored (hit the step budget)")
 
@@ -118,70 +121,47 @@ def phase_map(sweep_or_experiment: str, tracking_uri: str | None = None) -> pd.D
         LookupError: the name is neither a sweep nor an experiment at the tracking URI.
     """
     client = tracking.get_client(tracking_uri)
-    experiments = _all_experiments(client)
-    parent = _find_parent(client, sweep_or_experiment, [e.experiment_id for e in experiments])
+    experiments = tracking.all_experiments(client)
+    parent = tracking.find_sweep_parent(client, sweep_or_experiment, [e.experiment_id for e in experiments])
     if parent is not None:
         exp_name = next((e.name for e in experiments if e.experiment_id == parent.info.experiment_id), None)
         return _sweep_frame(client, parent, sweep_or_experiment, exp_name)
     exp = next((e for e in experiments if e.name == sweep_or_experiment), None)
     if exp is None:
         raise LookupError(f"no sweep or experiment named {sweep_or_experiment!r} at {client.tracking_uri}")
-    runs = tracking.iter_runs(client, [exp.experiment_id], f"tags.`{_P}kind` = 'trial'")
-    return _experiment_frame(list(runs), exp.name, client.tracking_uri)
-
-
-def _all_experiments(client: "MlflowClient") -> list[Any]:
-    out, token = [], None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
-def _find_parent(client: "MlflowClient", name: str, experiment_ids: list[str]) -> "Run | None":
-    if not experiment_ids or "'" in name or "\\" in name:  # sweep names never hold quotes
-        return None
-    found = client.search_runs(experiment_ids,
-                               filter_string=f"tags.`{_P}kind` = 'sweep' and tags.`{_P}sweep` = '{name}'",
-                               max_results=10, order_by=["attributes.start_time DESC"])
-    return found[0] if found else None
+    return _experiment_frame(tracking.experiment_runs(client, exp.experiment_id), exp.name, client.tracking_uri)
 
 
 def _sweep_frame(client: "MlflowClient", parent: "Run", sweep: str, experiment: str | None) -> pd.DataFrame:
-    flt = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{_P}kind` = 'trial'"
-    runs = list(tracking.iter_runs(client, [parent.info.experiment_id], flt))
+    runs = tracking.sweep_runs(client, parent)
     declared = [k for k in parent.data.params.get("sweep.swept", "").split(",") if k]
-    swept = [_swept_values(r) for r in runs]
+    swept = [tracking.swept_values(r) for r in runs]
     params = list(declared)
     for values in swept:  # keys a run holds that the parent does not declare (should not happen)
         params += [k for k in values if k not in params]
+    alternatives = {k: _distinct([v.get(k) for v in swept]) for k in params}
     rows = []
     for run, values in zip(runs, swept):
-        row = {k: _hashable(values.get(k), run.data.params.get(k)) for k in params}
+        row = {k: _hashable(values.get(k), alternatives[k]) for k in params}
         row.update(_run_columns(run))
         rows.append(row)
     return _finish_frame(rows, params, {"sweep": sweep, "experiment": experiment, "kind": "sweep",
                                         "parent_run_id": parent.info.run_id, "tracking_uri": client.tracking_uri})
 
 
-def _swept_values(run: "Run") -> dict[str, Any]:
-    try:
-        values = json.loads(run.data.tags.get(f"{_P}swept") or "{}")
-    except ValueError:
-        return {}
-    return values if isinstance(values, dict) else {}
+def _distinct(values: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
 
 
-def _hashable(value: Any, logged: str | None) -> Any:
-    """A swept value as a cell key: scalars as they are; a mapping or list as the run's logged
-    param (e.g. the augmentation preset name), else as compact JSON."""
-    if isinstance(value, dict) and logged is None and all(not isinstance(v, (dict, list)) for v in value.values()):
-        # A grouped value (``model: {n_layers: 2, n_loops: 1}``): read as its run name reads it.
-        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+def _hashable(value: Any, alternatives: list[Any]) -> Any:
+    """A swept value as a cell key: scalars as they are; a grouped value (a mapping) by its name,
+    else by the pairs in which it differs from the parameter's other values (as run names read it)."""
     if isinstance(value, (dict, list)):
-        return logged if logged is not None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return value_label(value, alternatives)
     return value
 
 
@@ -224,18 +204,21 @@ def _float(value: Any) -> float:
 
 def _run_columns(run: "Run") -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
-    split = tags.get(f"{_P}split") or "ood"
+    split = tags.get(Tag.SPLIT) or "ood"
     bridge = metrics.get("verdict/bridge_given_correct")
     if bridge is None or math.isnan(bridge):
         bridge = metrics.get(f"lens/{split}/bridge_found", math.nan)
-    steps = tags.get(f"{_P}steps_run")
+    steps = tags.get(Tag.STEPS_RUN)
     if steps is None:  # still running: the last step it logged
         steps = max((m.step for m in getattr(run.data, "_metric_objs", ()) if not m.key.startswith("verdict/")),
                     default=0)
-    confidence = tags.get(f"{_P}confidence")
+    confidence = tags.get(Tag.CONFIDENCE)
+    shortcut = metrics.get("verdict/shortcut_best")
+    if shortcut is None:  # not labelled yet: the dataset's baseline, logged when the run started
+        shortcut = metrics.get(f"shortcut/best/{split}")
     return {
-        "label": tags.get(f"{_P}label"),
-        "detail": tags.get(f"{_P}detail"),
+        "label": tags.get(Tag.LABEL),
+        "detail": tags.get(Tag.DETAIL),
         "confidence": _float(confidence if confidence is not None else metrics.get("verdict/confidence")),
         "t_memorize": _float(metrics.get("verdict/t_memorize")),
         "t_generalize": _float(metrics.get("verdict/t_generalize")),
@@ -243,13 +226,17 @@ def _run_columns(run: "Run") -> dict[str, Any]:
         "final_train_acc": _float(metrics.get("acc/train")),
         "final_id_acc": _float(metrics.get("acc/test_inferred_id")),
         "final_ood_acc": _float(metrics.get("acc/test_inferred_ood")),
+        "final_target_level": _float(metrics.get("verdict/final_target_level")),
+        "shortcut_best": _float(shortcut),
+        "interchange": _float(metrics.get("verdict/interchange")),
         "bridge_rate": _float(bridge),
-        "censored": (tags.get(f"{_P}censored") or "").lower() == "true",
+        "label_lens": tags.get(Tag.LABEL_LENS),
+        "censored": (tags.get(Tag.CENSORED) or "").lower() == "true",
         "steps_run": int(_float(steps)) if math.isfinite(_float(steps)) else 0,
         "run_id": run.info.run_id,
         "run_name": run.info.run_name or "",
         "status": run.info.status,
-        "classifier_version": tags.get(f"{_P}classifier_version"),
+        "classifier_version": tags.get(Tag.CLASSIFIER_VERSION),
         "_start": run.info.start_time or 0,
     }
 
@@ -258,12 +245,11 @@ def _finish_frame(rows: list[dict], params: list[str], attrs: dict) -> pd.DataFr
     columns = [*params, *COLUMNS]
     rows = sorted(rows, key=lambda r: (r["_start"], r["run_id"]))
     df = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
-    for c in ("confidence", "t_memorize", "t_generalize", "delay_ratio", "final_train_acc", "final_id_acc",
-              "final_ood_acc", "bridge_rate"):
+    for c in FLOAT_COLUMNS:
         df[c] = df[c].astype("float64")
     df["censored"] = df["censored"].astype(bool)
     df["steps_run"] = df["steps_run"].astype("int64")
-    for c in ("label", "detail", "classifier_version"):
+    for c in ("label", "detail", "label_lens", "classifier_version"):
         df[c] = df[c].astype(object).where(df[c].notna(), None)
     df.attrs.update(attrs, params=list(params))
     return df
@@ -450,22 +436,11 @@ def pivot(df: pd.DataFrame, x: str | None, y: str | None = None, *,
 def filter_label(df: pd.DataFrame, label: str | None) -> pd.DataFrame:
     """The runs with ``label``: a full name, its short form (``true``/``fake``/``no``), or
     ``None`` / ``"unlabelled"`` for runs not labelled yet."""
-    wanted = _label_name(label)
+    wanted = label_name(label)
     mask = df["label"].isna() if wanted is None else df["label"] == wanted
     out = df[mask]
     out.attrs = dict(df.attrs)
     return out
-
-
-def _label_name(label: str | None) -> str | None:
-    if label is None or label in ("unlabelled", "?"):
-        return None
-    if label in LABELS:
-        return label
-    for full, short in SHORT.items():
-        if label == short and full is not None:
-            return full
-    raise ValueError(f"unknown label {label!r}; use one of {', '.join(LABELS)}, true, fake, no or unlabelled")
 
 
 def _short(label: str | None) -> str:
@@ -580,7 +555,6 @@ def plot_phase_map(df: pd.DataFrame, path: str | Path, x: str | None = None, y: 
     """A phase-diagram PNG of :func:`cells`: one coloured square per cell (majority label),
     hatched when censored, with the median ``t_generalize`` and ``k/n`` written in it; one
     panel per facet combination; a legend below. Returns ``path``."""
-    from grokray.plots import plt  # Agg backend
     from matplotlib.patches import Patch, Rectangle
 
     grid = cells(df, x, y, facets)

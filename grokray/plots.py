@@ -1,18 +1,26 @@
-"""PNG plots a user would rather look at than read: accuracy curves, heatmaps.
+"""PNG plots a user would rather look at than read: accuracy curves, heatmaps, transfer curves.
 
-matplotlib with the non-interactive Agg backend (no screen on the machines here).
+matplotlib with the non-interactive Agg backend (no screen on the machines here). The label
+colours live here so every picture (phase map, transfer curves) colours a label the same way.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from grokray.history import series  # noqa: E402
+
+#: Label colours (Okabe-Ito, colour-blind safe); unlabelled light grey.
+LABEL_COLORS = {"true_grokking": "#009E73", "fake_grokking": "#E69F00", "no_grokking": "#0072B2", None: "#D9D9D9"}
+OTHER_COLOR = "#999999"
 
 CURVES = (("acc/train", "train", "tab:blue", "-"),
           ("acc/train_inferred", "train inferred", "tab:cyan", ":"),
@@ -21,37 +29,43 @@ CURVES = (("acc/train", "train", "tab:blue", "-"),
           ("lens/ood/bridge_found", "OOD bridge found (lens)", "tab:purple", "--"))
 
 
-def _series(history: Sequence[Mapping[str, float]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(h["step"], h[key]) for h in history if key in h and h["step"] > 0 and h[key] is not None
-           and not (isinstance(h[key], float) and math.isnan(h[key]))]
-    if not pts:
-        return np.zeros(0), np.zeros(0)
-    steps, vals = zip(*pts)
-    return np.asarray(steps, dtype=float), np.asarray(vals, dtype=float)
+def _positive(history: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``key`` over steps > 0 (a log-step axis), finite values only."""
+    s = series(history, key)
+    keep = s.steps > 0
+    return s.steps[keep].astype(float), s.values[keep]
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "",
                 marks: Mapping[str, float | None] | None = None,
-                curves: Iterable[tuple[str, str, str, str]] = CURVES) -> str:
-    """Accuracy curves against log step; ``marks`` draws labelled vertical lines (e.g. t_memorize)."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+                curves: Iterable[tuple[str, str, str, str]] = CURVES,
+                baselines: Mapping[str, float | None] | None = None) -> str:
+    """Accuracy curves against log step; ``marks`` draws labelled vertical lines (e.g. t_memorize)
+    with their labels inside the plot, staggered so they never overlap each other or the title;
+    ``baselines`` draws labelled horizontal lines (e.g. the OOD shortcut baseline)."""
+    fig, ax = plt.subplots(figsize=(8, 4.6), dpi=110)
     for key, label, color, style in curves:
-        x, y = _series(history, key)
+        x, y = _positive(history, key)
         if len(x):
             ax.plot(x, y, style, color=color, label=label, lw=1.6)
-    for i, (name, step) in enumerate((marks or {}).items()):
-        if step is not None and step > 0 and math.isfinite(step):
-            ax.axvline(step, color="0.35", ls="-." if i % 2 else "--", lw=1)
-            ax.text(step, 1.02 + 0.05 * (i % 2), f"{name}={int(step)}", fontsize=7, ha="center",
-                    transform=ax.get_xaxis_transform())
+    for name, level in (baselines or {}).items():
+        if level is not None and math.isfinite(level):
+            ax.axhline(level, color="tab:red", ls=(0, (1, 2)), lw=1.2, label=f"{name} {level:.2f}")
+    drawn = [(n, s) for n, s in (marks or {}).items() if s is not None and s > 0 and math.isfinite(s)]
+    for i, (name, step) in enumerate(sorted(drawn, key=lambda m: m[1])):
+        ax.axvline(step, color="0.3", ls="--" if i % 2 == 0 else "-.", lw=1)
+        ax.annotate(f"{name} = {int(step):,}", xy=(step, 0.97 - 0.07 * i), xycoords=("data", "axes fraction"),
+                    xytext=(4, 0), textcoords="offset points", fontsize=8, va="top",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.6", alpha=0.9))
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("step (log)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel("step (log)", fontsize=9)
+    ax.set_ylabel("accuracy", fontsize=9)
+    ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="center left")
+    ax.legend(fontsize=8, loc="center left", framealpha=0.9)
     if title:
-        ax.set_title(title, fontsize=9, pad=18 if marks else 6)
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -60,26 +74,102 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
 
 def plot_heatmaps(panels: Mapping[str, np.ndarray], path: str | os.PathLike, row_labels: Sequence[str],
                   col_labels: Sequence[str], title: str = "", vmin: float = 0.0, vmax: float = 1.0,
-                  cmap: str = "viridis") -> str:
-    """One heatmap per panel (rows = depth, columns = position), values written in the cells."""
+                  cmap: str = "viridis", excluded: Sequence[tuple[int, int]] = ()) -> str:
+    """One heatmap per panel (rows = depth, columns = position), values written in the cells.
+
+    ``excluded`` cells (row, column) are hatched and labelled: shown, but not evidence (e.g. the
+    final state at r1, which under causal attention is just the atomic query)."""
     n = max(len(panels), 1)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 + 2.3 * n, 1.2 + 0.42 * len(row_labels)), dpi=110,
+    fig, axes = plt.subplots(1, n, figsize=(3.2 + 2.8 * n, 1.6 + 0.5 * len(row_labels)), dpi=110,
                              squeeze=False, layout="constrained")
     im = None
     for ax, (name, mat) in zip(axes[0], panels.items()):
         mat = np.asarray(mat, dtype=float)
         im = ax.imshow(mat, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
-        ax.set_yticks(range(len(row_labels)), row_labels if ax is axes[0][0] else [], fontsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks(range(len(col_labels)), col_labels, fontsize=9)
+        ax.set_yticks(range(len(row_labels)), row_labels if ax is axes[0][0] else [], fontsize=9)
         for (r, c), v in np.ndenumerate(mat):
-            if math.isfinite(v):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
+            if (r, c) in excluded:
+                ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="xx", ec="0.85", lw=0))
+                ax.text(c, r, f"{v:.2f}\n(excluded)" if math.isfinite(v) else "excluded", ha="center", va="center",
+                        fontsize=7, color="0.85")
+            elif math.isfinite(v):
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=9,
                         color="white" if v < (vmin + vmax) / 2 else "black")
     if im is not None:
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=10)
     fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
+
+
+def plot_interchange(results: Sequence[Any], path: str | os.PathLike, title: str = "") -> str:
+    """The interchange test per intermediate depth: success (answer follows the swapped bridge)
+    and the same-bridge control (answer kept), one panel per split."""
+    n = max(len(results), 1)
+    fig, axes = plt.subplots(1, n, figsize=(1.5 + 3.4 * n, 3.4), dpi=110, squeeze=False, layout="constrained")
+    for ax, res in zip(axes[0], results):
+        depths = [d.removesuffix(".resid_post") for d in res.depth_names]
+        x = np.arange(len(depths))
+        if len(depths):
+            ax.bar(x - 0.18, res.success, 0.36, color="#009E73", label="answer follows the new bridge")
+            ax.bar(x + 0.18, res.control, 0.36, color="0.7", label="same-bridge control keeps the answer")
+            for xi, v in zip(x, res.success):
+                if math.isfinite(v):
+                    ax.text(xi - 0.18, v + 0.02, f"{v:.2f}", ha="center", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no intermediate state\n(one block application)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9)
+        ax.set_xticks(x, depths, fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(f"{res.split}: {res.n_queries} correct answers" +
+                     ("" if res.sufficient else " (insufficient)"), fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("rate", fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title or "bridge interchange test (patch hop 1 from a query with another bridge)", fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+#: Transfer-curve panels: (metric, title).
+TRANSFER_PANELS = (("acc/new_atomic", "new atomic facts (memorization)"), ("acc/test_new_old", "new+old (hop 1 new)"),
+                   ("acc/test_old_new", "old+new (hop 2 new)"), ("acc/test_new_new", "new+new"))
+
+
+def plot_transfer_curves(histories_by_label: Mapping[Any, Sequence[Sequence[Mapping[str, Any]]]],
+                         path: str | os.PathLike, title: str | None = None,
+                         panels: Sequence[tuple[str, str]] = TRANSFER_PANELS) -> str:
+    """He et al. figure 3 style: accuracy vs fine-tuning step on the new facts, new+old,
+    old+new and new+new, one line per run, coloured by source label. Returns ``path``."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), dpi=110, squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax, (key, name) in zip(axes[0], panels):
+        for lab, histories in histories_by_label.items():
+            for history in histories:
+                s = series(history, key)
+                if len(s.steps):
+                    ax.plot(s.steps, s.values, color=LABEL_COLORS.get(lab, OTHER_COLOR), lw=1.2, alpha=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("fine-tuning step", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("exact-match accuracy", fontsize=8)
+    n_runs = sum(len(h) for h in histories_by_label.values())
+    handles = [Line2D([], [], color=LABEL_COLORS.get(lab, OTHER_COLOR), lw=2,
+                      label=(lab or "unlabelled source").replace("_", " ") + f" ({len(histories)})")
+               for lab, histories in histories_by_label.items()]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8,
+                   frameon=False)
+    fig.suptitle(title or f"transfer: accuracy during fine-tuning ({n_runs} run{'' if n_runs == 1 else 's'}, "
+                 "coloured by the source's label)", fontsize=9)
+    fig.savefig(path)
     plt.close(fig)
     return str(path)

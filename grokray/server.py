@@ -37,6 +37,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grokray import tracking
+
 #: Environment every server gets unless the caller's ``env`` says otherwise.
 SERVER_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
@@ -184,10 +186,10 @@ def start_server(backend_uri: str, artifacts_destination: str, host: str = "127.
                           "(a server already running there? pick another port)")
     if backend_uri.startswith("sqlite:///"):
         db = Path(backend_uri[len("sqlite:///"):]).expanduser().resolve()
-        from grokray.tracking import _prepare_sqlite  # WAL: readers (phase maps) do not block the server
-
-        _prepare_sqlite(db)
         backend_uri = f"sqlite:///{db}"
+        # Create and migrate the store first, under grokray's store lock and in WAL mode (readers such
+        # as phase maps then do not block the server), instead of racing the server's own migration.
+        tracking.get_client(backend_uri)
     local = _local_path(artifacts_destination)
     if local is not None:
         local = local.expanduser().resolve()

@@ -24,7 +24,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -35,8 +34,10 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from grokray.circuits.lens import lens_metrics
 from grokray.config import TrialConfig, TrainConfig, to_plain
 from grokray.data import PROBES, Batch, Dataset, load_dataset
+from grokray.device import adamw_kernel, autocast, choose_device, resolve_precision
 from grokray.model import LoopedTransformer
 
 #: Probes evaluated at every evaluation and their short names in progress output.
@@ -91,41 +92,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return lr
 
 
-# --------------------------------------------------------------------------- device / precision
-
-def choose_device(spec: str = "auto") -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the hardware supports it (CUDA bf16, or a CPU with native bf16), else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 # --------------------------------------------------------------------------- evaluation
-
-def adamw_kernel(device: torch.device) -> dict[str, bool]:
-    """AdamW's implementation: the fused kernel on CPU and CUDA (one kernel for all
-    parameters; on CPU the optimizer step takes ~0.16 ms instead of ~0.44 ms with
-    ``foreach``), ``foreach`` elsewhere. Same update rule either way.
-    """
-    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
-
 
 def answer_logits(model: LoopedTransformer, batch: Batch) -> torch.Tensor:
     """Logits at each query's answer position, ``[N, V]``; only those positions are unembedded."""
@@ -261,7 +228,6 @@ class Trainer:
         metrics["param_norm"] = param_norm(self.model)
         metrics["lr"] = lr_at(self.step, self.cfg.train)
         if self.cfg.train.lens_sample > 0:
-            from grokray.circuits.lens import lens_metrics
             metrics.update(lens_metrics(self.model, self.dataset, self.cfg.train.lens_sample,
                                         precision=self.precision, device=self.device))
         return metrics

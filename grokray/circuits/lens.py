@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from grokray.data import Batch, Dataset
+from grokray.device import autocast
 from grokray.model import LoopedTransformer
 
 R1_POS, R2_POS = 1, 2
@@ -111,7 +112,6 @@ def _ranks(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def lens_profile(model: LoopedTransformer, batch: Batch, precision: str = "fp32",
                  device: torch.device | str | None = None) -> LensProfile:
     """Decode every residual state of ``batch`` (two-hop queries) and rank bridge and answer."""
-    from grokray.train import autocast  # local import: train imports this module lazily too
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -52,6 +51,8 @@ import torch
 
 from grokray.data import Dataset
 from grokray.data.graph import BRIDGE, H, R1, R2, TAIL
+from grokray.device import autocast
+from grokray.jsonsafe import nan_array, nan_float, plain
 from grokray.model import LoopedTransformer
 
 #: Perturbed token types, in input-position order (the token's position is its index).
@@ -101,23 +102,23 @@ class PatchingResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; non-finite numbers become ``None``."""
         return {"depth_names": list(self.depth_names), "positions": list(self.positions),
-                "matrices": {k: _plain(v) for k, v in self.matrices.items()},
+                "matrices": {k: plain(v) for k, v in self.matrices.items()},
                 "n_queries": {k: int(v) for k, v in self.n_queries.items()},
                 "split": self.split, "step": self.step, "seed": self.seed, "only_correct": self.only_correct,
                 "n_selected": self.n_selected, "n_examined": self.n_examined,
-                "clean_acc": _plain(self.clean_acc),
-                "perturbed_acc": {k: _plain(v) for k, v in self.perturbed_acc.items()},
+                "clean_acc": plain(self.clean_acc),
+                "perturbed_acc": {k: plain(v) for k, v in self.perturbed_acc.items()},
                 "precision": self.precision}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PatchingResult":
         return cls(depth_names=list(d["depth_names"]), positions=list(d["positions"]),
-                   matrices={k: _array(v) for k, v in d["matrices"].items()},
+                   matrices={k: nan_array(v) for k, v in d["matrices"].items()},
                    n_queries={k: int(v) for k, v in d["n_queries"].items()},
                    split=d.get("split"), step=d.get("step"), seed=int(d.get("seed", 0)),
                    only_correct=bool(d.get("only_correct", True)), n_selected=int(d.get("n_selected", 0)),
-                   n_examined=int(d.get("n_examined", 0)), clean_acc=_float(d.get("clean_acc")),
-                   perturbed_acc={k: _float(v) for k, v in d.get("perturbed_acc", {}).items()},
+                   n_examined=int(d.get("n_examined", 0)), clean_acc=nan_float(d.get("clean_acc")),
+                   perturbed_acc={k: nan_float(v) for k, v in d.get("perturbed_acc", {}).items()},
                    precision=d.get("precision", "fp32"))
 
     def to_json(self) -> str:
@@ -149,15 +150,12 @@ class PatchingResult:
 
 
 def short_depth_name(name: str) -> str:
-    """``loop.1.layer.0.resid_post`` -> ``L1.0`` (loop.layer); other names unchanged.
+    """A hook name without its ``.resid_post`` suffix (the names the README documents).
 
     >>> short_depth_name("loop.1.layer.0.resid_post"), short_depth_name("embed")
-    ('L1.0', 'embed')
+    ('loop.1.layer.0', 'embed')
     """
-    parts = name.split(".")
-    if len(parts) == 5 and parts[0] == "loop" and parts[2] == "layer":
-        return f"L{parts[1]}.{parts[3]}"
-    return name
+    return name.removesuffix(".resid_post")
 
 
 def r1_dependence(result: PatchingResult, token: str = "h") -> float:
@@ -277,10 +275,9 @@ def _follow(tail: np.ndarray, bridge: np.ndarray, rel: np.ndarray) -> np.ndarray
 
 
 @torch.no_grad()
-def _predictions(model: LoopedTransformer, tokens: torch.Tensor, precision: str, device: torch.device,
+def predict_answers(model: LoopedTransformer, tokens: torch.Tensor, precision: str, device: torch.device,
                  chunk: int = 4096) -> torch.Tensor:
-    """Top-1 prediction at the answer position of two-hop ``tokens [N, 3]`` -> ``[N]``."""
-    from grokray.train import autocast
+    """Top-1 prediction at the answer position of two-hop ``tokens [N, 3]`` -> ``[N]`` (chunked)."""
     out = []
     for i in range(0, len(tokens), chunk):
         with autocast(precision, device):
@@ -309,7 +306,7 @@ def select_queries(models: LoopedTransformer | Sequence[LoopedTransformer], data
         acc = float("nan")
         if len(kept):
             dev = _device(models[0], device)
-            pred = _predictions(models[0].eval(), dataset.encode(kept).tokens, precision, dev).cpu().numpy()
+            pred = predict_answers(models[0].eval(), dataset.encode(kept).tokens, precision, dev).cpu().numpy()
             acc = float((pred == kept[:, TAIL]).mean())
         return kept, len(kept), acc
     kept_parts, n_kept, n_examined, n_right_first = [], 0, 0, 0
@@ -320,7 +317,7 @@ def select_queries(models: LoopedTransformer | Sequence[LoopedTransformer], data
         ok = np.ones(len(part), dtype=bool)
         for i, model in enumerate(models):
             dev = _device(model, device)
-            right = _predictions(model.eval(), tokens, precision, dev).cpu().numpy() == part[:, TAIL]
+            right = predict_answers(model.eval(), tokens, precision, dev).cpu().numpy() == part[:, TAIL]
             if i == 0:
                 first_right = right
             ok &= right
@@ -355,7 +352,6 @@ def flip_matrix(model: LoopedTransformer, clean_tokens: torch.Tensor, source_tok
     there. One forward per ``(d, p)`` site, batched over queries. ``source == clean``
     gives all False.
     """
-    from grokray.train import autocast
     device = _device(model, device)
     was_training = model.training
     model.eval()
@@ -419,7 +415,7 @@ def causal_patching(model: LoopedTransformer, dataset: Dataset, split: str = "tr
         twin_tokens = dataset.encode(twin_rows).tokens                     # [N, 3]
         flips = flip_matrix(model, clean_tokens, twin_tokens, precision, device)   # [D, 3, N]
         matrices[token] = flips.mean(-1)                                   # [D, 3]
-        twin_pred = _predictions(model, twin_tokens, precision, device).cpu().numpy()
+        twin_pred = predict_answers(model, twin_tokens, precision, device).cpu().numpy()
         perturbed_acc[token] = float((twin_pred == twin_rows[:, TAIL]).mean())
     model.train(was_training)
     return PatchingResult(depth_names=list(model.resid_names), positions=list(POSITIONS), matrices=matrices,
@@ -427,30 +423,3 @@ def causal_patching(model: LoopedTransformer, dataset: Dataset, split: str = "tr
                           step=step, seed=seed, only_correct=only_correct, n_selected=len(selected),
                           n_examined=n_examined, clean_acc=clean_acc, perturbed_acc=perturbed_acc,
                           precision=precision)
-
-
-# --------------------------------------------------------------------------- JSON helpers
-
-def _plain(x: Any) -> Any:
-    """numpy / float -> JSON-able, NaN and inf -> None."""
-    if isinstance(x, np.ndarray):
-        return [_plain(v) for v in x.tolist()]
-    if isinstance(x, list):
-        return [_plain(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
-def _float(x: Any) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def _array(x: Any) -> np.ndarray:
-    return np.array(_none_to_nan(x), dtype=float)
-
-
-def _none_to_nan(x: Any) -> Any:
-    if isinstance(x, list):
-        return [_none_to_nan(v) for v in x]
-    return float("nan") if x is None else x

@@ -53,9 +53,9 @@ import numpy as np
 import torch
 
 from grokray.circuits.lens import lens_profile
-from grokray.circuits.patching import POSITIONS, TOKENS, PatchingResult, _array, _float, _plain, \
-    causal_patching, select_queries
+from grokray.circuits.patching import POSITIONS, TOKENS, PatchingResult, causal_patching, select_queries
 from grokray.data import Dataset
+from grokray.jsonsafe import nan_array, nan_float, plain
 from grokray.model import LoopedTransformer, load_checkpoint
 
 LENS_KEYS = ("bridge_top1", "answer_top1")
@@ -166,12 +166,12 @@ class PathComparison:
     def to_dict(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "split": self.split, "n_queries": self.n_queries,
                 "n_perturbed": dict(self.n_perturbed), "depth_names": [list(x) for x in self.depth_names],
-                "relative_depths": _plain(list(self.relative_depths)), "resampled": self.resampled,
-                "patching": [{k: _plain(v) for k, v in side.items()} for side in self.patching],
-                "lens": [{k: _plain(v) for k, v in side.items()} for side in self.lens],
-                "patching_similarity": {k: _plain(v) for k, v in self.patching_similarity.items()},
-                "lens_similarity": _plain(self.lens_similarity), "score": _plain(self.score),
-                "accuracy": [_plain(a) for a in self.accuracy], "steps": list(self.steps), "seed": self.seed,
+                "relative_depths": plain(list(self.relative_depths)), "resampled": self.resampled,
+                "patching": [{k: plain(v) for k, v in side.items()} for side in self.patching],
+                "lens": [{k: plain(v) for k, v in side.items()} for side in self.lens],
+                "patching_similarity": {k: plain(v) for k, v in self.patching_similarity.items()},
+                "lens_similarity": plain(self.lens_similarity), "score": plain(self.score),
+                "accuracy": [plain(a) for a in self.accuracy], "steps": list(self.steps), "seed": self.seed,
                 "only_correct": self.only_correct, "note": self.note}
 
     @classmethod
@@ -180,11 +180,11 @@ class PathComparison:
                    n_perturbed={k: int(v) for k, v in d["n_perturbed"].items()},
                    depth_names=[list(x) for x in d["depth_names"]],
                    relative_depths=[float(x) for x in d["relative_depths"]], resampled=bool(d["resampled"]),
-                   patching=[{k: _array(v) for k, v in side.items()} for side in d["patching"]],
-                   lens=[{k: _array(v) for k, v in side.items()} for side in d["lens"]],
-                   patching_similarity={k: _float(v) for k, v in d["patching_similarity"].items()},
-                   lens_similarity=_float(d["lens_similarity"]), score=_float(d["score"]),
-                   accuracy=[_float(a) for a in d.get("accuracy", [])], steps=list(d.get("steps", [None, None])),
+                   patching=[{k: nan_array(v) for k, v in side.items()} for side in d["patching"]],
+                   lens=[{k: nan_array(v) for k, v in side.items()} for side in d["lens"]],
+                   patching_similarity={k: nan_float(v) for k, v in d["patching_similarity"].items()},
+                   lens_similarity=nan_float(d["lens_similarity"]), score=nan_float(d["score"]),
+                   accuracy=[nan_float(a) for a in d.get("accuracy", [])], steps=list(d.get("steps", [None, None])),
                    seed=int(d.get("seed", 0)), only_correct=bool(d.get("only_correct", False)),
                    note=d.get("note", ""))
 
@@ -206,8 +206,7 @@ class PathComparison:
 
         Cells outside the compared set (module docstring) are drawn faded.
         """
-        import grokray.plots  # noqa: F401  (selects the Agg backend)
-        import matplotlib.pyplot as plt
+        from grokray.plots import plt  # the Agg backend
 
         n_depths = len(self.relative_depths)
         rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float]] = []
@@ -227,13 +226,12 @@ class PathComparison:
         fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 0.9 + len(rows) * (0.5 + 0.38 * n_depths)),
                                  dpi=110, squeeze=False)
         heads = [self.labels[0], self.labels[1], "|A - B|"]
-        im = None
         for r, (name, a, b, cells, sim) in enumerate(rows):
             for c, mat in enumerate((a, b, np.abs(a - b))):
                 ax = axes[r, c]
                 shown = np.where(cells, mat, np.nan)
                 ax.imshow(np.where(cells, np.nan, mat), vmin=0, vmax=1, cmap="Greys", alpha=0.25, aspect="auto")
-                im = ax.imshow(shown, vmin=0, vmax=1, cmap="viridis" if c < 2 else "magma", aspect="auto")
+                ax.imshow(shown, vmin=0, vmax=1, cmap="viridis" if c < 2 else "magma", aspect="auto")
                 for (i, j), v in np.ndenumerate(mat):
                     if math.isfinite(v):
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,

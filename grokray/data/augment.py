@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from grokray.config import HopInjection
-from grokray.data.graph import BRIDGE, H, R1, R2, TAIL, KnowledgeGraph
+from grokray.data.graph import BRIDGE, H, R1, R2, KnowledgeGraph
 
 
 def augment(graph: KnowledgeGraph, test_ood: np.ndarray, hop1: HopInjection, hop2: HopInjection,

@@ -21,21 +21,18 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from grokray.config import DataConfig, to_plain
 from grokray.data.augment import augment
+from grokray.data.cache import cached
+from grokray.data.shortcuts import shortcut_baselines
 from grokray.data.graph import BRIDGE, H, R1, R2, TAIL, build_graph, split
 
 #: Bump when the generator's output for a given config changes: it is part of the hash.
@@ -90,6 +87,9 @@ class Dataset:
     rows: dict[str, np.ndarray]        # split -> [n, 5] (h, r1, r2, bridge, t)
     probe_rows: dict[str, np.ndarray]  # probe -> [n, 5], at most probe_size each
     pool_size: int
+    #: {split: {rule: accuracy}} of the shortcut baselines (grokray.data.shortcuts); computed once,
+    #: stored with the dataset, recomputed only for a file written before they existed.
+    shortcuts: dict | None = field(default=None, repr=False)
     _tail: np.ndarray | None = field(default=None, repr=False)
 
     # ---------------------------------------------------------------- vocabulary
@@ -136,6 +136,12 @@ class Dataset:
         s["inferred_pool"] = int(self.pool_size)
         return s
 
+    def baselines(self) -> dict[str, dict[str, float]]:
+        """The shortcut baselines of every two-hop test split (:mod:`grokray.data.shortcuts`)."""
+        if self.shortcuts is None:
+            self.shortcuts = shortcut_baselines(self.rows, self.n_entities, self.n_relations)
+        return self.shortcuts
+
     def summary(self) -> dict:
         n_id = len(self.rows["id_atomic"])
         return {"name": self.name, "config": to_plain(self.config),
@@ -143,23 +149,24 @@ class Dataset:
                 "vocab_size": self.vocab_size, "sizes": self.sizes(),
                 "probe_sizes": {k: int(len(v)) for k, v in self.probe_rows.items()},
                 "phi_effective": len(self.rows["train_inferred"]) / max(n_id, 1),
-                "phi_max": self.pool_size / max(n_id, 1)}
+                "phi_max": self.pool_size / max(n_id, 1), "shortcuts": self.baselines()}
 
     # ---------------------------------------------------------------- persistence
-    def _meta(self) -> dict:
+    def meta_json(self) -> dict:
         """The JSON :meth:`save` stores beside the arrays; subclasses add their own fields."""
-        return {"name": self.name, "config": to_plain(self.config), "generator_version": GENERATOR_VERSION}
+        return {"name": self.name, "config": to_plain(self.config), "generator_version": GENERATOR_VERSION,
+                "shortcuts": self.baselines()}
 
     def save(self, path: str | os.PathLike) -> None:
         arrays = {"atomic": self.atomic, "atomic_ood": self.atomic_ood,
-                  "pool_size": np.array(self.pool_size, dtype=np.int64), "meta": np.array(json.dumps(self._meta()))}
+                  "pool_size": np.array(self.pool_size, dtype=np.int64), "meta": np.array(json.dumps(self.meta_json()))}
         arrays.update({f"rows__{k}": v for k, v in self.rows.items()})
         arrays.update({f"probe__{k}": v for k, v in self.probe_rows.items()})
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)
 
     @staticmethod
-    def _read(path: str | os.PathLike) -> tuple[dict, dict]:
+    def read_arrays(path: str | os.PathLike) -> tuple[dict, dict]:
         """A saved dataset's meta JSON and its arrays, keyed by the constructor's field names."""
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -170,17 +177,18 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | os.PathLike, config: DataConfig) -> "Dataset":
-        meta, arrays = cls._read(path)
-        return cls(config, meta["name"], config.n_entities, config.n_relations, **arrays)
+        meta, arrays = cls.read_arrays(path)
+        return cls(config, meta["name"], config.n_entities, config.n_relations, **arrays,
+                   shortcuts=meta.get("shortcuts"))
 
 
-def _atomic_rows(atomic: np.ndarray) -> np.ndarray:
+def atomic_rows(atomic: np.ndarray) -> np.ndarray:
     n = len(atomic)
     minus = np.full(n, -1, dtype=np.int64)
     return np.stack([atomic[:, 0], atomic[:, 1], minus, minus, atomic[:, 2]], 1)
 
 
-def _sample(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def sample_rows(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if len(rows) <= n:
         return rows
     return rows[np.sort(rng.choice(len(rows), size=n, replace=False))]
@@ -201,8 +209,8 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     added = added[[tuple(q) not in taken for q in added[:, :3].tolist()]] if len(added) else added
 
     rows = {
-        "id_atomic": _atomic_rows(graph.atomic[splits.id_atomic]),
-        "ood_atomic": _atomic_rows(graph.atomic[splits.ood_atomic]),
+        "id_atomic": atomic_rows(graph.atomic[splits.id_atomic]),
+        "ood_atomic": atomic_rows(graph.atomic[splits.ood_atomic]),
         "train_inferred": comps[splits.train_inferred],
         "train_augmented": added.reshape(-1, 5),
         "test_inferred_id": comps[splits.test_inferred_id],
@@ -211,58 +219,19 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     probe_rng = np.random.default_rng([cfg.seed, 1])  # probes never shift the splits
     train_all = np.concatenate([rows["id_atomic"], rows["ood_atomic"], rows["train_inferred"],
                                 rows["train_augmented"]])
-    probes = {"train": _sample(train_all, cfg.probe_size, probe_rng)}
+    probes = {"train": sample_rows(train_all, cfg.probe_size, probe_rng)}
     for name in SPLITS:
-        probes[name] = _sample(rows[name], cfg.probe_size, probe_rng)
-    return Dataset(cfg, data_hash(cfg), cfg.n_entities, cfg.n_relations, graph.atomic, graph.atomic_ood,
-                   rows, probes, splits.pool_size)
+        probes[name] = sample_rows(rows[name], cfg.probe_size, probe_rng)
+    ds = Dataset(cfg, data_hash(cfg), cfg.n_entities, cfg.n_relations, graph.atomic, graph.atomic_ood,
+                 rows, probes, splits.pool_size)
+    ds.baselines()
+    return ds
 
 
-# --------------------------------------------------------------------------- on-disk cache
-
-def cache_dir() -> Path:
-    """``$GROKRAY_CACHE`` or ``~/.cache/grokray``."""
-    root = os.environ.get("GROKRAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "grokray")
-    return Path(root)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-_MEMORY: dict[str, Dataset] = {}
-
+# --------------------------------------------------------------------------- cached access
 
 def load_dataset(cfg: DataConfig, cache: str | os.PathLike | None = None) -> Dataset:
-    """The dataset for ``cfg``: from this process's memory, from the disk cache, or generated once.
-
-    Concurrent callers (many trials starting together) serialise on a lock file; the
-    first generates and publishes ``<name>.npz`` with an atomic rename, the rest load it.
-    """
-    name = data_hash(cfg)
-    if name in _MEMORY:
-        return _MEMORY[name]
-    root = Path(cache) if cache is not None else cache_dir()
-    target = root / "datasets" / f"{name}.npz"
-    if not target.exists():
-        with _file_lock(target.with_suffix(".lock")):
-            if not target.exists():
-                ds = build_dataset(cfg)
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
-                os.close(fd)
-                try:
-                    ds.save(tmp)
-                    os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-    ds = Dataset.load(target, cfg)
-    _MEMORY[name] = ds
-    return ds
+    """The dataset for ``cfg``: from this process's memory, from the disk cache
+    (:mod:`grokray.data.cache`), or generated once."""
+    return cached(data_hash(cfg), lambda: build_dataset(cfg), Dataset.save, lambda path: Dataset.load(path, cfg),
+                  cache)

@@ -31,11 +31,11 @@ def actor_name(sweep: str) -> str:
 class ClassifierActor:
     """Labels runs one at a time; ``num_cpus=0`` so it never holds a trial's slot."""
 
-    def __init__(self, tracking_uri: str, split: str = "ood", n_queries: int = 200, refresh: Any = None):
+    def __init__(self, tracking_uri: str, settings: Any, refresh: Any = None):
         import torch
 
         torch.set_num_threads(1)
-        self.tracking_uri, self.split, self.n_queries = tracking_uri, split, n_queries
+        self.tracking_uri, self.settings = tracking_uri, settings  # settings: the spec's ClassifierSpec
         self.refresh = refresh  # called after each new label (the phase map on the parent run)
         self.client = None
         self.done: dict[str, dict] = {}
@@ -47,7 +47,8 @@ class ClassifierActor:
             self.client = tracking.get_client(self.tracking_uri)
         t0 = time.perf_counter()
         try:
-            out = classify_run(run_id, client=self.client, split=self.split, n_queries=self.n_queries)
+            out = classify_run(run_id, client=self.client, split=self.settings.split,
+                               criterion=self.settings.criterion, n_queries=self.settings.patching_queries)
         except RunNotClassifiable as e:
             return {"run_id": run_id, "error": str(e)}
         summary = {"run_id": run_id, "action": out.action, "label": out.verdict.label, "detail": out.verdict.detail,
@@ -61,22 +62,22 @@ class ClassifierActor:
         return dict(self.done)
 
 
-def get_classifier(sweep: str, tracking_uri: str, split: str, n_queries: int, refresh: Any = None):
-    """The sweep's classifier actor, created on first use (shared by name afterwards)."""
+def get_classifier(sweep: str, tracking_uri: str, settings: Any, refresh: Any = None):
+    """The sweep's classifier actor, created on first use (shared by name afterwards);
+    ``settings``: the spec's :class:`~grokray.sweep.spec.ClassifierSpec`."""
     return ClassifierActor.options(name=actor_name(sweep), namespace=NAMESPACE, get_if_exists=True,
-                                   lifetime=None).remote(tracking_uri, split, n_queries, refresh)
+                                   lifetime=None).remote(tracking_uri, settings, refresh)
 
 
 class ClassifierCallback(Callback):
     """Submits every completed trial's run to the classifier actor; reports labels as they arrive.
 
-    ``refresh`` (picklable, e.g. :class:`grokray.sweep.driver.PhaseMapRefresher`) runs in the
+    ``refresh`` (picklable, e.g. :class:`grokray.sweep.driver.MapRefresher`) runs in the
     actor after each new label, off the driver's event loop.
     """
 
-    def __init__(self, sweep: str, tracking_uri: str, split: str = "ood", n_queries: int = 200,
-                 refresh: Any = None):
-        self.sweep, self.tracking_uri, self.split, self.n_queries = sweep, tracking_uri, split, n_queries
+    def __init__(self, sweep: str, tracking_uri: str, settings: Any, refresh: Any = None):
+        self.sweep, self.tracking_uri, self.settings = sweep, tracking_uri, settings
         self.refresh = refresh
         self._pending: dict[str, Any] = {}
         self._actor = None
@@ -89,7 +90,7 @@ class ClassifierCallback(Callback):
     @property
     def actor(self):
         if self._actor is None:
-            self._actor = get_classifier(self.sweep, self.tracking_uri, self.split, self.n_queries, self.refresh)
+            self._actor = get_classifier(self.sweep, self.tracking_uri, self.settings, self.refresh)
         return self._actor
 
     def submit(self, run_id: str) -> None:

@@ -1,35 +1,45 @@
-"""The sweep driver: a spec -> Ray Tune trials -> MLflow parent/child runs -> labels -> phase map.
+"""The sweep driver: a spec -> Ray Tune trials -> MLflow parent/child runs -> labels -> a report.
 
-``grokray sweep run SPEC`` calls :func:`run_sweep`; ``grokray sweep resume NAME``
-calls :func:`resume_sweep`. A sweep lives in two places:
+``grokray sweep run SPEC`` calls :func:`run_sweep`; ``grokray sweep resume NAME`` calls
+:func:`resume_sweep`. A sweep lives in two places, kept together by default:
 
 * ``<storage>/<name>/``: Ray Tune's experiment state and trial checkpoints, plus
   ``grokray_sweep.json`` (the resolved spec, the tracking URI and the parent run id), so
-  a resume needs nothing but the name;
+  a resume needs nothing but the name. The default storage sits beside a local MLflow
+  store (``<dir of mlflow.db>/grokray_results``), so the store and the sweeps that wrote
+  to it travel together; with a remote store it is ``~/grokray_results/<store>``
+  (:func:`default_storage`);
 * MLflow: one parent run (``grokray.kind = sweep``) and one nested child run per trial,
-  labelled by the classifier actor as trials finish; the phase map (PNG + CSV) is logged
-  on the parent and refreshed as labels arrive.
+  labelled by the classifier actor as trials finish; the report (phase map or transfer
+  map) is logged on the parent by a ``map_logger`` the caller hands in (the presentation
+  layer: :mod:`grokray.cli`) and refreshed as labels arrive.
 
 Names are unique: an existing sweep is never overwritten (``run`` refuses, ``resume``
 continues it).
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from grokray import tracking
-from grokray.config import ConfigError, to_plain
+from grokray.version import __version__
+from grokray.sweep.classifier import ClassifierCallback, get_classifier
+from grokray.sweep.progress import ProgressTable
 from grokray.sweep.spec import SweepSpec, spec_from_dict
-from grokray.sweep.trial import TrialContext, run_name, run_trial
+from grokray.sweep.trainable import TrialContext, run_trial, trial_label
 
 STATE_FILE = "grokray_sweep.json"
+#: Where sweeps lived before the default storage moved beside the store (still searched).
+LEGACY_STORAGE = "~/grokray_results"
+#: A map logger: ``(tracking_uri, parent_run_id, sweep, experiment)`` -> logs the sweep's report.
+MapLogger = Callable[[str, str, str, str], Any]
 
 
 class SweepError(Exception):
@@ -56,22 +66,45 @@ class SweepRecord:
 
     @classmethod
     def load(cls, exp_dir: Path) -> "SweepRecord":
-        return cls(**json.loads((exp_dir / STATE_FILE).read_text()))
+        try:
+            return cls(**json.loads((exp_dir / STATE_FILE).read_text()))
+        except (ValueError, TypeError) as e:
+            raise SweepError(f"{exp_dir / STATE_FILE}: unreadable sweep state ({type(e).__name__}: {e})") from None
 
     def spec_obj(self) -> SweepSpec:
+        """The spec, parsed from the record (once per driver process)."""
         return spec_from_dict(self.spec, source=f"{self.name} ({STATE_FILE})")
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- where things are
 
 def resolved_tracking_uri(spec: SweepSpec) -> str:
     """The spec's URI, else $MLFLOW_TRACKING_URI, else sqlite in the cwd; sqlite paths made absolute
     (trial processes have other working directories)."""
-    uri = tracking.tracking_uri(spec.tracking_uri)
+    return absolute_uri(tracking.tracking_uri(spec.tracking_uri))
+
+
+def absolute_uri(uri: str) -> str:
+    db = tracking.sqlite_path(uri)
+    return f"sqlite:///{db.expanduser().resolve()}" if db is not None else uri
+
+
+def default_storage(uri: str) -> str:
+    """Where a sweep's Tune state lives by default: beside a local sqlite store, else under
+    ``~/grokray_results/<a name for the store>`` (keyed by store, then by sweep name)."""
     db = tracking.sqlite_path(uri)
     if db is not None:
-        uri = f"sqlite:///{db.expanduser().resolve()}"
-    return uri
+        return str(db.expanduser().resolve().parent / "grokray_results")
+    key = "".join(c if c.isalnum() else "_" for c in uri.split("://", 1)[-1])[:60]
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:8]
+    return str(Path(os.path.expanduser(LEGACY_STORAGE)) / f"{key}-{digest}")
+
+
+def storage_path(storage: str) -> str:
+    """Absolute storage path (or URI) for Ray Tune."""
+    if "://" in storage:
+        return storage
+    return str(Path(os.path.expanduser(storage)).resolve())
 
 
 def exp_dir_for(name: str, storage: str) -> Path:
@@ -79,6 +112,33 @@ def exp_dir_for(name: str, storage: str) -> Path:
         raise SweepError(f"storage {storage!r}: resume and status need a local or mounted path")
     return Path(os.path.expanduser(storage)).resolve() / name
 
+
+def find_sweep(name: str, storage: str | None = None, tracking_uri: str | None = None) -> tuple[SweepRecord, Path]:
+    """A sweep's record and state folder: under ``storage`` if given, else beside the store
+    (``tracking_uri``, default as everywhere), else in the legacy ``~/grokray_results``.
+
+    Raises:
+        SweepError: one line: no such sweep, or a sweep whose driver died before its state existed.
+    """
+    uri = absolute_uri(tracking.tracking_uri(tracking_uri))
+    places = [storage] if storage else [default_storage(uri), LEGACY_STORAGE]
+    for place in places:
+        exp_dir = exp_dir_for(name, place)
+        if (exp_dir / STATE_FILE).exists():
+            return SweepRecord.load(exp_dir), exp_dir
+    where = " or ".join(str(exp_dir_for(name, p).parent) for p in places)
+    db = tracking.sqlite_path(uri)
+    if db is None or db.exists():
+        client = tracking.get_client(uri)
+        parent = tracking.find_sweep_parent(client, name)
+        if parent is not None:
+            raise SweepError(f"sweep {name!r} has an MLflow parent run ({parent.info.run_id}) but no saved state "
+                             f"under {where}: its driver died before the state was written; run it again under "
+                             "another --name")
+    raise SweepError(f"no sweep {name!r} under {where} (use --storage, or --tracking-uri for the store it wrote to)")
+
+
+# --------------------------------------------------------------------------- Ray and Tune
 
 def init_ray(address: str | None = None, dashboard: bool = False) -> None:
     """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray (no dashboard by default)."""
@@ -102,11 +162,7 @@ def init_ray(address: str | None = None, dashboard: bool = False) -> None:
                  log_to_driver=False, configure_logging=True, logging_level="WARNING")
 
 
-def _trial_name(trial: Any, keys: list[str]) -> str:
-    return f"{run_name(trial.config, keys)}_{trial.trial_id[-5:]}"
-
-
-def _search_space(spec: SweepSpec) -> dict[str, Any]:
+def search_space(spec: SweepSpec, prepared: Any = None) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {}
@@ -124,16 +180,18 @@ def _search_space(spec: SweepSpec) -> dict[str, Any]:
             space[p.key] = tune.loguniform(p.low, p.high)
         elif p.distribution == "int_uniform":
             space[p.key] = tune.randint(int(p.low), int(p.high) + 1)
+    space.update(spec.kind_impl.search_space(spec, prepared))
     return space
 
 
-def _trial_keys(spec: SweepSpec) -> list[str]:
-    """Keys that name a trial (a finetune trial is named by its source run first)."""
-    if spec.finetune is not None:
-        from grokray.transfer import trial_keys
+class _TrialNamer:
+    """Tune's trial (and folder) names: the readable values plus the end of the trial id."""
 
-        return trial_keys(spec)
-    return spec.swept_keys
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+
+    def __call__(self, trial: Any) -> str:
+        return f"{trial_label(self.spec, trial.config)}_{trial.trial_id[-5:]}"
 
 
 def _tune_config(spec: SweepSpec):
@@ -149,127 +207,96 @@ def _tune_config(spec: SweepSpec):
         if spec.max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=spec.max_concurrent)
     scheduler = FIFOScheduler()
-    if spec.stopping.scheduler == "asha":
-        a = spec.stopping.asha
-        scheduler = ASHAScheduler(time_attr="step", metric=a["metric"], mode=a["mode"],
-                                  max_t=spec.base_for_trials().train.max_steps, grace_period=a["grace_period"],
-                                  reduction_factor=a["reduction_factor"])
+    s = spec.scheduler
+    if s.name == "asha":
+        scheduler = ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=spec.budget,
+                                  grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    namer = _TrialNamer(spec)
     return tune.TuneConfig(num_samples=spec.num_samples, search_alg=search_alg, scheduler=scheduler,
                            max_concurrent_trials=spec.max_concurrent if spec.method != "optuna" else None,
-                           trial_name_creator=functools.partial(_trial_name, keys=_trial_keys(spec)),
-                           trial_dirname_creator=functools.partial(_trial_name, keys=_trial_keys(spec)),
-                           reuse_actors=False)
+                           trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=False)
 
 
 def _trainable(spec: SweepSpec, record: SweepRecord):
     from ray import tune
 
-    if spec.finetune is not None:
-        from grokray.transfer import finetune_trainable
-
-        return finetune_trainable(spec, record)
-
-    stop = spec.stopping
-    ctx = TrialContext(sweep=record.name, base=spec.base_for_trials().to_dict(), swept_keys=spec.swept_keys,
-                       tracking_uri=record.tracking_uri, experiment_id=record.experiment_id,
-                       parent_run_id=record.parent_run_id,
-                       stop={"memorize_by": stop.memorize_by, "memorize_acc": stop.memorize_acc, "split": stop.split,
-                             "generalize_acc": stop.generalize_acc, "cleanup_window": stop.cleanup_window},
-                       threads=max(1, int(spec.resources.cpu)))
+    ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri, experiment_id=record.experiment_id,
+                       parent_run_id=record.parent_run_id)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
 
 
-def _run_config(spec: SweepSpec, record: SweepRecord, callbacks: list):
+def _run_config(record: SweepRecord, spec: SweepSpec, callbacks: list):
     from ray import tune
 
-    return tune.RunConfig(name=record.name, storage_path=spec.storage_path(),
+    return tune.RunConfig(name=record.name, storage_path=storage_path(record.storage),
                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                           callbacks=callbacks, verbose=0)
 
 
-class PhaseMapRefresher:
-    """Re-logs the phase map on the parent run as labels arrive (at most every ``every_s``)."""
+class MapRefresher:
+    """Re-logs the sweep's report on its parent run as labels arrive (at most every ``every_s``).
 
-    def __init__(self, record: SweepRecord, every_s: float = 20.0):
-        self.record, self.every_s = record, every_s
+    Picklable (the classifier actor calls it after each new label): ``map_logger`` is a
+    module-level function of the presentation layer, pickled by reference.
+    """
+
+    def __init__(self, record: SweepRecord, map_logger: MapLogger | None, every_s: float = 20.0):
+        self.record, self.map_logger, self.every_s = record, map_logger, every_s
         self.last = 0.0
 
     def __call__(self, summary: dict | None = None, force: bool = False) -> None:
-        if not force and time.monotonic() - self.last < self.every_s:
+        if self.map_logger is None or (not force and time.monotonic() - self.last < self.every_s):
             return
         self.last = time.monotonic()
         try:
-            if self.record.spec.get("kind") == "finetune":
-                from grokray.transfer import log_transfer_map as log_map
-            else:
-                from grokray.phasemap import log_phase_map as log_map
-
-            log_map(self.record.tracking_uri, self.record.parent_run_id, self.record.name, self.record.experiment)
+            self.map_logger(self.record.tracking_uri, self.record.parent_run_id, self.record.name,
+                            self.record.experiment)
         except Exception as e:  # the map is a view: never let it break the sweep
-            print(f"[grokray] phase map not refreshed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            print(f"[grokray] map not refreshed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- run / resume
 
-def _create_parent(client, record_fields: dict, spec: SweepSpec) -> str:
-    from mlflow.entities import Param
-
-    run = client.create_run(record_fields["experiment_id"], run_name=record_fields["name"],
-                            tags={"grokray.kind": "sweep", "grokray.sweep": record_fields["name"],
-                                  "grokray.version": __import__("grokray").__version__,
-                                  "mlflow.note.content": spec.description or f"grokray sweep {record_fields['name']}"})
-    params = {"sweep.method": spec.method, "sweep.n_trials": spec.n_trials(),
-              "sweep.swept": ",".join(spec.swept_keys), "sweep.max_steps": spec.base_for_trials().train.max_steps,
-              "sweep.max_concurrent": spec.max_concurrent, "sweep.resources": f"{spec.resources.cpu}cpu,"
-              f"{spec.resources.gpu}gpu", "sweep.stopping": json.dumps(asdict(spec.stopping))}
-    params.update({f"base.{k}": v for k, v in spec.base_for_trials().flat().items()})
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in tracking.flat_params(params).items()])
-    return run.info.run_id
+def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
+    parent = tracking.start_run(client, experiment_id, spec.name, kind=tracking.KIND_SWEEP, tags={
+        tracking.Tag.SWEEP: spec.name, tracking.Tag.VERSION: __version__,
+        tracking.Tag.NOTE: spec.description or f"grokray sweep {spec.name}"})
+    params = {"sweep.method": spec.method, "sweep.kind": spec.kind, "sweep.n_trials": spec.n_trials(),
+              "sweep.swept": ",".join(spec.swept_keys), "sweep.max_steps": spec.budget,
+              "sweep.max_concurrent": spec.max_concurrent,
+              "sweep.resources": f"{spec.resources.cpu}cpu,{spec.resources.gpu}gpu",
+              "sweep.stopping": json.dumps(spec.stopping.to_dict()), "sweep.criterion": spec.classifier.criterion}
+    params.update({f"base.{k}": v for k, v in spec.base.flat().items()})
+    tracking.log_params(client, parent, params)
+    return parent
 
 
-def _existing_parent(client, experiment: str, name: str):
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id],
-                              filter_string=f"tags.`grokray.kind` = 'sweep' and tags.`grokray.sweep` = '{name}'",
-                              max_results=1)
-    return runs[0] if runs else None
-
-
-def prepare_sweep(spec: SweepSpec, name: str | None = None) -> tuple[SweepRecord, Path]:
+def prepare_sweep(spec: SweepSpec, name: str | None = None) -> tuple[SweepRecord, Path, SweepSpec]:
     """Check the name is free, create the MLflow parent run and write ``grokray_sweep.json``."""
-    name = name or spec.name
-    if name != spec.name:
-        spec_raw = {**spec.raw, "name": name}
-    else:
-        spec_raw = dict(spec.raw)
-    spec_raw["base"] = spec.base.to_dict()  # inline: the resumed sweep must not depend on files
-    exp_dir = exp_dir_for(name, spec.storage_path())
-    if exp_dir.exists():
-        raise SweepError(f"sweep {name!r} already exists at {exp_dir}; continue it with "
-                         f"`grokray sweep resume {name}` or pick another --name")
+    import yaml
+
+    if name and name != spec.name:
+        spec = spec.renamed(name)
     uri = resolved_tracking_uri(spec)
+    storage = storage_path(spec.storage or default_storage(uri))
+    exp_dir = exp_dir_for(spec.name, storage)
+    if exp_dir.exists():
+        raise SweepError(f"sweep {spec.name!r} already exists at {exp_dir}; continue it with "
+                         f"`grokray sweep resume {spec.name}` or pick another --name")
     client = tracking.get_client(uri)
-    if _existing_parent(client, spec.experiment_name, name) is not None:
-        raise SweepError(f"sweep {name!r} already has an MLflow parent run in experiment "
+    exp = client.get_experiment_by_name(spec.experiment_name)
+    if exp is not None and tracking.find_sweep_parent(client, spec.name, [exp.experiment_id]) is not None:
+        raise SweepError(f"sweep {spec.name!r} already has an MLflow parent run in experiment "
                          f"{spec.experiment_name!r} at {uri}; pick another --name")
     experiment_id = tracking.get_or_create_experiment(client, spec.experiment_name)
-    fields = {"name": name, "experiment_id": experiment_id}
-    parent = _create_parent(client, fields, spec_from_dict(spec_raw, source=spec.source))
-    record = SweepRecord(name=name, spec=to_plain(spec_raw), tracking_uri=uri, experiment=spec.experiment_name,
-                         experiment_id=experiment_id, parent_run_id=parent, storage=spec.storage_path(),
-                         created=time.time())
+    parent = _create_parent(client, experiment_id, spec)
+    record = SweepRecord(name=spec.name, spec=spec.raw, tracking_uri=uri, experiment=spec.experiment_name,
+                         experiment_id=experiment_id, parent_run_id=parent, storage=storage, created=time.time())
     record.save(exp_dir)
-    import tempfile
-
-    import yaml
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(record.spec, sort_keys=False))
-        client.log_artifact(parent, str(Path(tmp) / "sweep.yaml"))
-    return record, exp_dir
+    tracking.log_texts(client, parent, {"sweep.yaml": yaml.safe_dump(record.spec, sort_keys=False)})
+    return record, exp_dir, spec
 
 
 def _warn_cluster_store(record: SweepRecord, address: str | None) -> None:
@@ -277,16 +304,6 @@ def _warn_cluster_store(record: SweepRecord, address: str | None) -> None:
         print(f"[grokray] warning: tracking store {record.tracking_uri} is a local sqlite file; trials on other "
               "nodes cannot write to it. On a cluster use the head's MLflow server (see mlflow/README.md).",
               file=sys.stderr, flush=True)
-
-
-def _finish(record: SweepRecord, results: Any, refresher: PhaseMapRefresher, started: float) -> "SweepSummary":
-    client = tracking.get_client(record.tracking_uri)
-    refresher(force=True)
-    errors = [r for r in results if r.error is not None] if results is not None else []
-    status = "FAILED" if results is not None and errors and len(errors) == len(results) else "FINISHED"
-    client.set_terminated(record.parent_run_id, status=status)
-    return SweepSummary(record=record, n_trials=len(results) if results is not None else 0, n_errors=len(errors),
-                        seconds=time.time() - started)
 
 
 @dataclass
@@ -297,81 +314,81 @@ class SweepSummary:
     seconds: float
 
 
-def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = None,
-              dashboard: bool = False) -> SweepSummary:
-    """Run a sweep to the end (trials, labels, phase map); see the module docstring."""
-    from ray import tune
+def _finish(record: SweepRecord, results: Any, refresher: MapRefresher, started: float) -> SweepSummary:
+    client = tracking.get_client(record.tracking_uri)
+    refresher(force=True)
+    errors = [r for r in results if r.error is not None] if results is not None else []
+    status = "FAILED" if results is not None and errors and len(errors) == len(results) else "FINISHED"
+    client.set_terminated(record.parent_run_id, status=status)
+    return SweepSummary(record=record, n_trials=len(results) if results is not None else 0, n_errors=len(errors),
+                        seconds=time.time() - started)
 
-    from grokray.sweep.classifier import ClassifierCallback
-    from grokray.sweep.progress import FINETUNE_COLUMNS, TRIAL_COLUMNS, ProgressTable
 
-    started = time.time()
-    sources = None
-    if spec.finetune is not None:  # resolve the source runs and build their data before creating anything
-        from grokray.transfer import prepare_sweep_sources
-
-        sources = prepare_sweep_sources(spec, resolved_tracking_uri(spec))
-    record, exp_dir = prepare_sweep(spec, name)
-    spec = record.spec_obj()
-    _warn_cluster_store(record, address)
-    init_ray(address, dashboard)
-    refresher = PhaseMapRefresher(record)
-    columns = FINETUNE_COLUMNS if spec.finetune is not None else TRIAL_COLUMNS
-    callbacks: list = [ProgressTable(spec.base_for_trials().train.max_steps, columns=columns)]
+def _callbacks(spec: SweepSpec, record: SweepRecord, refresher: MapRefresher) -> list:
+    callbacks: list = [ProgressTable(spec.budget, columns=spec.kind_impl.progress_columns)]
     if spec.classifier.enabled:
-        callbacks.append(ClassifierCallback(record.name, record.tracking_uri, spec.classifier.split,
-                                            spec.classifier.patching_queries, refresh=refresher))
-    n_trials = spec.n_trials() * (len(sources) if sources is not None else 1)
-    print(f"[grokray] sweep {record.name!r}: {n_trials} trial(s) ({spec.method}), MLflow experiment "
-          f"{record.experiment!r} (parent run {record.parent_run_id}) at {record.tracking_uri}; state in {exp_dir}",
-          flush=True)
-    space = _search_space(spec)
-    if sources is not None:
-        from grokray.transfer import log_sources, source_space
+        callbacks.append(ClassifierCallback(record.name, record.tracking_uri, spec.classifier, refresh=refresher))
+    return callbacks
 
-        space.update(source_space(sources))
-        log_sources(tracking.get_client(record.tracking_uri), record.parent_run_id, sources)
-        print(f"[grokray] fine-tuning {len(sources)} source run(s): "
-              + ", ".join(f"{s['run_name'] or s['run_id']} ({s['label']})" for s in sources), flush=True)
-    tuner = tune.Tuner(_trainable(spec, record), param_space=space, tune_config=_tune_config(spec),
-                       run_config=_run_config(spec, record, callbacks))
+
+def _fit(tuner: Any, record: SweepRecord) -> Any:
     try:
-        results = tuner.fit()
+        return tuner.fit()
     except KeyboardInterrupt:
         tracking.get_client(record.tracking_uri).set_terminated(record.parent_run_id, status="KILLED")
         raise SweepError(f"interrupted; continue with `grokray sweep resume {record.name}`") from None
-    return _finish(record, results, refresher, started)
 
 
-def find_sweep(name: str, storage: str | None = None) -> tuple[SweepRecord, Path]:
-    from grokray.sweep.spec import DEFAULT_STORAGE
+def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = None, dashboard: bool = False,
+              map_logger: MapLogger | None = None) -> SweepSummary:
+    """Run a sweep to the end (trials, labels, report); see the module docstring."""
+    from ray import tune
 
-    exp_dir = exp_dir_for(name, storage or DEFAULT_STORAGE)
-    if not (exp_dir / STATE_FILE).exists():
-        raise SweepError(f"no sweep {name!r} under {exp_dir.parent} (use --storage if it was run elsewhere)")
-    return SweepRecord.load(exp_dir), exp_dir
+    started = time.time()
+    kind = spec.kind_impl
+    prepared = kind.prepare(spec, resolved_tracking_uri(spec))  # e.g. resolve sources: before creating anything
+    record, exp_dir, spec = prepare_sweep(spec, name)
+    _warn_cluster_store(record, address)
+    init_ray(address, dashboard)
+    refresher = MapRefresher(record, map_logger)
+    space = search_space(spec, prepared)
+    n_trials = _count_trials(spec, space)
+    print(f"[grokray] sweep {record.name!r}: {n_trials} trial(s) ({spec.method}), MLflow experiment "
+          f"{record.experiment!r} (parent run {record.parent_run_id}) at {record.tracking_uri}; state in {exp_dir}",
+          flush=True)
+    for line in kind.log_prepared(tracking.get_client(record.tracking_uri), record.parent_run_id, prepared):
+        print(f"[grokray] {line}", flush=True)
+    tuner = tune.Tuner(_trainable(spec, record), param_space=space, tune_config=_tune_config(spec),
+                       run_config=_run_config(record, spec, _callbacks(spec, record, refresher)))
+    return _finish(record, _fit(tuner, record), refresher, started)
+
+
+def _count_trials(spec: SweepSpec, space: dict[str, Any]) -> int:
+    """Trials Tune will run: the spec's count times the kind's extra grid entries."""
+    extra = 1
+    for key, value in space.items():
+        if key not in {p.key for p in spec.parameters} and isinstance(value, dict) and "grid_search" in value:
+            extra *= len(value["grid_search"])
+    return spec.n_trials() * extra
 
 
 def unlabelled_finished_runs(record: SweepRecord) -> list[str]:
     """Finished trial runs of the sweep without a label (their driver died before labelling)."""
     client = tracking.get_client(record.tracking_uri)
-    flt = (f"tags.`grokray.sweep` = '{record.name}' and tags.`grokray.kind` = 'trial' "
-           "and attributes.status = 'FINISHED'")
-    runs = list(tracking.iter_runs(client, [record.experiment_id], flt))
-    return [r.info.run_id for r in runs if "grokray.label" not in r.data.tags]
+    parent = client.get_run(record.parent_run_id)
+    return [r.info.run_id for r in tracking.sweep_runs(client, parent, status="FINISHED")
+            if tracking.Tag.LABEL not in r.data.tags]
 
 
-def resume_sweep(name: str, storage: str | None = None, address: str | None = None,
-                 dashboard: bool = False) -> SweepSummary:
+def resume_sweep(name: str, storage: str | None = None, address: str | None = None, dashboard: bool = False,
+                 tracking_uri: str | None = None, map_logger: MapLogger | None = None) -> SweepSummary:
     """Continue an interrupted sweep: finished trials are kept, running ones restart from their
     last checkpoint, finished-but-unlabelled ones are labelled."""
     import ray
     from ray import tune
 
-    from grokray.sweep.classifier import get_classifier
-
     started = time.time()
-    record, exp_dir = find_sweep(name, storage)
+    record, exp_dir = find_sweep(name, storage, tracking_uri)
     spec = record.spec_obj()
     if not tune.Tuner.can_restore(str(exp_dir)):
         raise SweepError(f"sweep {name!r} at {exp_dir} has no Ray Tune state to resume (it was interrupted "
@@ -380,10 +397,10 @@ def resume_sweep(name: str, storage: str | None = None, address: str | None = No
     init_ray(address, dashboard)
     client = tracking.get_client(record.tracking_uri)
     client.update_run(record.parent_run_id, status="RUNNING")
+    refresher = MapRefresher(record, map_logger)
     backlog = []
     if spec.classifier.enabled:
-        actor = get_classifier(record.name, record.tracking_uri, spec.classifier.split,
-                               spec.classifier.patching_queries, PhaseMapRefresher(record))
+        actor = get_classifier(record.name, record.tracking_uri, spec.classifier, refresher)
         pending = unlabelled_finished_runs(record)
         if pending:
             print(f"[grokray] labelling {len(pending)} finished trial(s) the interrupted driver did not label",
@@ -392,16 +409,12 @@ def resume_sweep(name: str, storage: str | None = None, address: str | None = No
     print(f"[grokray] resuming sweep {name!r} from {exp_dir}", flush=True)
     tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, record), resume_unfinished=True,
                                resume_errored=True)
-    try:
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        client.set_terminated(record.parent_run_id, status="KILLED")
-        raise SweepError(f"interrupted; continue with `grokray sweep resume {name}`") from None
+    results = _fit(tuner, record)
     for summary in ray.get(backlog):
         line = summary.get("line") or summary.get("error")
         print(f"[grokray] label: {line}", flush=True)
-    return _finish(record, results, PhaseMapRefresher(record), started)
+    return _finish(record, results, refresher, started)
 
 
 __all__ = ["SweepError", "SweepRecord", "SweepSummary", "run_sweep", "resume_sweep", "find_sweep", "prepare_sweep",
-           "init_ray", "ConfigError"]
+           "init_ray", "default_storage"]

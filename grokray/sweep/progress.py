@@ -17,9 +17,8 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "  -  "
 
 
-#: Test columns of the table: (header, metric). A finetune sweep shows its transfer splits.
+#: Default test columns of the table: (header, metric); a sweep kind brings its own.
 TRIAL_COLUMNS = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
-FINETUNE_COLUMNS = (("new+old", "acc/test_new_old"), ("old+new", "acc/test_old_new"))
 
 
 class ProgressTable(Callback):

@@ -1,14 +1,16 @@
-"""Sweep specs (``sweeps/*.yaml``): load, validate, expand to a Ray Tune search space.
+"""Sweep specs (``sweeps/*.yaml``): read once into a frozen, picklable :class:`SweepSpec`.
 
 The vocabulary is the one W&B and Ray users know::
 
     name: phi-by-augmentation          # unique: names the Tune experiment and the MLflow parent run
     method: grid                       # grid | random | optuna
+    kind: trial                        # trial | finetune (grokray.sweep.kinds)
     base: trials/default.yaml          # a trial config (path relative to this file) or an inline mapping
     parameters:                        # dotted keys into the trial config
       data.phi: {values: [3.6, 7.2, 12.6]}
       data.augmentation: {values: [none, both_full, hop2_full]}
       train.weight_decay: {distribution: log_uniform, min: 0.1, max: 1.0}   # random / optuna
+      model: {values: {looped: {n_layers: 1, n_loops: 2}, flat: {n_layers: 2, n_loops: 1}}}  # named groups
       seed: {value: 0}
     max_steps: 12000                   # budget per trial (overrides train.max_steps of the base)
     num_samples: 1                     # grid: repeats of the grid; random / optuna: number of trials
@@ -18,105 +20,89 @@ The vocabulary is the one W&B and Ray users know::
     max_concurrent: 2
     max_failures: 2                    # restarts of a trial whose worker died (from its checkpoint)
     tracking: {uri: null, experiment: null}   # default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db
-    storage: null                      # default ~/grokray_results (absolute path or URI, shared on a cluster)
-    classifier: {enabled: true, split: ood, patching_queries: 200}
+    storage: null                      # default: beside a local MLflow store, else ~/grokray_results
+    classifier: {enabled: true, split: ood, criterion: interchange, patching_queries: 200}
 
 :func:`load_spec` turns every mistake into one :class:`~grokray.config.ConfigError` line
-naming the file, the key and the bad value. No Ray import here: ``grokray sweep validate``
-runs without starting anything.
+naming the file, the key and the bad value. The path of one swept value, from YAML to the
+trainer: ``load_spec`` (parsed and checked once) -> the Tune search space
+(:mod:`grokray.sweep.driver`) -> Tune's ``config`` dict in the trial -> ``spec.trial_config(config)``
+(``base.with_values``) -> ``Trainer``. No Ray import here: ``grokray sweep validate`` runs
+without starting anything.
 
 Example:
     >>> spec = spec_from_dict({"name": "demo", "parameters": {"data.phi": {"values": [3.6, 7.2]}}})
-    >>> [t["data.phi"] for t in spec.grid()]
-    [3.6, 7.2]
+    >>> [t["data.phi"] for t in spec.grid()], spec.trial_config({"data.phi": 3.6}).data.phi
+    ([3.6, 7.2], 3.6)
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from grokray.config import (ConfigError, TrialConfig, _coerce, read_yaml, replace_dotted, to_plain,
-                            trial_config_from_dict)
+from grokray.config import SECTIONS, ConfigError, TrialConfig, coerce, read_yaml, to_plain, trial_config_from_dict
+from grokray.data.graph import build_graph, max_phi
+from grokray.sweep.kinds import KINDS, SweepKind
+from grokray.sweep.params import (NAME_RE, Parameter, int_at_least, mapping, no_unknown, parse_parameter,
+                                  without_name)
+from grokray.sweep.stopper import Scheduler, StopRule, parse_stopping
+from grokray.verdict import SPLITS
 
 METHODS = ("grid", "random", "optuna")
-DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "categorical")
-SCHEDULERS = ("fifo", "asha")
-#: Metrics computed on training data only: the only ones a pruning scheduler may rank on.
-#: Test accuracy is flat until the jump, so ranking on it kills exactly the runs that would grok.
-TRAINING_METRICS = ("acc/train", "loss/train", "train_loss", "acc/train_inferred", "loss/train_inferred",
-                    "acc/id_atomic", "loss/id_atomic", "acc/ood_atomic", "loss/ood_atomic",
-                    "acc/train_augmented", "loss/train_augmented")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-DEFAULT_STORAGE = "~/grokray_results"
+CRITERIA = ("interchange", "lens")
+#: Steps a trial may be given: a budget beyond this is a typo (1e30), not a plan.
+MAX_BUDGET = 10**9
 
 
-@dataclass
-class Parameter:
-    key: str                       # dotted trial-config key
-    values: list | None = None     # grid / choice
-    distribution: str | None = None
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def is_grid(self) -> bool:
-        return self.values is not None and self.distribution in (None, "categorical")
-
-
-@dataclass
-class Stopping:
-    """When a trial stops before its budget: only on terminal states (see grokray.sweep.stopper)."""
-    memorize_by: int | None = None    # stop "no_memorization" if train acc < memorize_acc by this step
-    memorize_acc: float = 0.99
-    split: str = "ood"                # target split for "generalized"
-    generalize_acc: float | None = None  # default: the verdict's threshold for the split
-    cleanup_window: float = 1.0       # after generalizing, train this fraction of the steps so far again
-    scheduler: str = "fifo"           # fifo | asha (asha on training metrics only)
-    asha: dict = field(default_factory=dict)
-
-
-@dataclass
+@dataclass(frozen=True)
 class Resources:
     cpu: float = 1.0
     gpu: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClassifierSpec:
     enabled: bool = True
     split: str = "ood"
+    #: Which evidence decides true vs fake: the bridge interchange test (default) or He et al.'s
+    #: logit-lens rule. Both are always computed and tagged (grokray.label_interchange / _lens).
+    criterion: str = "interchange"
     patching_queries: int = 200
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
-    base: TrialConfig
-    parameters: list[Parameter]
+    base: TrialConfig                # the base trial config with the sweep's budget applied
+    parameters: tuple[Parameter, ...]
     method: str = "grid"
     description: str = ""
     max_steps: int | None = None
     num_samples: int = 1
     metric: dict = field(default_factory=lambda: {"name": "acc/test_inferred_ood", "mode": "max"})
-    stopping: Stopping = field(default_factory=Stopping)
+    stopping: StopRule = field(default_factory=StopRule)
+    scheduler: Scheduler = field(default_factory=Scheduler)
     resources: Resources = field(default_factory=Resources)
     max_concurrent: int | None = None
     max_failures: int = 2
     tracking_uri: str | None = None
     experiment: str | None = None
-    storage: str = DEFAULT_STORAGE
+    storage: str | None = None       # None: the default (see grokray.sweep.driver.default_storage)
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
-    kind: str = "trial"              # trial | finetune (grokray.transfer: fine-tune the runs of another sweep)
-    finetune: Any = None             # grokray.transfer.FinetuneSpec when kind is finetune
+    kind: str = "trial"
+    kind_spec: Any = None            # the kind's own section (a FinetuneSpec for kind finetune)
     source: str | None = None        # the file it came from
-    raw: dict = field(default_factory=dict)  # the spec as written (saved with the sweep for resume)
+    raw: dict = field(default_factory=dict)  # the spec as written, base inlined (saved with the sweep for resume)
 
     # ------------------------------------------------------------------ derived
+    @property
+    def kind_impl(self) -> SweepKind:
+        return KINDS[self.kind]
+
     @property
     def swept_keys(self) -> list[str]:
         """Keys that actually vary (more than one value, or a distribution)."""
@@ -126,16 +112,13 @@ class SweepSpec:
     def experiment_name(self) -> str:
         return self.experiment or self.name
 
-    def storage_path(self) -> str:
-        """Absolute storage path (or URI) for Ray Tune."""
-        if "://" in self.storage:
-            return self.storage
-        return str(Path(os.path.expanduser(self.storage)).resolve())
+    @property
+    def budget(self) -> int:
+        return self.base.train.max_steps
 
-    def base_for_trials(self) -> TrialConfig:
-        if self.max_steps is None:
-            return self.base
-        return replace_dotted(self.base, {"train.max_steps": self.max_steps})
+    def alternatives(self) -> dict[str, list]:
+        """Each listed parameter's values (naming a grouped value by what differs needs them all)."""
+        return {p.key: list(p.values) for p in self.parameters if p.values is not None}
 
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of the grid parameters (method grid), in spec order."""
@@ -149,95 +132,49 @@ class SweepSpec:
         return self.num_samples
 
     def trial_config(self, values: Mapping[str, Any]) -> TrialConfig:
-        return replace_dotted(self.base_for_trials(), values)
+        """The trial config for Tune's values: the base with every value applied (names of
+        grouped values dropped)."""
+        return self.base.with_values({k: without_name(v) for k, v in values.items()})
+
+    def renamed(self, name: str) -> "SweepSpec":
+        return dataclasses.replace(self, name=name, raw={**self.raw, "name": name})
 
 
-# --------------------------------------------------------------------------- parsing
-
-def _mapping(value: Any, key: str) -> Mapping:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError("must be a mapping", key=key, value=value)
-    return value
-
-
-def _int_at_least(value: Any, minimum: int, key: str) -> int | None:
-    """``value`` as an int >= ``minimum`` (None stays None), or a one-line ConfigError."""
-    if value is None:
-        return None
-    value = _coerce(value, int, key)
-    if value < minimum:
-        raise ConfigError(f"must be >= {minimum}", key=key, value=value)
-    return value
-
-
-def _no_unknown(raw: Mapping, known: tuple[str, ...] | list[str], prefix: str) -> None:
-    for k in raw:
-        if k not in known:
-            key = f"{prefix}.{k}" if prefix else str(k)
-            raise ConfigError(f"unknown key; known keys: {', '.join(known)}", key=key, value=raw[k])
-
-
-def _parse_parameter(key: str, raw: Any) -> Parameter:
-    where = f"parameters.{key}"
-    if not isinstance(raw, Mapping):
-        # Shorthand: a list is `values`, a scalar is `value`.
-        raw = {"values": list(raw)} if isinstance(raw, list) else {"value": raw}
-    _no_unknown(raw, ("values", "value", "distribution", "min", "max"), where)
-    if "value" in raw:
-        if len(raw) > 1:
-            raise ConfigError("'value' cannot be combined with other keys", key=where, value=dict(raw))
-        return Parameter(key, values=[raw["value"]])
-    dist = raw.get("distribution")
-    if dist is not None and dist not in DISTRIBUTIONS:
-        raise ConfigError(f"unknown distribution; choose one of {', '.join(DISTRIBUTIONS)}",
-                          key=f"{where}.distribution", value=dist)
-    if "values" in raw:
-        values = raw["values"]
-        if not isinstance(values, list) or not values:
-            raise ConfigError("must be a non-empty list", key=f"{where}.values", value=values)
-        if dist not in (None, "categorical"):
-            raise ConfigError("'values' goes with no distribution or 'categorical'", key=f"{where}.distribution",
-                              value=dist)
-        return Parameter(key, values=list(values), distribution=dist)
-    if dist is None or dist == "categorical":
-        raise ConfigError("needs 'values', 'value', or a distribution with min and max", key=where, value=dict(raw))
-    for bound in ("min", "max"):
-        if bound not in raw:
-            raise ConfigError(f"distribution {dist} needs '{bound}'", key=where, value=dict(raw))
-    typ = int if dist == "int_uniform" else float
-    low = _coerce(raw["min"], typ, f"{where}.min")
-    high = _coerce(raw["max"], typ, f"{where}.max")
-    if not low < high:
-        raise ConfigError(f"min must be < max ({low} >= {high})", key=f"{where}.max", value=high)
-    if dist == "log_uniform" and low <= 0:
-        raise ConfigError("log_uniform needs min > 0", key=f"{where}.min", value=low)
-    return Parameter(key, distribution=dist, low=low, high=high)
-
+# --------------------------------------------------------------------------- checks
 
 def _check_parameter_values(base: TrialConfig, p: Parameter) -> None:
     """Every value (or both bounds) must make a valid trial config: reuse the config's validation."""
-    samples = p.values if p.values is not None else [p.low, p.high]
-    for i, v in enumerate(samples):
+    for i, v in enumerate(p.samples()):
         try:
-            replace_dotted(base, {p.key: v})
+            base.with_values({p.key: without_name(v)})
         except ConfigError as e:
             if e.key is None or not (e.key == p.key or e.key.startswith(p.key + ".")) or (
                     e.key == p.key and e.problem.startswith("unknown key")):
+                if p.key in SECTIONS and e.key and e.key.startswith(p.key + "."):
+                    raise ConfigError(e.problem, key=p.where(i) + e.key[len(p.key):], value=e.value) from None
                 # Not a trial-config key (e.g. "data.phy"), or the value broke another key.
                 raise ConfigError(e.problem, key=f"parameters.{p.key}", value=e.value) from None
-            where = f"parameters.{p.key}"
-            if p.values is not None and len(p.values) > 1:
-                where += f".values[{i}]"
-            where += e.key[len(p.key):]  # e.g. ".hop1.ratio" inside an augmentation mapping
-            raise ConfigError(e.problem, key=where, value=e.value) from None
+            raise ConfigError(e.problem, key=p.where(i) + e.key[len(p.key):], value=e.value) from None
 
 
-def _check_phi_feasible(spec: "SweepSpec") -> None:
+def _check_no_key_twice(parameters: list[Parameter]) -> None:
+    """A key set by a grouped value and by a dotted parameter, or by two groups: which would win
+    is an accident of order, so it is refused."""
+    setters: dict[str, str] = {}
+    for p in parameters:
+        keys = {p.key}
+        if p.key in SECTIONS:
+            keys = {f"{p.key}.{k}" for v in (p.values or []) if isinstance(v, Mapping)
+                    for k in without_name(v)}
+        for k in sorted(keys):
+            if k in setters and setters[k] != p.key:
+                raise ConfigError(f"set twice: by parameters.{setters[k]} and by parameters.{p.key}; keep one",
+                                  key=f"parameters.{p.key}", value=k)
+            setters[k] = p.key
+
+
+def _check_phi_feasible(spec: SweepSpec) -> None:
     """phi above what the pool allows fails at validate time, not in the middle of a sweep."""
-    from grokray.data.graph import build_graph, max_phi
-
     phi_param = next((p for p in spec.parameters if p.key == "data.phi"), None)
     graph_keys = ("data.n_entities", "data.n_relations", "data.out_degree", "data.ood_fraction",
                   "data.test_id_fraction", "data.seed")
@@ -248,16 +185,20 @@ def _check_phi_feasible(spec: "SweepSpec") -> None:
             else [phi_param.high] if phi_param else [spec.base.data.phi])
     combos = itertools.product(*[[(p.key, v) for v in p.values] for p in graph_params]) if graph_params else [()]
     for combo in combos:
-        cfg = replace_dotted(spec.base, dict(combo))
+        cfg = spec.base.with_values(dict(combo))
         allowed = max_phi(build_graph(cfg.data), cfg.data)
         for i, phi in enumerate(phis):
             if float(phi) > allowed + 1e-9:
-                key = "parameters.data.phi" if phi_param else "base.data.phi"
-                if phi_param and phi_param.values is not None and len(phi_param.values) > 1:
-                    key += f".values[{i}]"
+                key = phi_param.where(i) if phi_param else "base.data.phi"
                 at = ", ".join(f"{k}={v}" for k, v in combo)
                 raise ConfigError(f"exceeds the largest phi the pool allows ({allowed:.2f}"
                                   + (f" at {at}" if at else "") + ")", key=key, value=phi)
+
+
+# --------------------------------------------------------------------------- parsing
+
+_TOP_KEYS = ("name", "description", "method", "kind", "base", "parameters", "max_steps", "num_samples", "metric",
+             "stopping", "resources", "max_concurrent", "max_failures", "tracking", "storage", "classifier")
 
 
 def spec_from_dict(raw: Any, *, source: str | os.PathLike | None = None) -> SweepSpec:
@@ -268,16 +209,37 @@ def spec_from_dict(raw: Any, *, source: str | os.PathLike | None = None) -> Swee
         raise e.with_source(source) from None
 
 
-_TOP_KEYS = ("name", "description", "method", "base", "parameters", "max_steps", "num_samples", "metric",
-             "stopping", "resources", "max_concurrent", "max_failures", "tracking", "storage", "classifier",
-             "kind", "source", "transfer")
-KINDS = ("trial", "finetune")
+def _base(raw: Mapping, source: str | os.PathLike | None) -> TrialConfig:
+    """``base:`` a path (relative to the spec file) or an inline trial config."""
+    base_raw = raw.get("base")
+    if isinstance(base_raw, str):
+        path = Path(base_raw)
+        if not path.is_absolute() and source is not None:
+            path = Path(source).parent / path
+        try:
+            return trial_config_from_dict(read_yaml(path), source=path)
+        except ConfigError as e:
+            if e.problem == "file not found":
+                raise ConfigError("base trial config not found", key="base", value=base_raw) from None
+            raise
+    try:
+        return trial_config_from_dict(mapping(base_raw, "base"))
+    except ConfigError as e:
+        raise e.with_prefix("base") from None
 
 
 def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     if not isinstance(raw, Mapping):
         raise ConfigError("a sweep spec must be a mapping", value=type(raw).__name__)
-    _no_unknown(raw, _TOP_KEYS, "")
+    kind_name = raw.get("kind", "trial")
+    if kind_name not in KINDS:
+        raise ConfigError(f"must be one of {', '.join(KINDS)}", key="kind", value=kind_name)
+    kind = KINDS[kind_name]
+    for other in KINDS.values():
+        for k in other.spec_keys:
+            if k in raw and k not in kind.spec_keys:
+                raise ConfigError(f"only for kind: {other.name}", key=k, value=raw[k])
+    no_unknown(raw, (*_TOP_KEYS, *kind.spec_keys), "")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigError("must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a "
@@ -285,83 +247,49 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     method = raw.get("method", "grid")
     if method not in METHODS:
         raise ConfigError(f"must be one of {', '.join(METHODS)}", key="method", value=method)
-    kind = raw.get("kind", "trial")
-    if kind not in KINDS:
-        raise ConfigError(f"must be one of {', '.join(KINDS)}", key="kind", value=kind)
-    finetune = None
-    if kind == "finetune":
-        from grokray.transfer import parse_finetune
 
-        finetune = parse_finetune(raw, source)
-    else:
-        for k in ("source", "transfer"):
-            if k in raw:
-                raise ConfigError("only for kind: finetune", key=k, value=raw[k])
+    base = _base(raw, source)
+    max_steps = int_at_least(raw.get("max_steps"), 1, "max_steps", maximum=MAX_BUDGET)
+    if max_steps is not None:
+        base = base.with_values({"train.max_steps": max_steps})
+    if base.train.max_steps > MAX_BUDGET:
+        raise ConfigError(f"must be <= {MAX_BUDGET:,}", key="base.train.max_steps", value=base.train.max_steps)
 
-    # base: a path (relative to the spec file) or an inline trial config.
-    base_raw = raw.get("base")
-    if isinstance(base_raw, str):
-        path = Path(base_raw)
-        if not path.is_absolute() and source is not None:
-            path = Path(source).parent / path
-        try:
-            base = trial_config_from_dict(read_yaml(path), source=path)
-        except ConfigError as e:
-            if e.problem == "file not found":
-                raise ConfigError("base trial config not found", key="base", value=base_raw) from None
-            raise
-    else:
-        try:
-            base = trial_config_from_dict(_mapping(base_raw, "base"))
-        except ConfigError as e:
-            raise e.with_prefix("base") from None
-
-    params_raw = _mapping(raw.get("parameters"), "parameters")
-    parameters = [_parse_parameter(str(k), v) for k, v in params_raw.items()]
+    parameters = [parse_parameter(str(k), v) for k, v in mapping(raw.get("parameters"), "parameters").items()]
+    kind_spec = kind.parse(raw, parameters)
     for p in parameters:
-        if finetune is None or not finetune.owns(p.key):  # transfer.* values: checked by parse_finetune
+        if not kind.owns(p.key):
             _check_parameter_values(base, p)
         if method == "grid" and p.values is None:
             raise ConfigError("method grid needs 'values' (a distribution needs method random or optuna)",
                               key=f"parameters.{p.key}", value=p.distribution)
+    _check_no_key_twice(parameters)
+    num_samples = int_at_least(raw.get("num_samples", 1), 1, "num_samples", maximum=100_000)
 
-    max_steps = _int_at_least(raw.get("max_steps"), 1, "max_steps")
-    num_samples = _int_at_least(raw.get("num_samples", 1), 1, "num_samples")
-
-    metric = dict(_mapping(raw.get("metric"), "metric")) or {"name": "acc/test_inferred_ood", "mode": "max"}
-    _no_unknown(metric, ("name", "mode"), "metric")
+    metric = dict(mapping(raw.get("metric"), "metric")) or {"name": "acc/test_inferred_ood", "mode": "max"}
+    no_unknown(metric, ("name", "mode"), "metric")
     if not isinstance(metric.get("name"), str) or not metric["name"]:
         raise ConfigError("needs a metric name", key="metric.name", value=metric.get("name"))
     metric.setdefault("mode", "max")
     if metric["mode"] not in ("min", "max"):
         raise ConfigError("must be min or max", key="metric.mode", value=metric["mode"])
 
-    stopping = _parse_stopping(_mapping(raw.get("stopping"), "stopping"))
-    resources = _parse_resources(_mapping(raw.get("resources"), "resources"))
-    max_concurrent = _int_at_least(raw.get("max_concurrent"), 1, "max_concurrent")
-    max_failures = _int_at_least(raw.get("max_failures", 2), 0, "max_failures")
+    stopping, scheduler = parse_stopping(raw.get("stopping"))
+    resources = _parse_resources(mapping(raw.get("resources"), "resources"))
+    max_concurrent = int_at_least(raw.get("max_concurrent"), 1, "max_concurrent")
+    max_failures = int_at_least(raw.get("max_failures", 2), 0, "max_failures")
 
-    tracking = _mapping(raw.get("tracking"), "tracking")
-    _no_unknown(tracking, ("uri", "experiment"), "tracking")
+    tracking = mapping(raw.get("tracking"), "tracking")
+    no_unknown(tracking, ("uri", "experiment"), "tracking")
     for k in ("uri", "experiment"):
         if tracking.get(k) is not None and not isinstance(tracking[k], str):
             raise ConfigError("must be a string", key=f"tracking.{k}", value=tracking[k])
-    storage = raw.get("storage") or DEFAULT_STORAGE
-    if not isinstance(storage, str):
+    _check_uri_scheme(tracking.get("uri"))
+    storage = raw.get("storage")
+    if storage is not None and (not isinstance(storage, str) or not storage):
         raise ConfigError("must be a path or URI string", key="storage", value=storage)
 
-    classifier_raw = _mapping(raw.get("classifier"), "classifier")
-    _no_unknown(classifier_raw, ("enabled", "split", "patching_queries"), "classifier")
-    classifier = ClassifierSpec(
-        enabled=_coerce(classifier_raw.get("enabled", True), bool, "classifier.enabled"),
-        split=classifier_raw.get("split", "ood"),
-        patching_queries=_coerce(classifier_raw.get("patching_queries", 200), int, "classifier.patching_queries"))
-    if classifier.split not in ("ood", "id"):
-        raise ConfigError("must be ood or id", key="classifier.split", value=classifier.split)
-    if classifier.patching_queries < 1:
-        raise ConfigError("must be >= 1", key="classifier.patching_queries", value=classifier.patching_queries)
-    if finetune is not None:
-        classifier.enabled = False  # finetune runs are read by the transfer map, not labelled
+    classifier = _parse_classifier(mapping(raw.get("classifier"), "classifier"), kind.labelled)
 
     if method == "optuna":
         if not parameters:
@@ -372,67 +300,50 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
                     raise ConfigError("method optuna takes plain values (numbers, strings, booleans) as choices",
                                       key=f"parameters.{p.key}.values[{i}]", value=v)
 
-    spec = SweepSpec(name=name, base=base, parameters=parameters, method=method,
+    written = to_plain(raw)
+    written["base"] = base.to_dict()  # inline: a resumed sweep must not depend on files
+    spec = SweepSpec(name=name, base=base, parameters=tuple(parameters), method=method,
                      description=str(raw.get("description") or ""), max_steps=max_steps, num_samples=num_samples,
-                     metric=metric, stopping=stopping, resources=resources, max_concurrent=max_concurrent,
-                     max_failures=max_failures, tracking_uri=tracking.get("uri"),
+                     metric=metric, stopping=stopping, scheduler=scheduler, resources=resources,
+                     max_concurrent=max_concurrent, max_failures=max_failures, tracking_uri=tracking.get("uri"),
                      experiment=tracking.get("experiment"), storage=storage, classifier=classifier,
-                     kind=kind, finetune=finetune,
-                     source=str(source) if source is not None else None, raw=to_plain(raw))
-    if max_steps is not None:
-        spec.base_for_trials()  # validates the budget against the base config
-    if finetune is None:
+                     kind=kind_name, kind_spec=kind_spec, source=str(source) if source is not None else None,
+                     raw=written)
+    if kind.name == "trial":
         _check_phi_feasible(spec)  # a finetune sweep's data comes from its sources: checked at sweep start
     return spec
 
 
-def _parse_stopping(raw: Mapping) -> Stopping:
-    _no_unknown(raw, ("memorize_by", "memorize_acc", "split", "generalize_acc", "cleanup_window", "scheduler",
-                      "asha"), "stopping")
-    s = Stopping()
-    s.memorize_by = _int_at_least(raw.get("memorize_by"), 1, "stopping.memorize_by")
-    s.memorize_acc = _coerce(raw.get("memorize_acc", s.memorize_acc), float, "stopping.memorize_acc")
-    if not 0 < s.memorize_acc <= 1:
-        raise ConfigError("must be in (0, 1]", key="stopping.memorize_acc", value=s.memorize_acc)
-    s.split = raw.get("split", s.split)
-    if s.split not in ("ood", "id"):
-        raise ConfigError("must be ood or id", key="stopping.split", value=s.split)
-    if raw.get("generalize_acc") is not None:
-        s.generalize_acc = _coerce(raw["generalize_acc"], float, "stopping.generalize_acc")
-        if not 0 < s.generalize_acc <= 1:
-            raise ConfigError("must be in (0, 1]", key="stopping.generalize_acc", value=s.generalize_acc)
-    s.cleanup_window = _coerce(raw.get("cleanup_window", s.cleanup_window), float, "stopping.cleanup_window")
-    if s.cleanup_window < 0 or not math.isfinite(s.cleanup_window):
-        raise ConfigError("must be >= 0", key="stopping.cleanup_window", value=s.cleanup_window)
-    s.scheduler = raw.get("scheduler", s.scheduler)
-    if s.scheduler not in SCHEDULERS:
-        raise ConfigError(f"must be one of {', '.join(SCHEDULERS)}", key="stopping.scheduler", value=s.scheduler)
-    asha = dict(_mapping(raw.get("asha"), "stopping.asha"))
-    _no_unknown(asha, ("metric", "mode", "grace_period", "reduction_factor"), "stopping.asha")
-    if s.scheduler == "asha":
-        metric = asha.get("metric", "acc/train")
-        if metric not in TRAINING_METRICS:
-            raise ConfigError("ASHA may only rank trials on a training metric: test accuracy stays flat until "
-                              "the grokking jump, so pruning on it kills the runs that would grok; use one of "
-                              f"{', '.join(TRAINING_METRICS)}", key="stopping.asha.metric", value=metric)
-        asha["metric"] = metric
-        asha.setdefault("mode", "min" if metric.startswith("loss") or metric == "train_loss" else "max")
-        if asha["mode"] not in ("min", "max"):
-            raise ConfigError("must be min or max", key="stopping.asha.mode", value=asha["mode"])
-        for k, default in (("grace_period", 1000), ("reduction_factor", 3)):
-            asha[k] = _coerce(asha.get(k, default), int, f"stopping.asha.{k}")
-            if asha[k] < (2 if k == "reduction_factor" else 1):
-                raise ConfigError("too small", key=f"stopping.asha.{k}", value=asha[k])
-    elif asha:
-        raise ConfigError("asha settings given but stopping.scheduler is not asha", key="stopping.asha", value=asha)
-    s.asha = asha
-    return s
+#: URI schemes MLflow's tracking client accepts (validated here, before anything starts).
+URI_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _check_uri_scheme(uri: str | None, key: str = "tracking.uri") -> None:
+    if uri is None:
+        return
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ("file" if uri.startswith("file:") else "")
+    if scheme not in URI_SCHEMES:
+        raise ConfigError(f"not a tracking URI MLflow can use (scheme one of {', '.join(URI_SCHEMES)})", key=key,
+                          value=uri)
+
+
+def _parse_classifier(raw: Mapping, labelled: bool) -> ClassifierSpec:
+    no_unknown(raw, ("enabled", "split", "criterion", "patching_queries"), "classifier")
+    c = ClassifierSpec(enabled=coerce(raw.get("enabled", True), bool, "classifier.enabled") and labelled,
+                       split=raw.get("split", "ood"), criterion=raw.get("criterion", "interchange"),
+                       patching_queries=int_at_least(raw.get("patching_queries", 200), 1,
+                                                     "classifier.patching_queries", maximum=100_000))
+    if c.split not in SPLITS:
+        raise ConfigError(f"must be one of {', '.join(SPLITS)}", key="classifier.split", value=c.split)
+    if c.criterion not in CRITERIA:
+        raise ConfigError(f"must be one of {', '.join(CRITERIA)}", key="classifier.criterion", value=c.criterion)
+    return c
 
 
 def _parse_resources(raw: Mapping) -> Resources:
-    _no_unknown(raw, ("cpu", "gpu"), "resources")
-    r = Resources(cpu=_coerce(raw.get("cpu", 1), float, "resources.cpu"),
-                  gpu=_coerce(raw.get("gpu", 0), float, "resources.gpu"))
+    no_unknown(raw, ("cpu", "gpu"), "resources")
+    r = Resources(cpu=coerce(raw.get("cpu", 1), float, "resources.cpu"),
+                  gpu=coerce(raw.get("gpu", 0), float, "resources.gpu"))
     if r.cpu <= 0:
         raise ConfigError("must be > 0", key="resources.cpu", value=r.cpu)
     if r.gpu < 0:
@@ -444,5 +355,4 @@ def _parse_resources(raw: Mapping) -> Resources:
 
 def load_spec(path: str | os.PathLike) -> SweepSpec:
     """Read and validate ``sweeps/NAME.yaml``."""
-    raw = read_yaml(path)
-    return spec_from_dict(raw, source=path)
+    return spec_from_dict(read_yaml(path), source=path)

@@ -14,10 +14,12 @@ FIFO and a trial ends only when
   memorization until ``memorize_by``,
 * or it ran out of budget (``max_steps``; the verdict records it as censored).
 
-:class:`StopRule` is the pure rule on a metric history, with the same smoothing and
-"sustained" test as the verdict, so the stopper and the label agree on when a run
-generalized. :class:`StopCallback` applies it inside the trial (where the full history
-is, also after a restart from a checkpoint): no Ray import here.
+:class:`StopRule` is the pure rule on a metric history, with the verdict's smoothing and
+"held" test, so the stopper and the label agree on when a run generalized; it is also
+the parsed ``stopping:`` section of a sweep spec (one shape everywhere).
+:class:`StopCallback` applies it inside the trial (where the full history is, also after a
+restart from a checkpoint). :class:`Scheduler` is the section's choice of Tune scheduler.
+No Ray import here.
 
 Example:
     >>> rule = StopRule(memorize_by=1000, cleanup_window=1.0)
@@ -29,27 +31,57 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from grokray.config import ConfigError, coerce
 from grokray.history import clean_history, first_sustained, held_from, metric_series, rising, running_median
-from grokray.verdict import TARGET_ACC, TRAIN_ACC, VerdictParams
+from grokray.sweep.params import int_at_least, mapping, no_unknown
+from grokray.verdict import SPLITS, TARGET_ACC, TRAIN_ACC, VerdictParams
+
+SCHEDULERS = ("fifo", "asha")
+#: Metrics computed on training data only: the only ones a pruning scheduler may rank on.
+#: Test accuracy is flat until the jump, so ranking on it kills exactly the runs that would grok.
+TRAINING_METRICS = ("acc/train", "loss/train", "train_loss", "acc/train_inferred", "loss/train_inferred",
+                    "acc/id_atomic", "loss/id_atomic", "acc/ood_atomic", "loss/ood_atomic",
+                    "acc/train_augmented", "loss/train_augmented")
+_RULE_KEYS = ("memorize_by", "memorize_acc", "split", "generalize_acc", "cleanup_window")
 
 
-@dataclass
+@dataclass(frozen=True)
 class StopRule:
     memorize_by: int | None = None      # None: never stop for not memorizing
     memorize_acc: float | None = None   # None: the verdict's memorize_acc
-    split: str = "ood"
+    split: str = "ood"                  # target split for "generalized"
     generalize_acc: float | None = None  # None: the verdict's threshold for the split
-    cleanup_window: float = 1.0
+    cleanup_window: float = 1.0         # after generalizing, train this fraction of the steps so far again
     params: VerdictParams = field(default_factory=VerdictParams)
 
     @classmethod
-    def from_spec(cls, stopping: Any) -> "StopRule":
-        """From a sweep spec's ``stopping`` section (:class:`grokray.sweep.spec.Stopping`)."""
-        return cls(memorize_by=stopping.memorize_by, memorize_acc=stopping.memorize_acc, split=stopping.split,
-                   generalize_acc=stopping.generalize_acc, cleanup_window=stopping.cleanup_window)
+    def from_section(cls, raw: Mapping) -> "StopRule":
+        """The rule of a spec's ``stopping:`` section (its scheduler keys are :class:`Scheduler`'s)."""
+        s = cls()
+        memorize_by = int_at_least(raw.get("memorize_by"), 1, "stopping.memorize_by")
+        memorize_acc = coerce(raw.get("memorize_acc", s.params.memorize_acc), float, "stopping.memorize_acc")
+        if not 0 < memorize_acc <= 1:
+            raise ConfigError("must be in (0, 1]", key="stopping.memorize_acc", value=memorize_acc)
+        split = raw.get("split", s.split)
+        if split not in SPLITS:
+            raise ConfigError(f"must be one of {', '.join(SPLITS)}", key="stopping.split", value=split)
+        generalize_acc = None
+        if raw.get("generalize_acc") is not None:
+            generalize_acc = coerce(raw["generalize_acc"], float, "stopping.generalize_acc")
+            if not 0 < generalize_acc <= 1:
+                raise ConfigError("must be in (0, 1]", key="stopping.generalize_acc", value=generalize_acc)
+        cleanup = coerce(raw.get("cleanup_window", s.cleanup_window), float, "stopping.cleanup_window")
+        if cleanup < 0 or not math.isfinite(cleanup):
+            raise ConfigError("must be >= 0", key="stopping.cleanup_window", value=cleanup)
+        return cls(memorize_by=memorize_by, memorize_acc=memorize_acc, split=split, generalize_acc=generalize_acc,
+                   cleanup_window=cleanup)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _RULE_KEYS}
 
     def check(self, history: Sequence[Mapping[str, Any]]) -> str | None:
         """A stop reason, or None to keep training."""
@@ -88,3 +120,44 @@ class StopCallback:
 
     def on_eval(self, step: int, metrics: dict, trainer: Any) -> str | None:
         return self.rule.check(trainer.history)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """The Tune scheduler of a sweep (``stopping.scheduler``): FIFO, or ASHA on a training metric."""
+    name: str = "fifo"
+    metric: str = "acc/train"
+    mode: str = "max"
+    grace_period: int = 1000
+    reduction_factor: int = 3
+
+    @classmethod
+    def from_section(cls, raw: Mapping) -> "Scheduler":
+        name = raw.get("scheduler", "fifo")
+        if name not in SCHEDULERS:
+            raise ConfigError(f"must be one of {', '.join(SCHEDULERS)}", key="stopping.scheduler", value=name)
+        asha = mapping(raw.get("asha"), "stopping.asha")
+        no_unknown(asha, ("metric", "mode", "grace_period", "reduction_factor"), "stopping.asha")
+        if name != "asha":
+            if asha:
+                raise ConfigError("asha settings given but stopping.scheduler is not asha", key="stopping.asha",
+                                  value=dict(asha))
+            return cls()
+        metric = asha.get("metric", "acc/train")
+        if metric not in TRAINING_METRICS:
+            raise ConfigError("ASHA may only rank trials on a training metric: test accuracy stays flat until "
+                              "the grokking jump, so pruning on it kills the runs that would grok; use one of "
+                              f"{', '.join(TRAINING_METRICS)}", key="stopping.asha.metric", value=metric)
+        mode = asha.get("mode", "min" if metric.startswith("loss") or metric == "train_loss" else "max")
+        if mode not in ("min", "max"):
+            raise ConfigError("must be min or max", key="stopping.asha.mode", value=mode)
+        grace = int_at_least(asha.get("grace_period", 1000), 1, "stopping.asha.grace_period")
+        factor = int_at_least(asha.get("reduction_factor", 3), 2, "stopping.asha.reduction_factor")
+        return cls(name, metric, mode, grace, factor)
+
+
+def parse_stopping(raw: Any) -> tuple[StopRule, Scheduler]:
+    """A spec's ``stopping:`` section: the stop rule and the scheduler."""
+    raw = mapping(raw, "stopping")
+    no_unknown(raw, (*_RULE_KEYS, "scheduler", "asha"), "stopping")
+    return StopRule.from_section(raw), Scheduler.from_section(raw)

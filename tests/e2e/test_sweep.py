@@ -13,13 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from grokray import tracking
 from grokray.train import eval_steps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "tests" / "specs" / "tiny_base.yaml"
 
 

@@ -45,7 +45,7 @@ import yaml
 from grokray import tracking
 from grokray.server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 BASE = ROOT / "tests" / "specs" / "tiny_base.yaml"
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 
 COMMON_KEYS = {"benchmark", "quick", "date", "machine", "conditions", "wall_seconds", "command"}
@@ -84,7 +84,7 @@ def test_classifier_cost(tmp_path):
         t = doc["trials"][name]
         assert positive(t["training_seconds_measured"]) and positive(t["classifier_seconds"]["median"])
         assert positive(t["fraction_measured"])
-        assert "evidence (lens + causal patching)" in t["classifier_breakdown_seconds"]
+        assert "evidence (interchange + lens + causal patching)" in t["classifier_breakdown_seconds"]
     assert positive(doc["trials"]["default"]["fraction_default_length"])
     assert positive(doc["per_evaluation"]["lens_share_of_training"])
     assert positive(doc["store_migration_seconds"])

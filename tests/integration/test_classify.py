@@ -51,10 +51,24 @@ def test_label_once_then_unchanged_then_relabelled_on_a_new_version(trained_run,
     assert again.action == "unchanged" and again.verdict.to_dict() == first.verdict.to_dict()
 
     client.set_tag(run_id, "grokray.classifier_version", "0")   # labelled by an older classifier
+    client.set_tag(run_id, "grokray.label", "fake_grokking" if first.verdict.label != "fake_grokking" else "no_grokking")
     third = classify_run(run_id, mlflow_uri)
-    assert third.action == "relabelled" and third.previous["classifier_version"] == "0"
+    assert third.action == "relabelled" and third.previous.classifier_version == "0"
     assert client.get_run(run_id).data.tags["grokray.classifier_version"] == CLASSIFIER_VERSION
     assert third.verdict.label == first.verdict.label            # same data, same rules, same label
+    # a relabelling says what changed
+    assert third.changes().startswith(f"v0 -> v{CLASSIFIER_VERSION}, label ") and "[relabelled]" in third.line()
+    # both criteria are on the run, with the evidence the verdict rests on
+    tags = client.get_run(run_id).data.tags
+    assert tags["grokray.label_lens"] in LABELS and tags["grokray.label_interchange"] in LABELS
+    assert tags["grokray.criterion"] == "interchange" and tags["mlflow.note.content"].startswith(first.verdict.label)
+    assert {"verdict/README.md", "verdict/interchange.png", "verdict/evidence.json"} <= {
+        f.path for f in client.list_artifacts(run_id, "verdict")}
+    metrics = client.get_run(run_id).data.metrics
+    assert 0.0 <= metrics["shortcut/best/ood"] <= 1.0 and metrics["verdict/shortcut_best"] == metrics["shortcut/best/ood"]
+    # the lens criterion relabels (another criterion is another labelling)
+    fourth = classify_run(run_id, mlflow_uri, criterion="lens")
+    assert fourth.action == "relabelled" and fourth.verdict.label == fourth.verdict.label_lens
 
 
 def test_classify_experiment_and_cli(trained_run, mlflow_uri, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from helpers import TINY
 
 GROKRAY = [sys.executable, "-m", "grokray"]
-QUICKSTART = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parents[2] / "sweeps" / "quickstart.yaml"
 
 
 def run(*args, cwd=None, env=None):

@@ -23,7 +23,7 @@ from grokray import tracking
 from grokray.server import ServerError, free_port, group_members, health, port_in_use, start_server
 from grokray.train import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVER_SH = ROOT / "mlflow" / "server.sh"
 
 
@@ -88,7 +88,7 @@ def test_server_logs_a_trial_with_proxied_artifacts_and_stops_its_whole_group(ml
         exp_id = tracking.get_or_create_experiment(client, "server-test")
         assert client.get_experiment(exp_id).artifact_location.startswith("mlflow-artifacts:")
         cfg = tiny_config("train.max_steps=30", "train.checkpoint_steps=[10]")
-        run_id = tracking.start_trial_run(client, exp_id, tracking.trial_run_name(cfg))
+        run_id = tracking.start_run(client, exp_id, tracking.trial_run_name(cfg))
         result = Trainer(cfg, work_dir=tmp_path / "work").run([tracking.RunLogger(client, run_id)])
         client.set_terminated(run_id)
 

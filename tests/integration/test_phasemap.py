@@ -161,7 +161,7 @@ def test_sweep_frame_columns_dtypes_and_values(store):
         assert r["final_ood_acc"] == (0.8 if tgen else 0.1)
 
 
-def test_swept_mapping_values_use_the_logged_param(mlflow_uri):
+def test_swept_mapping_values_read_as_their_pairs(mlflow_uri):
     client = tracking.get_client(mlflow_uri)
     exp = tracking.get_or_create_experiment(client, "x")
     parent = _parent(client, exp, "dicts", ["data.augmentation", "train.weight_decay"])
@@ -171,8 +171,9 @@ def test_swept_mapping_values_use_the_logged_param(mlflow_uri):
     _trial(client, exp, params={}, sweep="dicts", parent=parent, status="RUNNING", i=1,   # params not logged yet
            swept={"data.augmentation": aug, "train.weight_decay": 0.1})
     df = phase_map("dicts", mlflow_uri)
-    assert sorted(df["data.augmentation"]) == ["hop1(0.5,1)+hop2(0,0)",           # the logged preset/description
-                                               '{"hop1":{"k":1,"ratio":0.5},"hop2":{"k":0,"ratio":0.0}}']
+    # the same swept value is one cell key whether or not the run has logged its params yet
+    keys = list(df["data.augmentation"])
+    assert keys[0] == keys[1] and "hop1.k=1" in keys[0] and "hop1.ratio=0.5" in keys[0] and "{" not in keys[0]
     assert sorted(df["train.weight_decay"]) == [0.1, 1]                       # JSON types kept
     assert format_table(df, "train.weight_decay", facets=[]).splitlines()[1].split() == ["?", "0/1", "no", "1/1"]
 

@@ -8,7 +8,6 @@ recorder that keeps checkpoints as Tune would, so a restart can be replayed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -22,15 +21,21 @@ import yaml
 from grokray import tracking
 from grokray.config import ConfigError, DataConfig
 from grokray.data import build_dataset, load_dataset
-from grokray.data.dataset import _MEMORY
-from grokray.transfer import (TEST_SPLITS, FinetuneContext, TransferConfig, build_transfer_dataset, finetune,
-                              finetune_trial, format_transfer_table, load_transfer_dataset, log_transfer_map,
-                              log_transfer_summary, parse_finetune, plot_transfer_curves, prepare_sources,
-                              resolve_sources, run_transfer_map, transfer_config_from_dict, transfer_map,
-                              transfer_summary)
+from grokray.cli import main
+from grokray.data.cache import forget
+from grokray.plots import plot_transfer_curves
+from grokray.sweep import trainable as trainable_mod
+from grokray.sweep.kinds import KINDS
+from grokray.sweep.kinds.finetune import log_transfer_summary, prepare_sources, resolve_sources
+from grokray.sweep.spec import load_spec, spec_from_dict
+from grokray.sweep.trainable import TrialContext, run_trial
+from grokray.transfer import (TEST_SPLITS, TransferConfig, build_transfer_dataset, finetune, load_transfer_dataset,
+                              transfer_config_from_dict, transfer_summary)
+from grokray.transfermap import (MAP_COLUMNS, SUMMARY_KEYS, TAIL_COLUMNS, format_transfer_table, log_transfer_map,
+                                 transfer_map)
 from helpers import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TF = TransferConfig(n_new=20, n_retained=40, test_fraction=0.2, seed=0)
 #: A short fine-tuning schedule (steps 0..60, evaluations every 20).
@@ -144,7 +149,7 @@ def test_cache_roundtrip_and_file(source_cfg, source, tmp_path):
     path = tmp_path / "datasets" / f"{built.name}.npz"
     assert loaded.name == built.name and path.exists()
     assert load_transfer_dataset(source_cfg.data, TF, cache=tmp_path) is loaded          # in-memory
-    _MEMORY.pop(built.name)
+    forget(built.name)
     again = load_transfer_dataset(source_cfg.data, TF, cache=tmp_path)                  # from disk
     assert again is not loaded and type(again).__name__ == "TransferDataset"
     for k in built.rows:
@@ -156,7 +161,7 @@ def test_cache_roundtrip_and_file(source_cfg, source, tmp_path):
 
 @pytest.mark.parametrize("overrides, key, problem", [
     ({"n_new": 61}, "transfer.n_new", "asks for 61 new facts but the source graph has 60 free"),
-    ({"n_retained": 500}, "transfer.n_retained", "the source graph has 114 ID atomic facts"),
+    ({"n_retained": 500}, "transfer.n_retained", "the source graph has 109 ID atomic facts"),
     ({"phi": 50.0}, "transfer.phi", "max phi"),
     ({"new_pairs": "replace", "n_retained": 100, "n_new": 30}, "transfer.n_new", "only 20 are not retained"),
 ])
@@ -267,28 +272,33 @@ def _sweep_parent(client, exp_id, name, swept):
     return run.info.run_id
 
 
+def _ft_spec(name: str, swept_n_new: bool = True, **base):
+    raw = {"name": name, "kind": "finetune", "source": {"sweep": "src-sweep"}, "transfer": TF.to_dict(),
+           "base": {"train": FT_TRAIN, **base}}
+    if swept_n_new:
+        raw["parameters"] = {"transfer.n_new": [10, 20]}
+    return spec_from_dict(raw)
+
+
 def test_finetune_trial_logs_transfer_metrics_and_tags_and_restarts(mlflow_uri, source_cfg, source_ckpt, tmp_path,
                                                                     monkeypatch):
-    from grokray.sweep import trial as trial_mod
-
     client = tracking.get_client(mlflow_uri)
     exp = tracking.get_or_create_experiment(client, "tf")
     src_parent = _sweep_parent(client, exp, "src-sweep", ["seed"])
     src = _source_run(client, exp, source_ckpt, name="seed=0", label="true_grokking", sweep="src-sweep",
                       parent=src_parent, cfg=source_cfg)
     parent = _sweep_parent(client, exp, "ft-sweep", ["source_run", "transfer.n_new"])
-    ctx = FinetuneContext(sweep="ft-sweep", base={"seed": 3, "train": FT_TRAIN}, transfer=TF.to_dict(),
-                          swept_keys=["source_run", "transfer.n_new"], tracking_uri=mlflow_uri, experiment_id=exp,
-                          parent_run_id=parent, checkpoint="last")
-    monkeypatch.setattr(trial_mod, "CHECKPOINT_EVERY_S", 0.0)   # a Tune checkpoint at every evaluation
+    ctx = TrialContext(spec=_ft_spec("ft-sweep", seed=3), tracking_uri=mlflow_uri, experiment_id=exp,
+                       parent_run_id=parent)
+    monkeypatch.setattr(trainable_mod, "CHECKPOINT_EVERY_S", 0.0)   # a Tune checkpoint at every evaluation
     fake = FakeTune(tmp_path, fail_after=3)
     fake.install(monkeypatch)
     config = {"source_run": src, "transfer.n_new": 10}
     with pytest.raises(RuntimeError, match="worker killed"):
-        finetune_trial(config, ctx)
+        run_trial(config, ctx)
     [run] = client.search_runs([exp], "tags.`grokray.kind` = 'finetune'")
     assert run.info.status == "FAILED"
-    finetune_trial(config, ctx)                                   # the restart: same trial id, from the checkpoint
+    run_trial(config, ctx)                                   # the restart: same trial id, from the checkpoint
 
     [run] = client.search_runs([exp], "tags.`grokray.kind` = 'finetune'")
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
@@ -319,11 +329,11 @@ def test_finetune_trial_without_a_source_checkpoint_fails_its_run(mlflow_uri, tm
     exp = tracking.get_or_create_experiment(client, "tf")
     src = _source_run(client, exp, None, name="no-ckpt", label="true_grokking")
     parent = _sweep_parent(client, exp, "ft-sweep", ["source_run"])
-    ctx = FinetuneContext(sweep="ft-sweep", base={"train": FT_TRAIN}, transfer=TF.to_dict(), swept_keys=["source_run"],
-                          tracking_uri=mlflow_uri, experiment_id=exp, parent_run_id=parent)
+    ctx = TrialContext(spec=_ft_spec("ft-sweep", swept_n_new=False), tracking_uri=mlflow_uri, experiment_id=exp,
+                       parent_run_id=parent)
     FakeTune(tmp_path).install(monkeypatch)
-    with pytest.raises(ConfigError, match="source run has no checkpoints"):
-        finetune_trial({"source_run": src}, ctx)
+    with pytest.raises(ConfigError, match=r"source\.runs: run \w+ has no checkpoints"):
+        run_trial({"source_run": src}, ctx)
     [run] = client.search_runs([exp], "tags.`grokray.kind` = 'finetune'")
     assert run.info.status == "FAILED" and run.data.tags["grokray.source_run"] == src
 
@@ -389,18 +399,18 @@ def test_resolve_sources_empty_selection_and_wrong_label(sources_store):
 
 
 def test_prepare_sources_builds_the_data_and_fails_once_when_infeasible(sources_store, tmp_path):
-    spec = parse_finetune({"kind": "finetune", "source": {"sweep": "calib", "label": "true"},
-                           "transfer": TF.to_dict()})
-    for name in [k for k in _MEMORY if k.startswith("tf-")]:
-        _MEMORY.pop(name)                                          # built by earlier tests: build them here
+    spec = spec_from_dict({"name": "p", "kind": "finetune", "source": {"sweep": "calib", "label": "true"},
+                           "transfer": TF.to_dict()}).kind_spec
+    forget("tf-")                                                  # built by earlier tests: build them here
     sources = prepare_sources(spec, sources_store["uri"], [{"transfer.n_new": 10}, {"transfer.n_new": 20}],
                               cache=tmp_path)
     assert len(sources) == 2 and sources[0]["data"]["n_entities"] == 30
     assert len(list((tmp_path / "datasets").glob("tf-*.npz"))) == 2
     with pytest.raises(ConfigError, match=r"^transfer\.n_new: asks for 100 new facts .* \(got 100\)$"):
         prepare_sources(spec, sources_store["uri"], [{"transfer.n_new": 100}], cache=tmp_path)
-    at_step = parse_finetune({"kind": "finetune", "source": {"sweep": "calib", "label": "true", "checkpoint": 999}})
-    with pytest.raises(ConfigError, match=r"^source\.checkpoint: source run \w+ has no checkpoint at that step "
+    at_step = spec_from_dict({"name": "p", "kind": "finetune",
+                              "source": {"sweep": "calib", "label": "true", "checkpoint": 999}}).kind_spec
+    with pytest.raises(ConfigError, match=r"^source\.checkpoint: run \w+ has no checkpoint at step 999 "
                                           r"\(has: 100\) \(got 999\)$"):
         prepare_sources(at_step, sources_store["uri"], cache=tmp_path)
 
@@ -498,29 +508,24 @@ def test_transfer_table_png_and_parent_artifacts(map_store, tmp_path):
 def test_transfer_table_of_no_runs():
     import pandas as pd
 
-    from grokray.transfer import MAP_COLUMNS, SUMMARY_KEYS, TAIL_COLUMNS
     text = format_transfer_table(pd.DataFrame(columns=[*MAP_COLUMNS, *SUMMARY_KEYS, *TAIL_COLUMNS]))
     assert "(no finetune runs)" in text
 
 
-def test_run_transfer_map_cli_functions(map_store, tmp_path, capsys):
-    from grokray.cli import UserError
-    from grokray.transfer import add_transfer_map_args
-
-    p = argparse.ArgumentParser()
-    add_transfer_map_args(p)
-    args = p.parse_args(["tf-demo", "--png", str(tmp_path / "t.png"), "--csv", str(tmp_path / "t.csv"),
-                         "--tracking-uri", map_store["uri"]])
-    assert run_transfer_map(args) == 0
+def test_transfer_map_command(map_store, tmp_path, capsys):
+    args = ["transfer-map", "tf-demo", "--png", str(tmp_path / "t.png"), "--csv", str(tmp_path / "t.csv"),
+            "--tracking-uri", map_store["uri"]]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("tf-demo: 4 finetune run(s)\nsource") and "true " in out
     assert (tmp_path / "t.png").read_bytes()[:8] == PNG_MAGIC
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 5
-    args = p.parse_args(["tf-demo", "--json", "--png", str(tmp_path / "u.png"), "--tracking-uri", map_store["uri"]])
-    assert run_transfer_map(args) == 0
+    assert main(["transfer-map", "tf-demo", "--json", "--png", str(tmp_path / "u.png"),
+                 "--tracking-uri", map_store["uri"]]) == 0
     assert [json.loads(x)["source_label"] for x in capsys.readouterr().out.splitlines()] == [r[0] for r in RUNS]
-    with pytest.raises(UserError, match="no sweep named 'nope'"):
-        run_transfer_map(p.parse_args(["nope", "--tracking-uri", map_store["uri"]]))
+    assert main(["transfer-map", "nope", "--tracking-uri", map_store["uri"]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("grokray: error: no sweep named 'nope'") and err.count("\n") == 1
 
 
 def test_transfer_summary_rules():
@@ -540,24 +545,19 @@ GOOD = {"name": "tf", "kind": "finetune", "source": {"sweep": "calibration", "la
 
 
 def test_parse_finetune_good_and_shipped_spec():
-    spec = parse_finetune(GOOD, "s.yaml")
+    spec = spec_from_dict(GOOD, source="s.yaml").kind_spec
+    kind = KINDS["finetune"]
     assert spec.source.sweep == "calibration" and spec.source.label == ["true_grokking"]
     assert spec.source.checkpoint == "last" and spec.transfer.new_pairs == "replace"
-    assert spec.transfer_keys == ["transfer.n_new"] and spec.owns("transfer.n_new") and not spec.owns("train.lr")
+    assert spec.transfer_keys == ("transfer.n_new",) and kind.owns("transfer.n_new") and not kind.owns("train.lr")
     assert spec.transfer_config({"transfer.n_new": 0.1, "train.lr": 1.0}).n_new == 0.1
-    from grokray.config import read_yaml, trial_config_from_dict
-
-    path = ROOT / "sweeps" / "transfer.yaml"
-    raw = read_yaml(path)
-    shipped = parse_finetune(raw, path)
-    assert shipped.source.sweep == ["calibration", "calibration-nonshared"] and raw["kind"] == "finetune"
-    base = trial_config_from_dict(read_yaml(path.parent / raw["base"]) if isinstance(raw["base"], str)
-                                  else raw["base"])
-    assert base.train.max_steps >= 1
+    shipped = load_spec(ROOT / "sweeps" / "transfer.yaml")
+    assert shipped.kind_spec.source.sweep == ("calibration", "calibration-nonshared") and shipped.kind == "finetune"
+    assert shipped.budget >= 1
 
 
 @pytest.mark.parametrize("patch, expect", [
-    ({"kind": "finetun"}, "kind: must be finetune for a fine-tuning sweep (got 'finetun')"),
+    ({"kind": "finetun"}, "kind: must be one of trial, finetune (got 'finetun')"),
     ({"source": None}, "source: kind: finetune needs a mapping"),
     ({"source": {"sweep": "calibration", "lable": "true"}}, "source.lable: unknown key; known keys: sweep, label"),
     ({"source": {"sweep": "calibration", "runs": ["a"]}}, "source: give sweep or runs (one of the two)"),
@@ -582,27 +582,17 @@ def test_parse_finetune_good_and_shipped_spec():
 def test_parse_finetune_errors_are_one_line_with_file_key_value(patch, expect):
     raw = {**GOOD, **patch}
     with pytest.raises(ConfigError) as err:
-        parse_finetune(raw, "sweeps/x.yaml")
+        spec_from_dict(raw, source="sweeps/x.yaml")
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"sweeps/x.yaml: {expect}"), msg
 
 
-def _spec_reads_finetune() -> bool:
-    import dataclasses
-
-    from grokray.sweep.spec import SweepSpec
-    return "finetune" in {f.name for f in dataclasses.fields(SweepSpec)}
-
-
-@pytest.mark.skipif(not _spec_reads_finetune(), reason="grokray/sweep/spec.py does not read kind: finetune yet")
 def test_sweep_spec_reads_the_finetune_section():
-    from grokray.sweep.spec import load_spec, spec_from_dict
-    from grokray.transfer import transfer_grid, trial_keys
-
     spec = spec_from_dict(GOOD, source="s.yaml")
-    assert spec.kind == "finetune" and spec.finetune.source.sweep == "calibration" and not spec.classifier.enabled
-    assert transfer_grid(spec) == [{"transfer.n_new": 0.05}, {"transfer.n_new": 0.1}]
-    assert trial_keys(spec) == ["source_run", "transfer.n_new"]
+    kind = KINDS["finetune"]
+    assert spec.kind == "finetune" and spec.kind_spec.source.sweep == "calibration" and not spec.classifier.enabled
+    assert kind.transfer_grid(spec) == [{"transfer.n_new": 0.05}, {"transfer.n_new": 0.1}]
+    assert kind.trial_keys(spec) == ["source_run", "transfer.n_new"]
     with pytest.raises(ConfigError, match=r"^s\.yaml: parameters\.transfer\.n_new\.values\[1\]: a count must be"):
         spec_from_dict({**GOOD, "parameters": {"transfer.n_new": [0.05, 2.5]}}, source="s.yaml")
     with pytest.raises(ConfigError, match=r"^s\.yaml: transfer: only for kind: finetune"):
@@ -610,4 +600,4 @@ def test_sweep_spec_reads_the_finetune_section():
     with pytest.raises(ConfigError, match=r"^kind: must be one of trial, finetune \(got 'fine'\)"):
         spec_from_dict({"name": "x", "kind": "fine"})
     shipped = load_spec(ROOT / "sweeps" / "transfer.yaml")
-    assert shipped.finetune.transfer.new_pairs == "replace" and shipped.base_for_trials().train.max_steps == 3000
+    assert shipped.kind_spec.transfer.new_pairs == "replace" and shipped.budget == 3000

@@ -2,7 +2,10 @@
 import io
 import pytest
 
-from grokray.sweep.progress import FINETUNE_COLUMNS, TRIAL_COLUMNS, ProgressTable
+from grokray.sweep.kinds import KINDS
+from grokray.sweep.progress import TRIAL_COLUMNS, ProgressTable
+
+FINETUNE_COLUMNS = KINDS["finetune"].progress_columns
 
 
 class FakeTrial:

@@ -9,7 +9,7 @@ from grokray.cli import main
 from grokray.config import ConfigError
 from grokray.sweep.spec import load_spec, spec_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BAD = sorted((ROOT / "tests" / "specs" / "bad").glob("*.yaml"))
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -48,7 +48,7 @@ def test_grid_expansion_counts_and_budget():
                            "parameters": {"data.phi": [3.6, 7.2, 12.6], "data.augmentation": ["none", "both_full"],
                                           "seed": {"value": 3}}})
     assert spec.n_trials() == 12 and spec.swept_keys == ["data.phi", "data.augmentation"]
-    assert spec.base_for_trials().train.max_steps == 777
+    assert spec.budget == 777 and spec.base.train.max_steps == 777
     cfg = spec.trial_config({"data.phi": 12.6, "data.augmentation": "both_full", "seed": 3})
     assert (cfg.data.phi, cfg.data.augmentation, cfg.seed, cfg.train.max_steps) == (12.6, "both_full", 3, 777)
 
@@ -68,7 +68,8 @@ def test_more_spec_errors(raw, problem):
 
 def test_asha_on_a_training_metric_is_accepted():
     spec = spec_from_dict({"name": "a", "stopping": {"scheduler": "asha", "asha": {"metric": "loss/train"}}})
-    assert spec.stopping.asha == {"metric": "loss/train", "mode": "min", "grace_period": 1000, "reduction_factor": 3}
+    s = spec.scheduler
+    assert (s.name, s.metric, s.mode, s.grace_period, s.reduction_factor) == ("asha", "loss/train", "min", 1000, 3)
 
 
 def test_relative_base_is_resolved_against_the_spec_file(tmp_path):

@@ -1,0 +1,69 @@
+"""What a sweep kind is: the one protocol the driver and the Tune trainable talk to.
+
+A sweep of kind ``trial`` trains fresh models from a base trial config; a sweep of kind
+``finetune`` fine-tunes the labelled runs of other sweeps. Everything that differs between
+them lives behind :class:`SweepKind`; the driver picks the kind once (``spec.kind``) and
+never asks which one it has.
+
+The life of a sweep, and the kind's part in it::
+
+    spec.yaml --parse--> SweepSpec (kind section parsed by ``kind.parse``)
+    driver:  kind.prepare(spec, uri)            before anything is created (resolve sources, build data)
+             kind.search_space(spec, prepared)  Tune search-space entries besides the spec's parameters
+             kind.log_prepared(...)             what the parent run records about the preparation
+    trial:   kind.build(spec, config, ...)      the Trainer, its callbacks, the run's tags and name
+    report:  kind.map_name                      which report (phase map / transfer map) the CLI draws
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+
+@dataclass
+class Built:
+    """What a kind builds for one trial: the trainer, its callbacks (after the MLflow logger,
+    before the Tune reporter), extra run tags and, optionally, a better run name."""
+    trainer: Any
+    callbacks: list = field(default_factory=list)
+    tags: dict = field(default_factory=dict)
+    run_name: str | None = None
+
+
+class SweepKind(Protocol):
+    #: The spec's ``kind:`` value, and the ``grokray.kind`` tag of its trial runs.
+    name: str
+    #: Top-level spec keys this kind reads besides the common ones.
+    spec_keys: tuple[str, ...]
+    #: The report drawn over its runs (``phase_map`` | ``transfer_map``).
+    map_name: str
+    #: Metrics every Tune result carries (the progress table and schedulers read them).
+    reported: tuple[str, ...]
+    #: Test columns of the terminal progress table: (header, metric).
+    progress_columns: tuple[tuple[str, str], ...]
+    #: Whether the classifier actor labels its runs.
+    labelled: bool
+
+    def parse(self, raw: Mapping[str, Any], parameters: list) -> Any:
+        """The kind's own spec section (None if it has none); one-line ConfigError on bad input."""
+
+    def owns(self, key: str) -> bool:
+        """Parameters the kind validates and consumes (not trial-config keys)."""
+
+    def trial_keys(self, spec: Any) -> list[str]:
+        """The keys whose values name a trial (and go in its ``grokray.swept`` tag)."""
+
+    def n_trials_note(self, spec: Any) -> str:
+        """A phrase for ``validate`` about trials the grid alone does not show ('' if none)."""
+
+    def prepare(self, spec: Any, tracking_uri: str) -> Any:
+        """Work done before the sweep creates anything; what it returns goes to the next two."""
+
+    def search_space(self, spec: Any, prepared: Any) -> dict[str, Any]:
+        """Tune search-space entries besides the spec's parameters."""
+
+    def log_prepared(self, client: Any, parent_run_id: str, prepared: Any) -> list[str]:
+        """Record the preparation on the parent run; lines to print."""
+
+    def build(self, spec: Any, config: Mapping[str, Any], client: Any, run_id: str, work_dir: str) -> Built:
+        """The trainer for one trial and what goes with it (``config``: Tune's values)."""
