@@ -20,20 +20,17 @@ Also: the per-evaluation cost of ``grokray.circuits.lens.lens_metrics`` (and of 
 ``Trainer.evaluate``) interleaved with train steps, as a share of training time over the
 default schedule.
 
-    python benchmarks/classifier_cost.py          # full (~3 min quiet)
-    python benchmarks/classifier_cost.py --quick  # smoke
+    python -m benchmarks.classifier_cost          # full (~3 min quiet)
+    python -m benchmarks.classifier_cost --quick  # smoke
 """
 from __future__ import annotations
 
 import functools
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 TIMERS: dict[str, float] = {}
 
@@ -76,7 +73,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _models import ROOT, default_config
+    from benchmarks.models import ROOT, default_config
     from grokray import tracking
     from grokray.circuits.lens import lens_metrics
     from grokray.classify import classify_run

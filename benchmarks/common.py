@@ -8,7 +8,8 @@ Project rules the scripts follow:
   ``grokray sweep run`` or other CPU load was present while measuring);
 * no timing assertions anywhere (the smoke test checks only that numbers exist).
 
-Not a package: every script puts ``benchmarks/`` on ``sys.path`` and imports this module.
+Every benchmark imports it as ``from benchmarks import common as C`` and runs as a module
+from the repository root (``python -m benchmarks.<name>``).
 """
 from __future__ import annotations
 
@@ -37,12 +38,15 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke test): numbers are not figures")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<name>.json; "
-                                               "with --quick a temp dir, so quick runs never overwrite figures)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<name>.json, the benchmark's "
+                                               "one current result; with --quick a temp dir, so quick runs never "
+                                               "overwrite figures)")
     return p
 
 
 def out_path(name: str, args: argparse.Namespace) -> Path:
+    """``--out``, else ``results/<name>.json`` (a temp dir with ``--quick``). ``name`` is the file
+    stem: the benchmark's name, or the benchmark and the variant it measured (``sweep_overhead_12000``)."""
     if args.out:
         return Path(args.out)
     if args.quick:
@@ -51,17 +55,25 @@ def out_path(name: str, args: argparse.Namespace) -> Path:
 
 
 def write_result(name: str, args: argparse.Namespace, payload: dict[str, Any], started: float,
-                 cond_before: dict[str, Any]) -> Path:
-    path = out_path(name, args)
+                 cond_before: dict[str, Any], stem: str | None = None) -> Path:
+    """Write the result JSON (``benchmark`` = ``name``; file ``<stem or name>.json``, see :func:`out_path`)."""
+    path = out_path(stem or name, args)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": name, "quick": bool(args.quick),
            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": " ".join([Path(sys.executable).name, *sys.argv]),
+           "command": command_line(),
            "machine": machine_info(), "conditions": conditions(cond_before),
            "wall_seconds": round(time.perf_counter() - started, 2), **payload}
     path.write_text(json.dumps(doc, indent=2, default=_jsonable))
     print(f"[bench] wrote {path}", flush=True)
     return path
+
+
+def command_line() -> str:
+    """The command that is running, as typed: ``python -m benchmarks.<name> ARGS`` for a module."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
+    return " ".join([Path(sys.executable).name, *head, *sys.argv[1:]])
 
 
 def _jsonable(x: Any) -> Any:

@@ -1,6 +1,6 @@
 """Fast-path prototypes for grokray's trainer, measured side by side against the shipped code.
 
-Every prototype lives in ``_fastpath.py`` and is applied per instance (monkeypatch / subclass),
+Every prototype lives in ``prototypes.py`` and is applied per instance (monkeypatch / subclass),
 so the shipped trainer and the prototypes run interleaved in one process:
 
 A. train step (default trial, batch 512), samples/s, 1 and 2 threads:
@@ -16,19 +16,15 @@ C. correctness: the shipped trainer and the fast path trained from the same seed
    Yardstick: the shipped bf16 run against the shipped fp32 run (the precision noise grokray
    already accepts). Also: both models at identical weights, metrics compared (pure numerics).
 
-    python benchmarks/fastpath.py          # full (~4 min quiet)
-    python benchmarks/fastpath.py --quick  # smoke
+    python -m benchmarks.fastpath          # full (~4 min quiet)
+    python -m benchmarks.fastpath --quick  # smoke
 """
 from __future__ import annotations
 
 import math
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 
 def _ftz(fn):
@@ -54,8 +50,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _fastpath import bf16_matmul, evaluate_batched, make_trainer
-    from _models import default_config
+    from benchmarks.prototypes import bf16_matmul, evaluate_batched, make_trainer
+    from benchmarks.models import default_config
     from grokray.circuits.lens import lens_metrics
     from grokray.data import load_dataset
     from grokray.train import eval_steps, evaluate

@@ -14,7 +14,7 @@ per step. Variants (default trial, ``sweeps/trials/default.yaml``, bf16 on CUDA)
 * ``packed{K}_eager`` / ``packed{K}_graph``: ``grokray.packed.PackedTrainer`` with K members
   (seeds 0..K-1, lr spread 1e-3..3e-3), eager and with ``cuda_graph=True``;
 * ``reference``: the papers'-style reference (HF ``GPT2Block`` looped, ``DataLoader``, fp32;
-  ``benchmarks/_models.py``) moved to the GPU; skipped with a note without ``transformers``.
+  ``benchmarks/models.py``) moved to the GPU; skipped with a note without ``transformers``.
 
 In-process variants and the process pools are interleaved (A, B, C, ... rotating, C.interleave);
 ratios are medians of per-round ratios against ``solo_eager``. Per variant: peak memory
@@ -34,17 +34,13 @@ from __future__ import annotations
 import queue as _queue
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 NAME = "gpu_packing"
 #: Tiny shape for --cpu-smoke: exercises the code paths, measures nothing.
@@ -56,7 +52,7 @@ SMOKE = ["data.n_entities=30", "data.n_relations=6", "data.out_degree=4", "data.
 
 def trial_configs(n: int, smoke: bool, precision: str | None) -> list:
     """n default-trial configs that share a pack: seeds 0..n-1, lr spread over 1e-3..3e-3."""
-    from _models import default_config
+    from benchmarks.models import default_config
 
     out = []
     for i in range(n):
@@ -191,11 +187,11 @@ class SoloGraph:
 
 
 class DeviceReference:
-    """The papers'-style reference (``_models.ReferenceTrainer``) with its model on ``device``;
+    """The papers'-style reference (``models.ReferenceTrainer``) with its model on ``device``;
     the DataLoader stays on the host, as in the papers' code."""
 
     def __init__(self, cfg, dataset, device):
-        from _models import ReferenceTrainer
+        from benchmarks.models import ReferenceTrainer
         self.ref = ReferenceTrainer(cfg, dataset, attn="eager", precision="fp32")
         self.ref.model.to(device)                                        # same Parameter objects: the optimizer follows
         self.device = device

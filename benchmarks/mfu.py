@@ -1,7 +1,7 @@
 """Achieved FLOP/s of a grokray training step against the matmul peak measured in the same run (MFU),
 and where a step's time goes (torch.profiler top ops).
 
-FLOPs per step are counted analytically (``_models.step_flops``; matmuls only, forward +
+FLOPs per step are counted analytically (``models.step_flops``; matmuls only, forward +
 backward = 6 x weights x tokens, plus attention QK^T / AV) and cross-checked with
 ``torch.utils.flop_counter.FlopCounterMode`` (which does not count SDPA on CPU: the
 difference is exactly the attention term).
@@ -15,18 +15,14 @@ oneDNN bf16 matmuls + fused AdamW).
 
 Target (issue): a step at >= 50% of the measured fp32 matmul peak.
 
-    python benchmarks/mfu.py           # full (~2 min quiet)
-    python benchmarks/mfu.py --quick   # smoke
+    python -m benchmarks.mfu           # full (~2 min quiet)
+    python -m benchmarks.mfu --quick   # smoke
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 CATEGORIES = [  # (category, predicate on the profiler op name), first match wins
     ("matmul", lambda n: n in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
@@ -57,8 +53,8 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    from _fastpath import make_trainer
-    from _models import default_config, step_flops
+    from benchmarks.prototypes import make_trainer
+    from benchmarks.models import default_config, step_flops
     from grokray.data import load_dataset
 
     rounds = 2 if args.quick else 7
@@ -71,7 +67,7 @@ def main(argv=None) -> int:
     B, T = cfg.train.batch_size, 3
     flops = step_flops(cfg, ds.vocab_size)
     # shipped = grokray's own rule (matmul attention under bf16, SDPA in fp32; fused AdamW);
-    # before = grokray before the fast path (SDPA always, foreach AdamW), rebuilt by _fastpath.
+    # before = grokray before the fast path (SDPA always, foreach AdamW), rebuilt by benchmarks.prototypes.
     tr = {"step_shipped_bf16": make_trainer(cfg, ds, attention="auto", optimizer="fused"),
           "step_shipped_fp32": make_trainer(default_config(precision="fp32"), ds, attention="auto", optimizer="fused"),
           "step_before_bf16": make_trainer(cfg, ds),

@@ -8,15 +8,15 @@ the stacked tensors (elementwise, so identical to N separate AdamWs), bf16 autoc
 
 A. one thread: ``packed`` vs ``sequential`` (N shipped ``Trainer.train_step`` s round-robin in
    the same process), interleaved; for N in (2, 4); with the shipped attention (SDPA) and with the
-   fast-path matmul attention (``_fastpath``) in both arms.
+   fast-path matmul attention (``prototypes``) in both arms.
 B. both cores (full mode): ``packed`` N=2 in one process with 2 threads vs ``parallel``: 2
    processes x 1 thread each running one plain trial (the sweep's layout); each arm measured
    for a fixed number of steps, arms alternated.
 
 The CPU probe saw no gain from packing (<= +7%).
 
-    python benchmarks/packed.py           # full (~3 min quiet)
-    python benchmarks/packed.py --quick   # smoke
+    python -m benchmarks.packed           # full (~3 min quiet)
+    python -m benchmarks.packed --quick   # smoke
 """
 from __future__ import annotations
 
@@ -25,23 +25,22 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch.nn as nn
 
-import _common as C  # noqa: E402
-import torch.nn as nn  # noqa: E402
+from benchmarks import common as C
 
+#: One plain trial in its own process (B). Run with the repository root as the working
+#: directory, so ``python -c`` finds the ``benchmarks`` package; argv: seed, steps, attention.
 PARALLEL = r"""
 import json, sys, time
-sys.path.insert(0, sys.argv[3])
 import torch
 torch.set_num_threads(1)
-from _fastpath import make_trainer
-from _models import default_config
+from benchmarks.prototypes import make_trainer
+from benchmarks.models import default_config
 from grokray.data import load_dataset
 cfg = default_config(f"seed={sys.argv[1]}")
-t = make_trainer(cfg, load_dataset(cfg.data), attention=sys.argv[4])
+t = make_trainer(cfg, load_dataset(cfg.data), attention=sys.argv[3])
 steps = int(sys.argv[2])
 for _ in range(3):
     t.train_step()
@@ -74,7 +73,7 @@ class Packed:
         import torch
         from torch.func import stack_module_state
 
-        from _fastpath import patch_attention
+        from benchmarks.prototypes import patch_attention
         from grokray.model import LoopedTransformer
 
         self.n, self.B = n, cfg.train.batch_size
@@ -128,8 +127,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _fastpath import make_trainer
-    from _models import default_config
+    from benchmarks.prototypes import make_trainer
+    from benchmarks.models import default_config
     from grokray.data import load_dataset
 
     rounds = 2 if args.quick else 7
@@ -173,11 +172,10 @@ def main(argv=None) -> int:
 
         run_packed2 = C.rate(packed.train_step, psteps, n * B)
 
-        here = str(Path(__file__).resolve().parent)
-
         def run_parallel():
-            procs = [subprocess.Popen([sys.executable, "-c", PARALLEL, str(s), str(psteps), here, attention],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs = [subprocess.Popen([sys.executable, "-c", PARALLEL, str(s), str(psteps), attention],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      cwd=C.ROOT)
                      for s in range(n)]
             for p in procs:  # wait until both are warmed up, then start them together
                 line = p.stdout.readline()

@@ -1,6 +1,11 @@
 """Print the headline figures of ``benchmarks/results/*.json`` as a Markdown table (for the README).
 
-    python benchmarks/summarize.py [RESULTS_DIR]
+    python -m benchmarks.summarize [RESULTS_DIR]
+
+Reads the current result of each benchmark (``<name>.json``; ``sweep_overhead_<steps>.json``,
+one per trial length), never ``results/archive/`` (superseded files, kept for the record).
+Scientific runs (calibration, the default trial) are in
+``experiments/results/``, not here.
 """
 from __future__ import annotations
 
@@ -13,9 +18,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _load(d: Path, name: str) -> dict | None:
     p = d / f"{name}.json"
-    if not p.exists():  # e.g. throughput_contended.json written with --out
-        p = next(iter(sorted(d.glob(f"{name}_*.json"))), p)
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def _sweep_overhead_files(d: Path) -> list[Path]:
+    """``sweep_overhead_<steps>.json`` (and a plain ``sweep_overhead.json``), shortest trials first."""
+    def steps(p: Path) -> int:
+        tail = p.stem.rpartition("_")[2]
+        return int(tail) if tail.isdigit() else -1
+    return sorted(d.glob("sweep_overhead*.json"), key=lambda p: (steps(p), p.name))
 
 
 def _cond(doc: dict) -> str:
@@ -63,7 +74,7 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
         p = m["profile"]["step_shipped_bf16"]["categories_share"]
         out.append(("step time, shipped bf16 (1 thread)",
                     ", ".join(f"{k.split(' (')[0]} {100 * v:.0f}%" for k, v in list(p.items())[:5]), "-", _cond(m)))
-    for path in sorted(d.glob("sweep_overhead*.json")):   # one row per trial length measured
+    for path in _sweep_overhead_files(d):   # one row per trial length measured
         s = json.loads(path.read_text())
         f = s["fixed_costs"]
         ex = f["extrapolation"]
@@ -105,6 +116,15 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
         out.append(("fast-path prototypes, 1 thread",
                     ", ".join(f"{n} x{v['median_of_paired']:.2f}" for n, v in r.items()) +
                     f"; correctness: {fp['correctness']['training_runs']['verdict']}", "-", _cond(fp)))
+    g = _load(d, "gpu_packing")
+    if g and not g.get("cpu_smoke"):
+        v = g["variants"]
+        parts = [f"{n} x{i['ratio_vs_solo_eager']['median_of_paired']:.2f}" for n, i in v.items()
+                 if "ratio_vs_solo_eager" in i]
+        base = v.get("solo_eager", {}).get("member_steps_per_s", {}).get("median")
+        out.append((f"GPU packing ({g['device']})",
+                    (f"solo_eager {base:,.0f} member-steps/s; " if base else "") + "; ".join(parts), "measure",
+                    _cond(g)))
     return out
 
 

@@ -16,8 +16,11 @@ sqlite store (migrations); the classifier per trial (``classify_run`` on one of 
 1 thread, as the actor runs it); per-trial in-trial overhead (MLflow logging, Tune reports,
 checkpoints) = the sweep trials' ``time/seconds`` minus the plain trials' training seconds.
 
-    python benchmarks/sweep_overhead.py           # full (~6 min quiet)
-    python benchmarks/sweep_overhead.py --quick   # smoke (tiny trials)
+    python -m benchmarks.sweep_overhead --steps 12000   # the default trial (~25 min quiet)
+    python -m benchmarks.sweep_overhead --quick         # smoke (tiny trials)
+
+The result is ``benchmarks/results/sweep_overhead_<steps>.json``: one current file per trial
+length, because the overhead is a fixed number of seconds and its share depends on the length.
 """
 from __future__ import annotations
 
@@ -29,9 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 PLAIN = r"""
 import json, sys, time
@@ -117,14 +118,16 @@ def run_sweep(tmp: Path, name: str, base: dict, n: int, steps: int) -> dict:
 
     client = tracking.get_client(uri)
     exps = [e.experiment_id for e in client.search_experiments()]
-    runs = list(tracking.iter_runs(client, exps, f"tags.`grokray.sweep` = '{name}' and tags.`grokray.kind` = 'trial'"))
+    parent = tracking.find_sweep_parent(client, name, exps)
+    if parent is None:
+        raise RuntimeError(f"sweep {name} left no parent run in {uri}:\n{proc.stdout[-2000:]}")
     trials = []
-    for r in runs:
+    for r in tracking.sweep_runs(client, parent, kind=tracking.KIND_TRIAL):
         secs = client.get_metric_history(r.info.run_id, "time/seconds")
         trials.append({"run_id": r.info.run_id, "seed": int(r.data.params.get("seed", -1)),
-                       "steps_run": int(r.data.tags.get("grokray.steps_run", -1)),
+                       "steps_run": int(r.data.tags.get(tracking.Tag.STEPS_RUN, -1)),
                        "train_seconds": max((m.value for m in secs), default=float("nan")),
-                       "label": r.data.tags.get("grokray.label")})
+                       "label": r.data.tags.get(tracking.Tag.LABEL)})
     return {"wall_seconds": wall, "uri": uri, "trials": trials, "n_labelled": sum(t["label"] is not None for t in trials),
             "stdout_tail": proc.stdout[-1500:]}
 
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     started, before = time.perf_counter(), C.snapshot()
 
-    from _models import ROOT, default_config
+    from benchmarks.models import ROOT, default_config
     from grokray.config import load_trial_config, replace_dotted
 
     n = 2 if args.quick else args.trials
@@ -255,7 +258,7 @@ def main(argv=None) -> int:
           f"({100 * fixed['in_trial_overhead_fraction']:+.1f}% of these trials); predicted overhead for 4-min trials "
           f"(the default trial with the fast path) {100 * ex['predicted_overhead_trial_4min']:.1f}%, 6-min "
           f"{100 * ex['predicted_overhead_trial_6min']:.1f}%")
-    C.write_result("sweep_overhead", args, out, started, before)
+    C.write_result("sweep_overhead", args, out, started, before, stem=f"sweep_overhead_{steps}")
     return 0
 
 

@@ -7,9 +7,9 @@ batch 512; same thread count for all):
   pre-tensorized, fused AdamW);
 * ``grokray_fp32``: the same in fp32 (apples-to-apples with the reference);
 * ``reference_fp32``: HF ``GPT2Block`` looped, ``DataLoader`` over python examples, AdamW
-  defaults, fp32, as the papers ran it (see ``_models.py``);
+  defaults, fp32, as the papers ran it (see ``models.py``);
 * ``grokray_before_bf16``: grokray before the fast path landed (SDPA under bf16, foreach AdamW;
-  rebuilt by ``_fastpath.py``), so the fast path's gain is measured in the same run;
+  rebuilt by ``prototypes.py``), so the fast path's gain is measured in the same run;
 * ``grokray_fp32_bf16mm``: the second fast-path candidate (prototype): fp32 model without autocast,
   oneDNN bf16 matmuls (fp32 accumulation), SDPA, fused AdamW;
 * ``reference_sdpa_fp32`` (full mode only): the reference with transformers' current default
@@ -22,18 +22,14 @@ every variant runs ``steps`` steps back to back, in rotating order (A B C, B C A
 Reported: median samples/s per variant, and ratios (median of per-round paired ratios).
 Target (issue): grokray as shipped >= 3x the reference as shipped.
 
-    python benchmarks/throughput.py            # full (~2-3 min quiet)
-    python benchmarks/throughput.py --quick    # smoke
+    python -m benchmarks.throughput            # full (~2-3 min quiet)
+    python -m benchmarks.throughput --quick    # smoke
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import common as C
 
 
 def main(argv=None) -> int:
@@ -46,8 +42,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _fastpath import make_trainer
-    from _models import ReferenceTrainer, default_config
+    from benchmarks.prototypes import make_trainer
+    from benchmarks.models import ReferenceTrainer, default_config
     from grokray.data import load_dataset
     from grokray.train import Trainer
 

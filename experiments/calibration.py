@@ -1,18 +1,24 @@
-"""Regenerate the calibration table (docs/calibration.md) from the calibration sweep.
+"""Regenerate the calibration table (docs/calibration.md) from the calibration sweeps.
 
-    python benchmarks/calibration.py --run                 # run sweeps/calibration.yaml, then tabulate
-    python benchmarks/calibration.py --tracking-uri sqlite:////path/mlflow.db   # tabulate an existing sweep
+    python -m experiments.calibration --run                 # run the calibration sweeps, then tabulate
+    python -m experiments.calibration --tracking-uri sqlite:////path/mlflow.db   # tabulate existing sweeps
 
     # the fast path's labels against the committed table (issue 6: "labels unchanged")
-    python benchmarks/calibration.py --tracking-uri sqlite:////path/fast.db \
+    python -m experiments.calibration --tracking-uri sqlite:////path/fast.db \
         --sweep calibration-fast calibration-nonshared-fast --result calibration_fastpath \
-        --out /tmp/calibration_fastpath --compare-to benchmarks/results/calibration.json
+        --out /tmp/calibration_fastpath --compare-to experiments/results/calibration.json
 
-Prints a markdown table (regime, loops, seed, label, detail, confidence, t_memorize,
-t_generalize, final accuracies, lens and causal evidence), writes it with the raw numbers
-to ``benchmarks/results/calibration.json``, and writes plots to ``docs/calibration/``:
-the OOD curves of every regime side by side, the phase map, and each run's evidence
-(curves with detected steps, lens heatmap, patching heatmap).
+Reads every labelled trial run of the sweeps (``--sweep``: sweep names, or MLflow experiment
+names) through grokray's MLflow contract (``grokray.tracking``: the ``Tag`` constants, the
+``verdict/*`` metrics of ``grokray.classify.verdict_metrics``, the phase-map columns) and
+prints a markdown table: regime, layers x loops, the label (by the run's criterion, default
+the interchange test) and He et al.'s logit-lens label, detail, confidence, t_memorize,
+t_generalize, steps and stop reason, final accuracies, the held target level against the best
+shortcut baseline, the interchange rate, and the lens and causal evidence. Writes the table
+with the raw numbers to ``experiments/results/<--result>.json`` and plots to ``--out``
+(default ``docs/calibration/``): the OOD curves of every regime side by side
+(``ood_curves.png``), the phase map of each sweep, and each run's evidence (curves with the
+detected steps, lens heatmap, interchange test, patching heatmap).
 """
 from __future__ import annotations
 
@@ -28,6 +34,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+DOCS = ROOT / "docs" / "calibration"
+SPECS = [ROOT / "sweeps" / "calibration.yaml", ROOT / "sweeps" / "calibration-nonshared.yaml"]
+
+#: Regimes in table order (He et al.'s "natural" first); others sort after them.
+REGIME_ORDER = {"none": 0, "both_full": 1, "both_half": 2, "hop1_full": 3, "hop2_full": 4}
+#: The verdict's evidence plots copied per run: artifact name -> suffix of the PNG in --out.
+EVIDENCE_PNGS = ("curves", "lens", "interchange", "patching_{split}")
+#: Table columns: (header, row key, format); a format of None prints the value as it is.
+COLUMNS = (("regime", "regime", None), ("layers x loops", "model", None), ("label", "label", "**{}**"),
+           ("label (lens)", "label_lens", None), ("detail", "detail", None), ("conf", "confidence", "{:.2f}"),
+           ("t_mem", "t_memorize", "{:.0f}"), ("t_gen", "t_generalize", "{:.0f}"),
+           ("steps (stop)", "steps", None), ("train", "train", "{:.2f}"), ("ID", "id", "{:.2f}"),
+           ("OOD", "ood", "{:.2f}"), ("target held (max)", "held", None),
+           ("shortcut best", "shortcut_best", "{:.2f}"), ("interchange", "interchange", "{:.2f}"),
+           ("bridge found", "bridge_found", "{:.2f}"), ("bridge given correct", "bridge_given_correct", "{:.2f}"),
+           ("causal r1", "causal_r1", "{:.2f}"), ("min", "minutes", "{:.1f}"))
 
 
 def _num(v, fmt="{:.2f}"):
@@ -36,11 +59,37 @@ def _num(v, fmt="{:.2f}"):
     return fmt.format(v)
 
 
+def _float(v):
+    """A number from a DataFrame cell or a metric (None and NaN stay None)."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of :data:`COLUMNS` over calibration rows."""
+    head = "| " + " | ".join(h for h, _, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * len(COLUMNS)]
+    for x in rows:
+        cells = {**x, "steps": f"{x['steps_run']} ({x['stop_reason']})",
+                 "held": f"{_num(x['final_target_level'])} ({_num(x['max_target'])})"}
+        out = [_num(cells.get(key), fmt or "{}") for _, key, fmt in COLUMNS]
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def compare(rows: list[dict], reference: list[dict], reference_name: str) -> dict:
-    """Labels (and the numbers behind them) of the same regimes in two calibration tables."""
+    """Labels (and the numbers behind them) of the same regimes in two calibration tables.
+
+    A reference written before classifier v2 has no ``label_lens`` / ``interchange``: shown as ``-``."""
     ref = {(r["regime"], r["model"], r["seed"]): r for r in reference}
-    head = ("| regime | layers x loops | label (reference) | label (this run) | detail ref / this | t_gen ref / this "
-            "| OOD ref / this | bridge given correct ref / this |")
+    head = ("| regime | layers x loops | label (reference) | label (this run) | label (lens) ref / this "
+            "| detail ref / this | t_gen ref / this | OOD ref / this | interchange ref / this "
+            "| bridge given correct ref / this |")
     lines, pairs = [head, "|" + "---|" * (head.count("|") - 1)], []
     for r in rows:
         o = ref.get((r["regime"], r["model"], r["seed"]))
@@ -49,14 +98,17 @@ def compare(rows: list[dict], reference: list[dict], reference_name: str) -> dic
         same = o["label"] == r["label"]
         pairs.append({"regime": r["regime"], "model": r["model"], "seed": r["seed"], "reference": o["label"],
                       "this": r["label"], "same": same, "detail": [o["detail"], r["detail"]],
-                      "t_generalize": [o["t_generalize"], r["t_generalize"]],
-                      "ood": [o["ood"], r["ood"]], "bridge_given_correct": [o["bridge_given_correct"],
-                                                                             r["bridge_given_correct"]]})
+                      "label_lens": [o.get("label_lens"), r.get("label_lens")],
+                      "t_generalize": [o["t_generalize"], r["t_generalize"]], "ood": [o["ood"], r["ood"]],
+                      "interchange": [o.get("interchange"), r.get("interchange")],
+                      "bridge_given_correct": [o["bridge_given_correct"], r["bridge_given_correct"]]})
         mark = "" if same else " (changed)"
         lines.append(f"| {r['regime']} | {r['model']} | {o['label']} | **{r['label']}**{mark} "
+                     f"| {o.get('label_lens') or '-'} / {r.get('label_lens') or '-'} "
                      f"| {o['detail']} / {r['detail']} "
                      f"| {_num(o['t_generalize'], '{:.0f}')} / {_num(r['t_generalize'], '{:.0f}')} "
                      f"| {_num(o['ood'])} / {_num(r['ood'])} "
+                     f"| {_num(o.get('interchange'))} / {_num(r.get('interchange'))} "
                      f"| {_num(o['bridge_given_correct'])} / {_num(r['bridge_given_correct'])} |")
     n_same = sum(p["same"] for p in pairs)
     n_detail = sum(p["detail"][0] == p["detail"][1] for p in pairs)
@@ -66,93 +118,67 @@ def compare(rows: list[dict], reference: list[dict], reference_name: str) -> dic
                        f"against {reference_name}"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sweep", nargs="+", default=["calibration", "calibration-nonshared"],
-                    help="sweeps to tabulate together")
-    ap.add_argument("--spec", nargs="+", default=[str(ROOT / "sweeps" / "calibration.yaml"),
-                                                 str(ROOT / "sweeps" / "calibration-nonshared.yaml")])
-    ap.add_argument("--tracking-uri", default=None)
-    ap.add_argument("--run", action="store_true", help="run the sweeps first (about 25 min on 2 quiet CPU cores)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "calibration"))
-    ap.add_argument("--result", default="calibration", help="write benchmarks/results/RESULT.json")
-    ap.add_argument("--compare-to", default=None,
-                    help="a calibration JSON (e.g. the committed one): tabulate labels side by side")
-    args = ap.parse_args(argv)
-
+def calibration_row(client, frame_row: dict) -> tuple[dict, list[dict]]:
+    """One table row (and the run's metric history) from a phase-map row and its MLflow run."""
     from grokray import tracking
-    from grokray.phasemap import phase_map, plot_phase_map
+
+    Tag, V = tracking.Tag, tracking.VERDICT_PREFIX
+    run_id = frame_row["run_id"]
+    run = client.get_run(run_id)
+    m, tags = run.data.metrics, run.data.tags
+    cfg = tracking.run_trial_config(client, run_id)
+    history = tracking.load_history(client, run_id)
+    row = {"regime": cfg.data.augmentation_name(), "model": f"{cfg.model.n_layers}x{cfg.model.n_loops}",
+           "seed": int(cfg.seed), "run_id": run_id, "run_name": frame_row["run_name"],
+           "label": frame_row["label"], "label_lens": frame_row["label_lens"],
+           "label_interchange": tags.get(Tag.LABEL_INTERCHANGE), "criterion": tags.get(Tag.CRITERION),
+           "split": tags.get(Tag.SPLIT), "classifier_version": frame_row["classifier_version"],
+           "detail": frame_row["detail"], "confidence": _float(frame_row["confidence"]),
+           "censored": bool(frame_row["censored"]),
+           "t_memorize": _float(frame_row["t_memorize"]), "t_generalize": _float(frame_row["t_generalize"]),
+           "delay_ratio": _float(frame_row["delay_ratio"]), "steps_run": int(frame_row["steps_run"]),
+           "stop_reason": tags.get(Tag.STOP_REASON),
+           "train": _float(frame_row["final_train_acc"]), "id": _float(frame_row["final_id_acc"]),
+           "ood": _float(frame_row["final_ood_acc"]),
+           "final_target_level": _float(frame_row["final_target_level"]),
+           "max_target": _float(m.get(f"{V}max_target_acc")),
+           "shortcut_best": _float(frame_row["shortcut_best"]),
+           "interchange": _float(frame_row["interchange"]),
+           "interchange_control": _float(m.get(f"{V}interchange_control")),
+           "bridge_found": _float(m.get(f"{V}bridge_found")),
+           "bridge_given_correct": _float(m.get(f"{V}bridge_given_correct")),
+           "causal_r1": _float(m.get(f"{V}causal_r1")),
+           "minutes": (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else None}
+    return row, history
+
+
+def copy_evidence(client, row: dict, out: Path, key: str) -> list[str]:
+    """The run's verdict PNGs (those it has) copied to ``out/<key>_<name>.png``."""
+    from grokray import tracking
+
+    copied = []
+    tmp = out / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    try:
+        for name in EVIDENCE_PNGS:
+            name = name.format(split=row["split"] or "ood")
+            try:
+                p = client.download_artifacts(row["run_id"], f"{tracking.VERDICT_DIR}/{name}.png", str(tmp))
+            except Exception:  # a run labelled by an older classifier lacks some of them
+                continue
+            shutil.copy(p, out / f"{key}_{name}.png")
+            copied.append(f"{key}_{name}.png")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return copied
+
+
+def plot_ood_curves(curves: dict[str, list[dict]], models: list[str], path: Path) -> None:
+    """OOD accuracy and lens bridge over steps, one column per model shape."""
     from grokray.plots import plt
 
-    if args.run:
-        for spec in args.spec:
-            t0 = time.time()
-            subprocess.run([sys.executable, "-m", "grokray", "sweep", "run", spec], check=True)
-            print(f"{spec} ran in {(time.time() - t0) / 60:.1f} min")
-    import pandas as pd
-
-    uri = tracking.tracking_uri(args.tracking_uri)
-    client = tracking.get_client(uri)
-    frames = [phase_map(s, uri) for s in args.sweep]
-    df = pd.concat(frames, ignore_index=True)
-    if not len(df):
-        print(f"no runs in sweeps {args.sweep} at {uri}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    rows, curves = [], {}
-    for _, r in df.iterrows():
-        if r["status"] != "FINISHED" or r["label"] is None:
-            print(f"skipping {r['run_name']}: {r['status']}, not labelled yet", file=sys.stderr)
-            continue
-        run = client.get_run(r["run_id"])
-        m, params = run.data.metrics, run.data.params
-        r = {**r.to_dict(), "data.augmentation": params["data.augmentation"],
-             "model": f"{params['model.n_layers']}x{params['model.n_loops']}", "seed": int(params["seed"])}
-        tmp = out / ".tmp"
-        tmp.mkdir(exist_ok=True)
-        hist_path = client.download_artifacts(r["run_id"], "history.json", str(tmp))
-        history = json.loads(Path(hist_path).read_text())
-        key = f"{r['data.augmentation']}-L{r['model']}-s{r['seed']}"
-        curves[key] = history
-        for art in ("verdict/curves.png", "verdict/lens.png", "verdict/patching_ood.png"):
-            try:
-                p = client.download_artifacts(r["run_id"], art, str(tmp))
-                shutil.copy(p, out / f"{key}_{Path(art).stem}.png")
-            except Exception:
-                pass
-        rows.append({"regime": r["data.augmentation"], "model": r["model"],
-                     "seed": r["seed"], "label": r["label"], "detail": r["detail"],
-                     "confidence": r["confidence"], "t_memorize": r["t_memorize"], "t_generalize": r["t_generalize"],
-                     "delay_ratio": r["delay_ratio"], "steps_run": int(r["steps_run"]),
-                     "stop_reason": run.data.tags.get("grokray.stop_reason"),
-                     "train": r["final_train_acc"], "id": r["final_id_acc"], "ood": r["final_ood_acc"],
-                     "max_ood": m.get("verdict/max_target_acc"),
-                     "bridge_found": m.get("verdict/bridge_found"),
-                     "bridge_given_correct": m.get("verdict/bridge_given_correct"),
-                     "causal_r1": m.get("verdict/causal_r1"),
-                     "minutes": (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else None})
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    order = {"none": 0, "both_full": 1, "both_half": 2, "hop1_full": 3, "hop2_full": 4}
-    rows.sort(key=lambda x: (x["model"] != "1x2", x["model"], order.get(x["regime"], 9), x["seed"]))
-    head = ("| regime | layers x loops | label | detail | conf | t_mem | t_gen | steps (stop) | train | ID | OOD "
-            "(max) | bridge found | bridge given correct | causal r1 | min |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for x in rows:
-        lines.append(f"| {x['regime']} | {x['model']} | **{x['label']}** | {x['detail']} | {_num(x['confidence'])} "
-                     f"| {_num(x['t_memorize'], '{:.0f}')} | {_num(x['t_generalize'], '{:.0f}')} "
-                     f"| {x['steps_run']} ({x['stop_reason']}) | {_num(x['train'])} | {_num(x['id'])} "
-                     f"| {_num(x['ood'])} ({_num(x['max_ood'])}) | {_num(x['bridge_found'])} "
-                     f"| {_num(x['bridge_given_correct'])} | {_num(x['causal_r1'])} | {_num(x['minutes'], '{:.1f}')} |")
-    table = "\n".join(lines)
-    print(table)
-
-    # OOD accuracy and lens bridge over steps, one panel per model shape.
-    loops = sorted({x["model"] for x in rows}, key=lambda m: (m != "1x2", m))
-    fig, axes = plt.subplots(2, len(loops), figsize=(6 * len(loops), 7), dpi=110, squeeze=False, sharex=True)
-    for col, L in enumerate(loops):
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 7), dpi=110, squeeze=False, sharex=True)
+    for col, L in enumerate(models):
         for key, hist in curves.items():
             if f"-L{L}-" not in key:
                 continue
@@ -169,23 +195,94 @@ def main(argv: list[str] | None = None) -> int:
             ax.legend(fontsize=7)
         axes[1][col].set_xlabel("step (log)")
     fig.tight_layout()
-    fig.savefig(out / "ood_curves.png")
+    fig.savefig(path)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.calibration", description=__doc__.splitlines()[0])
+    ap.add_argument("--sweep", nargs="+", default=["calibration", "calibration-nonshared"],
+                    help="sweeps (or MLflow experiments) to tabulate together (default: %(default)s)")
+    ap.add_argument("--spec", nargs="+", default=None,
+                    help="the sweep specs --run runs, into --tracking-uri (default: "
+                         f"{' '.join(str(s.relative_to(ROOT)) for s in SPECS)} of this repository)")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                                                         "./mlflow.db)")
+    ap.add_argument("--run", action="store_true", help="run the sweeps first (about 25 min on 2 quiet CPU cores)")
+    ap.add_argument("--out", default=None, help=f"folder of the plots (default: {DOCS.relative_to(ROOT)} of this "
+                                                "repository)")
+    ap.add_argument("--result", default="calibration", help="write RESULTS_DIR/RESULT.json (default: %(default)s)")
+    ap.add_argument("--results-dir", default=None,
+                    help=f"folder of the result JSON (default: {RESULTS.relative_to(ROOT)} of this repository)")
+    ap.add_argument("--compare-to", default=None,
+                    help="a calibration JSON (e.g. the committed one): tabulate labels side by side")
+    args = ap.parse_args(argv)
+
+    from grokray import tracking
+    from grokray.phasemap import phase_map, plot_phase_map
+
+    uri = tracking.tracking_uri(args.tracking_uri)
+    if args.run:
+        for spec in args.spec or [str(s) for s in SPECS]:
+            t0 = time.time()
+            subprocess.run([sys.executable, "-m", "grokray", "sweep", "run", spec, "--tracking-uri", uri], check=True)
+            print(f"{spec} ran in {(time.time() - t0) / 60:.1f} min")
+    import pandas as pd
+
+    client = tracking.get_client(uri)
+    frames = []
+    for s in args.sweep:
+        try:
+            frames.append(phase_map(s, uri))
+        except LookupError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    df = pd.concat(frames, ignore_index=True)
+    if not len(df):
+        print(f"no runs in sweeps {args.sweep} at {uri}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else DOCS
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows, curves = [], {}
+    for _, fr in df.iterrows():
+        if fr["status"] != "FINISHED" or fr["label"] is None:
+            print(f"skipping {fr['run_name']}: {fr['status']}, not labelled yet", file=sys.stderr)
+            continue
+        row, history = calibration_row(client, fr.to_dict())
+        key = f"{row['regime']}-L{row['model']}-s{row['seed']}"
+        curves[key] = history
+        row["plots"] = copy_evidence(client, row, out, key)
+        rows.append(row)
+    if not rows:
+        print(f"no finished, labelled runs in sweeps {args.sweep} at {uri}", file=sys.stderr)
+        return 2
+
+    rows.sort(key=lambda x: (x["model"] != "1x2", x["model"], REGIME_ORDER.get(x["regime"], 9), x["regime"],
+                             x["seed"]))
+    md = table(rows)
+    contract = sorted({(r["split"], r["criterion"], r["classifier_version"]) for r in rows}, key=str)
+    about = "; ".join(f"target split {s}, criterion {c}, classifier v{v}" for s, c, v in contract)
+    print(f"{about}\n\n{md}")
+
+    models = sorted({x["model"] for x in rows}, key=lambda m: (m != "1x2", m))
+    plot_ood_curves(curves, models, out / "ood_curves.png")
     for sweep, frame in zip(args.sweep, frames):
         if len(frame):
             plot_phase_map(frame, out / f"phase_map_{sweep}.png")
 
-    result = {"sweeps": args.sweep, "tracking_uri": uri, "machine": {"platform": platform.platform(),
-              "cpus": os.cpu_count()}, "rows": rows, "table_markdown": table,
-              "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result = {"sweeps": args.sweep, "tracking_uri": uri, "classifier": about,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "rows": rows,
+              "table_markdown": md, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.compare_to:
         result["comparison"] = compare(rows, json.loads(Path(args.compare_to).read_text())["rows"], args.compare_to)
         print("\n" + result["comparison"]["table_markdown"])
         print(result["comparison"]["summary"])
-    res = ROOT / "benchmarks" / "results"
+    res = Path(args.results_dir) if args.results_dir else RESULTS
     res.mkdir(parents=True, exist_ok=True)
-    (res / f"{args.result}.json").write_text(json.dumps(result, indent=2, default=float))
-    print(f"\nplots in {out}; numbers in {res / (args.result + '.json')}")
+    path = res / f"{args.result}.json"
+    path.write_text(json.dumps(result, indent=2, default=float))
+    print(f"\nplots in {out}; numbers in {path}")
     return 0
 
 

@@ -1,12 +1,14 @@
 """Calibration of the default trial (issue: engine): does it show the grokking shape in ~10 minutes?
 
-    python benchmarks/default_trial.py [--config sweeps/trials/default.yaml] [--threads 2] [--seeds 0]
-    python benchmarks/default_trial.py --from-runs RUN_ID ... --tracking-uri URI   # trials a sweep already ran
+    python -m experiments.default_trial [--config sweeps/trials/default.yaml] [--threads 2] [--seeds 0]
+    python -m experiments.default_trial --from-runs RUN_ID ... --tracking-uri URI   # trials a sweep already ran
 
 Trains the default trial (no tracking) and records the behavioural milestones: the step and
 minute at which train accuracy first holds >= 0.99, the ID test accuracy then, and when ID
-test accuracy first holds >= 0.5 and >= 0.9 (same sustain/smoothing rule as the verdict).
-Prints a table and writes ``benchmarks/results/default_trial.json``.
+test accuracy first holds >= 0.5 and >= 0.9 (same sustain/smoothing rule as the verdict,
+``grokray.history``). Prints a line per run and writes ``experiments/results/default_trial.json``
+(``--out`` elsewhere; ``--quick``, 300 steps, writes to a temp dir unless ``--out`` is given,
+so a smoke run never overwrites the figures).
 """
 from __future__ import annotations
 
@@ -15,16 +17,34 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "experiments" / "results" / "default_trial.json"
+
+
+def out_path(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    if args.quick:
+        return Path(tempfile.gettempdir()) / "grokray-experiments-quick" / "default_trial.json"
+    return RESULT
+
+
+def write(args: argparse.Namespace, doc: dict) -> Path:
+    path = out_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {path}")
+    return path
 
 
 def milestones(history: list[dict]) -> dict:
     import numpy as np
 
-    from grokray.verdict import first_sustained, running_median
+    from grokray.history import first_sustained, running_median
 
     steps = np.array([h["step"] for h in history])
     secs = {h["step"]: h.get("time/seconds", float("nan")) for h in history}
@@ -43,12 +63,13 @@ def milestones(history: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.default_trial", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "sweeps" / "trials" / "default.yaml"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--quick", action="store_true", help="300 steps (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="300 steps (smoke test; writes to a temp dir)")
+    ap.add_argument("--out", default=None, help="JSON path (default experiments/results/default_trial.json)")
     ap.add_argument("--from-runs", nargs="+", default=None, metavar="RUN_ID",
                     help="read the histories of default trials already logged to MLflow instead of training")
     ap.add_argument("--tracking-uri", default=None)
@@ -79,29 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     out = {"config": args.config, "overrides": args.overrides, "threads": args.threads, "quick": args.quick,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_at_end": busy},
            "runs": rows, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
-    res = ROOT / "benchmarks" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    name = "default_trial_quick.json" if args.quick else "default_trial.json"
-    (res / name).write_text(json.dumps(out, indent=2))
-    print(f"wrote {res / name}")
+    write(args, out)
     return 0
 
 
 def from_runs(args: argparse.Namespace) -> int:
     """Milestones of trials a sweep already ran (e.g. the calibration's default-trial cell)."""
-    import tempfile
-
     from grokray import tracking
 
     client = tracking.get_client(tracking.tracking_uri(args.tracking_uri))
     rows = []
     for run_id in args.from_runs:
         run = client.get_run(run_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            history = json.loads(Path(client.download_artifacts(run_id, "history.json", tmp)).read_text())
-        m = milestones(history)
+        m = milestones(tracking.load_history(client, run_id))
         m.update(seed=int(run.data.params["seed"]), run_id=run_id, run_name=run.info.run_name,
-                 sweep=run.data.tags.get("grokray.sweep"),
+                 sweep=run.data.tags.get(tracking.Tag.SWEEP),
                  params={k: v for k, v in run.data.params.items() if k.startswith(("data.", "model.", "train."))})
         rows.append(m)
         print(f"{run.info.run_name}: train>=0.99 at step {m['t_memorize']} ({m['minutes_memorize'] or float('nan'):.1f} "
@@ -112,10 +125,7 @@ def from_runs(args: argparse.Namespace) -> int:
     out = {"source": f"MLflow runs at {client.tracking_uri}", "runs": rows,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
            "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
-    res = ROOT / "benchmarks" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / "default_trial.json").write_text(json.dumps(out, indent=2))
-    print(f"wrote {res / 'default_trial.json'}")
+    write(args, out)
     return 0
 
 

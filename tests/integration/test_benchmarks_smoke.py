@@ -1,10 +1,14 @@
-"""Every benchmark script runs in ``--quick`` mode and writes a well-formed JSON.
+"""Every benchmark runs as a module (``python -m benchmarks.<name> --quick``) and writes a
+well-formed JSON.
 
-No timing assertions, ever (project rule): only that each script runs, and that the figures
-it reports exist and are finite positive numbers. The quick numbers are not figures.
+No timing assertions, ever (project rule): only that each benchmark runs, and that the figures
+it reports exist and are finite positive numbers. The quick numbers are not figures. The
+modules run from a temp working directory with the repository root on ``PYTHONPATH``, so
+nothing they write lands in the repository.
 
 ``sweep_overhead`` starts a real local Ray sweep even in ``--quick`` mode, which alone takes
-longer than this file's budget: it is marked ``slow`` (``pytest -m slow tests/test_benchmarks_smoke.py``).
+longer than this file's budget: it is marked ``slow``
+(``pytest -m slow tests/integration/test_benchmarks_smoke.py``).
 """
 from __future__ import annotations
 
@@ -18,21 +22,30 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks"
+RESULTS = ROOT / "benchmarks" / "results"
 
 COMMON_KEYS = {"benchmark", "quick", "date", "machine", "conditions", "wall_seconds", "command"}
 
 
+def module_env() -> dict:
+    """The environment of a ``python -m benchmarks.X`` run outside the repository root."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 def run_quick(script: str, tmp_path: Path, *extra: str, timeout: float = 300) -> dict:
     out = tmp_path / f"{script}.json"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--quick", "--out", str(out), *extra],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout)
+    before = sorted(RESULTS.rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--quick", "--out", str(out), *extra],
+                          capture_output=True, text=True, cwd=tmp_path, env=module_env(), timeout=timeout)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert sorted(RESULTS.rglob("*")) == before, "a --quick run wrote into benchmarks/results"
     doc = json.loads(out.read_text())
     assert COMMON_KEYS <= set(doc), set(doc) ^ COMMON_KEYS
     assert doc["benchmark"] == script and doc["quick"] is True
+    assert doc["command"].split()[1:3] == ["-m", f"benchmarks.{script}"], doc["command"]
     assert doc["machine"]["torch"] and doc["machine"]["logical_cpus"] >= 1
     assert isinstance(doc["conditions"]["contended"], bool)
     return doc
@@ -107,3 +120,28 @@ def test_sweep_overhead(tmp_path):
         assert positive(fixed[k]), k
     assert len(doc["sweep_trials"]) == doc["config"]["n_trials"]
     assert all(t["label"] for t in doc["sweep_trials"])
+
+
+def test_quick_writes_to_a_temp_dir_unless_told(tmp_path):
+    """Without --out, a --quick run never touches the current results (``benchmarks.common.out_path``)."""
+    code = ("import argparse, json; from benchmarks.common import out_path; "
+            "ns = lambda q: argparse.Namespace(out=None, quick=q); "
+            "print(json.dumps([str(out_path('throughput', ns(True))), str(out_path('throughput', ns(False))), "
+            "str(out_path('sweep_overhead_12000', ns(False)))]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env=module_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    quick, full, variant = json.loads(proc.stdout)
+    assert not quick.startswith(str(RESULTS))
+    assert full == str(RESULTS / "throughput.json") and variant == str(RESULTS / "sweep_overhead_12000.json")
+
+
+def test_summarize_reads_the_current_results():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.summarize"], capture_output=True, text=True,
+                          cwd=ROOT, env=module_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [r.split(" | ")[0][2:] for r in rows]
+    for current in ("throughput, 1 thread(s)", "MFU, 1 thread(s)", "classifier per trial",
+                    "sweep overhead, 12000-step trials"):
+        assert current in names, names

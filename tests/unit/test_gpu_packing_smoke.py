@@ -1,5 +1,6 @@
-"""benchmarks/gpu_packing.py runs on a machine without a GPU: ``--cpu-smoke`` exercises every code
-path it can at tiny sizes and writes a well-formed JSON; without the flag it skips in one line.
+"""``python -m benchmarks.gpu_packing`` runs on a machine without a GPU: ``--cpu-smoke`` exercises
+every code path it can at tiny sizes and writes a well-formed JSON; without the flag it skips in
+one line. The module runs with the repository root on ``PYTHONPATH`` (as from the root itself).
 
 No timing assertions (project rule): only that the figures exist and are finite and positive.
 About 30 s on a busy 2-core machine (two spawned processes importing torch dominate), which is
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _env():
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -31,7 +33,7 @@ def positive(x) -> bool:
 def test_cpu_smoke_runs_every_cpu_path_and_writes_json(tmp_path):
     out = tmp_path / "gpu_packing.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_packing", "--cpu-smoke", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+                          capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=300)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "gpu_packing" and doc["quick"] is True and doc["cpu_smoke"] is True
