@@ -37,6 +37,7 @@ import torch
 
 from grokray import tracking
 from grokray.circuits.evidence import CircuitEvidence, circuit_evidence
+from grokray.circuits.patching import plot_patching
 from grokray.config import trial_config_from_dict
 from grokray.data import load_dataset
 from grokray.model import load_checkpoint
@@ -163,13 +164,13 @@ def write_verdict(client: "MlflowClient", run_id: str, verdict: Verdict, evidenc
             (d / "evidence.json").write_text(json.dumps(evidence.to_dict()))
             evidence.plot_lens(str(d / "lens.png"), title=f"{title}: logit lens, final checkpoint")
             evidence.plot_interchange(str(d / "interchange.png"), title=f"{title}: bridge interchange test")
-            patching = evidence.patching_train or evidence.patching_target
-            if patching is not None:
-                patching.plot(str(d / "patching.png"))
-                (d / "patching.json").write_text(patching.to_json())
-            if evidence.patching_target is not None:
-                evidence.patching_target.plot(str(d / f"patching_{verdict.split}.png"))
+            patchings = [p for p in (evidence.patching_train, evidence.patching_target) if p is not None]
+            if patchings:   # one figure: Wang et al.'s matrices on train_inferred, then on the target split
+                plot_patching(patchings, str(d / "patching.png"),
+                              title=f"{title}: causal patching, top-1 flip rate of correct answers")
+                (d / "patching.json").write_text(patchings[0].to_json())
         client.log_artifacts(run_id, str(d), tracking.VERDICT_DIR)
+        client.log_artifact(run_id, str(d / "curves.png"))   # also the run's top-level curves.png
     tracking.log_metrics(client, run_id, verdict.steps_run, verdict_metrics(verdict))
     tracking.log_tags(client, run_id, {**label_tags(verdict).tags(), Tag.NOTE: verdict.summary()})
 

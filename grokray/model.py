@@ -60,7 +60,7 @@ class SelfAttention(nn.Module):
     ``q @ k^T`` + (causal mask) + softmax + ``@ v`` when the activations are bf16 (autocast).
     Why: our sequences are 3 tokens long, and PyTorch's CPU flash-attention kernel, tiled
     for long sequences, spends ~45% of a bf16 training step on B x heads problems of 3 x 3;
-    two small matmuls make the step ~1.5x faster (benchmarks/fastpath.py). In fp32 SDPA is
+    two small matmuls make the step ~1.5x faster (python -m benchmarks.fastpath). In fp32 SDPA is
     already fast. ``matmul_attention`` forces one path (None = choose by dtype).
     """
 

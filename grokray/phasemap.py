@@ -100,6 +100,7 @@ FLOAT_COLUMNS = ("confidence", "t_memorize", "t_generalize", "delay_ratio", "fin
 NOT_CONFIG = ("model.n_params",)
 
 Tag = tracking.Tag
+V = tracking.VERDICT_PREFIX
 TABLE_LEGEND = ("true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled; "
                 "k/n = runs with that label / runs; * = some runs censored (hit the step budget)")
 
@@ -205,30 +206,30 @@ def _float(value: Any) -> float:
 def _run_columns(run: "Run") -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
     split = tags.get(Tag.SPLIT) or "ood"
-    bridge = metrics.get("verdict/bridge_given_correct")
+    bridge = metrics.get(V + "bridge_given_correct")
     if bridge is None or math.isnan(bridge):
         bridge = metrics.get(f"lens/{split}/bridge_found", math.nan)
     steps = tags.get(Tag.STEPS_RUN)
     if steps is None:  # still running: the last step it logged
-        steps = max((m.step for m in getattr(run.data, "_metric_objs", ()) if not m.key.startswith("verdict/")),
+        steps = max((m.step for m in getattr(run.data, "_metric_objs", ()) if not m.key.startswith(V)),
                     default=0)
     confidence = tags.get(Tag.CONFIDENCE)
-    shortcut = metrics.get("verdict/shortcut_best")
+    shortcut = metrics.get(V + "shortcut_best")
     if shortcut is None:  # not labelled yet: the dataset's baseline, logged when the run started
-        shortcut = metrics.get(f"shortcut/best/{split}")
+        shortcut = metrics.get(f"{tracking.SHORTCUT_PREFIX}best/{split}")
     return {
         "label": tags.get(Tag.LABEL),
         "detail": tags.get(Tag.DETAIL),
-        "confidence": _float(confidence if confidence is not None else metrics.get("verdict/confidence")),
-        "t_memorize": _float(metrics.get("verdict/t_memorize")),
-        "t_generalize": _float(metrics.get("verdict/t_generalize")),
-        "delay_ratio": _float(metrics.get("verdict/delay_ratio")),
+        "confidence": _float(confidence if confidence is not None else metrics.get(V + "confidence")),
+        "t_memorize": _float(metrics.get(V + "t_memorize")),
+        "t_generalize": _float(metrics.get(V + "t_generalize")),
+        "delay_ratio": _float(metrics.get(V + "delay_ratio")),
         "final_train_acc": _float(metrics.get("acc/train")),
         "final_id_acc": _float(metrics.get("acc/test_inferred_id")),
         "final_ood_acc": _float(metrics.get("acc/test_inferred_ood")),
-        "final_target_level": _float(metrics.get("verdict/final_target_level")),
+        "final_target_level": _float(metrics.get(V + "final_target_level")),
         "shortcut_best": _float(shortcut),
-        "interchange": _float(metrics.get("verdict/interchange")),
+        "interchange": _float(metrics.get(V + "interchange")),
         "bridge_rate": _float(bridge),
         "label_lens": tags.get(Tag.LABEL_LENS),
         "censored": (tags.get(Tag.CENSORED) or "").lower() == "true",

@@ -74,34 +74,60 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
 
 def plot_heatmaps(panels: Mapping[str, np.ndarray], path: str | os.PathLike, row_labels: Sequence[str],
                   col_labels: Sequence[str], title: str = "", vmin: float = 0.0, vmax: float = 1.0,
-                  cmap: str = "viridis", excluded: Sequence[tuple[int, int]] = ()) -> str:
-    """One heatmap per panel (rows = depth, columns = position), values written in the cells.
+                  cmap: str = "viridis", excluded: Sequence[tuple[int, int]] = (), ncols: int | None = None,
+                  excluded_in: Sequence[str] | None = None) -> str:
+    """One heatmap per panel (rows = depth, columns = position), values written in the cells,
+    ``ncols`` panels per row (default: all in one row).
 
-    ``excluded`` cells (row, column) are hatched and labelled: shown, but not evidence (e.g. the
-    final state at r1, which under causal attention is just the atomic query)."""
+    ``excluded`` cells (row, column) of the panels named in ``excluded_in`` (default: all) are
+    hatched and labelled: shown, but not evidence (e.g. the last block's output, which the
+    lens's "bridge found" never reads: at r1 it is just the atomic query).
+
+    The layout is computed from the content (label widths, number of rows), not by matplotlib's
+    constrained / tight layout: that search costs ~0.5 s a figure, and a classifier draws a few
+    figures for every trial of a sweep."""
     n = max(len(panels), 1)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 + 2.8 * n, 1.6 + 0.5 * len(row_labels)), dpi=110,
-                             squeeze=False, layout="constrained")
+    ncols = min(ncols or n, n)
+    nrows = -(-n // ncols)
+    label_w = 0.09 * max([len(r) for r in row_labels] + [4]) + 0.3       # inches for the depth names
+    cell_w, cell_h = 0.75, 0.42
+    panel_w, panel_h = cell_w * len(col_labels), cell_h * len(row_labels)
+    title_h = 0.75 + 0.18 * max((name.count("\n") for name in panels), default=0)   # title + x tick labels
+    gap_w, top, bottom, cbar = 0.3, 0.5 if title else 0.15, 0.45, 0.7
+    fig_w = label_w + ncols * panel_w + (ncols - 1) * gap_w + cbar
+    fig_h = top + nrows * (panel_h + title_h) + bottom
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=100)
     im = None
-    for ax, (name, mat) in zip(axes[0], panels.items()):
+    for i, (name, mat) in enumerate(panels.items()):
+        r, c = divmod(i, ncols)
+        left = label_w + c * (panel_w + gap_w)
+        bottom_i = fig_h - top - (r + 1) * (panel_h + title_h) + 0.05
+        ax = fig.add_axes((left / fig_w, bottom_i / fig_h, panel_w / fig_w, panel_h / fig_h))
         mat = np.asarray(mat, dtype=float)
         im = ax.imshow(mat, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
         ax.set_title(name, fontsize=10)
         ax.set_xticks(range(len(col_labels)), col_labels, fontsize=9)
-        ax.set_yticks(range(len(row_labels)), row_labels if ax is axes[0][0] else [], fontsize=9)
-        for (r, c), v in np.ndenumerate(mat):
-            if (r, c) in excluded:
-                ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="xx", ec="0.85", lw=0))
-                ax.text(c, r, f"{v:.2f}\n(excluded)" if math.isfinite(v) else "excluded", ha="center", va="center",
-                        fontsize=7, color="0.85")
+        ax.set_yticks(range(len(row_labels)), row_labels if c == 0 else [], fontsize=9)
+        if not np.isfinite(mat).any():
+            ax.text(0.5, 0.5, "no queries to read", ha="center", va="center", transform=ax.transAxes, fontsize=9,
+                    color="0.4")
+        skip = excluded if excluded_in is None or name in excluded_in else ()
+        for (rr, cc), v in np.ndenumerate(mat):
+            if (rr, cc) in skip:
+                ax.add_patch(plt.Rectangle((cc - 0.5, rr - 0.5), 1, 1, fc="0.92", hatch="//", ec="0.7", lw=0))
+                ax.text(cc, rr, f"{v:.2f}\n(excluded)" if math.isfinite(v) else "excluded", ha="center",
+                        va="center", fontsize=8, color="0.25")
             elif math.isfinite(v):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                ax.text(cc, rr, f"{v:.2f}", ha="center", va="center", fontsize=9,
                         color="white" if v < (vmin + vmax) / 2 else "black")
     if im is not None:
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+        cax = fig.add_axes(((fig_w - cbar + 0.15) / fig_w, bottom / fig_h, 0.15 / fig_w,
+                            (fig_h - top - bottom) / fig_h))
+        fig.colorbar(im, cax=cax)
+        cax.tick_params(labelsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.savefig(path, bbox_inches="tight")
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig_h)
+    fig.savefig(path)
     plt.close(fig)
     return str(path)
 

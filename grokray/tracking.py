@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -43,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from grokray.version import __version__
 from grokray.config import ConfigError, TrialConfig, trial_config_from_dict
-from grokray.data.shortcuts import shortcut_metrics
 from grokray.locks import file_lock
 from grokray.plots import plot_curves
 
@@ -85,6 +85,9 @@ class Tag:
     CLASSIFIER_VERSION = "grokray.classifier_version"
     CENSORED = "grokray.censored"
     SPLIT = "grokray.split"
+    # packed trials (resources.pack): the pack's Ray Tune trial id and the member's slot in it
+    PACK = "grokray.pack"
+    PACK_SLOT = "grokray.pack_slot"
     # fine-tuning runs (kind finetune)
     SOURCE_RUN = "grokray.source_run"
     SOURCE_LABEL = "grokray.source_label"
@@ -108,6 +111,14 @@ CHECKPOINT_DIR = "checkpoints"
 VERDICT_DIR = "verdict"
 #: Metric prefixes written after training (the verdict, a fine-tuning summary); not training curves.
 VERDICT_PREFIX, TRANSFER_PREFIX = "verdict/", "transfer/"
+#: The dataset's shortcut baselines, logged once per run at step 0: ``shortcut/<rule>/<split>``.
+SHORTCUT_PREFIX = "shortcut/"
+
+
+def shortcut_metrics(baselines: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Shortcut baselines ``{split: {rule: accuracy}}`` as run metrics ``shortcut/<rule>/<split>``."""
+    return {f"{SHORTCUT_PREFIX}{rule}/{split}": float(v) for split, rules in baselines.items()
+            for rule, v in rules.items()}
 
 PARAM_MAX = 500
 DEFAULT_EXPERIMENT = "grokray"
@@ -169,6 +180,10 @@ def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
                           value=uri) from None
     deadline = time.monotonic() + STORE_RETRY_S
     delay = 0.2
+    # MLflow logs its schema migrations at INFO on a fresh store ("Creating initial MLflow database
+    # tables..."): routine, not for a user's terminal. Real problems still raise, below.
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with file_lock(db.with_name(db.name + ".lock")):
         while True:
             try:
@@ -454,7 +469,7 @@ def load_history(client: "MlflowClient", run_id: str) -> list[dict]:
     if history is not None:
         return history
     run = client.get_run(run_id)
-    keys = [k for k in run.data.metrics if not k.startswith((VERDICT_PREFIX, TRANSFER_PREFIX))]
+    keys = [k for k in run.data.metrics if not k.startswith((VERDICT_PREFIX, TRANSFER_PREFIX, SHORTCUT_PREFIX))]
     return metric_history(client, run_id, keys)
 
 
@@ -536,13 +551,15 @@ class RunLogger:
     Create it with :func:`start_run` (new run) or with an existing ``run_id`` (a restarted
     trial); it logs params once, one batch of metrics per evaluation, every checkpoint, and at
     the end the curves PNG, the history and the final tags. ``extra_params`` are logged with
-    the config's (e.g. a fine-tuning run's transfer config).
+    the config's (e.g. a fine-tuning run's transfer config). ``draw_curves=False`` leaves
+    ``curves.png`` to the classifier, which draws it anyway (with the steps it found marked):
+    one plot less at the end of every trial of a labelled sweep.
     """
 
     def __init__(self, client: "MlflowClient", run_id: str, log_checkpoints: bool = True,
-                 extra_params: Mapping[str, Any] | None = None):
+                 extra_params: Mapping[str, Any] | None = None, draw_curves: bool = True):
         self.client, self.run_id = client, run_id
-        self.log_checkpoints = log_checkpoints
+        self.log_checkpoints, self.draw_curves = log_checkpoints, draw_curves
         self.extra_params = dict(extra_params or {})
         self.skip_until = last_logged_step(client, run_id)
 
@@ -578,7 +595,7 @@ class RunLogger:
         ood = (trainer.dataset.baselines().get("ood") or {}).get("best")
         log_run_summary(self.client, self.run_id, result.history, result.stop_reason, result.steps_run,
                         trainer.cfg.train.max_steps, title=trial_run_name(trainer.cfg),
-                        baselines={"OOD shortcut (best rule)": ood})
+                        baselines={"OOD shortcut (best rule)": ood} if self.draw_curves else None)
 
 
 def history_csv(history: list[dict]) -> str:
@@ -592,9 +609,11 @@ def history_csv(history: list[dict]) -> str:
 def log_run_summary(client: "MlflowClient", run_id: str, history: list[dict], stop_reason: str,
                     steps_run: int, max_steps: int, title: str = "",
                     baselines: Mapping[str, float | None] | None = None) -> None:
-    """Curves PNG (with ``baselines`` drawn as lines), full history (JSON + CSV) and the end-of-training tags."""
+    """Curves PNG (with ``baselines`` drawn as lines; none when ``baselines`` is None: the classifier
+    draws it), full history (JSON + CSV) and the end-of-training tags."""
     with tempfile.TemporaryDirectory(prefix="grokray-summary-") as tmp:
-        plot_curves(history, Path(tmp) / CURVES_PNG, title=title, baselines=baselines)
+        if baselines is not None:
+            plot_curves(history, Path(tmp) / CURVES_PNG, title=title, baselines=baselines)
         (Path(tmp) / HISTORY_JSON).write_text(json.dumps(history))
         (Path(tmp) / HISTORY_CSV).write_text(history_csv(history))
         client.log_artifacts(run_id, tmp)

@@ -84,12 +84,13 @@ class CircuitEvidence:
 
     def plot_lens(self, path: str, title: str = "") -> str:
         rows = [short_depth_name(n) for n in self.depth_names]
-        # The final state at r1 is the atomic query (h, r1) -> b under causal attention: not evidence.
-        excluded = [(len(rows) - 1, 1)]
-        return plot_heatmaps({f"bridge top-1 ({self.split.upper()})": self.bridge_top1,
-                              f"answer top-1 ({self.split.upper()})": self.answer_top1},
+        bridge = f"bridge top-1 ({self.split.upper()})"
+        # "Bridge found" reads intermediate states only: the last block's output is not evidence (at r1,
+        # under causal attention, it is just the atomic query (h, r1) -> b, decoded by every model).
+        excluded = [(len(rows) - 1, p) for p in range(3)]
+        return plot_heatmaps({bridge: self.bridge_top1, f"answer top-1 ({self.split.upper()})": self.answer_top1},
                              path, rows, ["h", "r1", "r2"], title=title or "logit lens, final checkpoint",
-                             excluded=excluded)
+                             excluded=excluded, excluded_in=[bridge])
 
     def plot_interchange(self, path: str, title: str = "") -> str:
         results = [self.interchange] + ([self.interchange_other] if self.interchange_other else [])

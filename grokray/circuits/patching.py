@@ -54,6 +54,7 @@ from grokray.data.graph import BRIDGE, H, R1, R2, TAIL
 from grokray.device import autocast
 from grokray.jsonsafe import nan_array, nan_float, plain
 from grokray.model import LoopedTransformer
+from grokray.plots import plot_heatmaps
 
 #: Perturbed token types, in input-position order (the token's position is its index).
 TOKENS = ("h", "r1", "r2")
@@ -135,18 +136,25 @@ class PatchingResult:
         return self.to_dict() == other.to_dict()
 
     # ------------------------------------------------------------ plot
+    def panels(self) -> dict[str, np.ndarray]:
+        """``{panel title: matrix}``, one panel per perturbed token."""
+        return {f"{self.split}: perturb {k} (n={self.n_queries.get(k, 0)})": m for k, m in self.matrices.items()}
+
+    def title(self) -> str:
+        where = f"{self.split}" + (f" @{self.step}" if self.step is not None else "")
+        return (f"top-1 flip rate, {where}, {'correct only' if self.only_correct else 'all queries'}, "
+                f"r1 dependence {r1_dependence(self):.2f}")
+
     def plot(self, path: str, title: str | None = None) -> str:
-        """PNG heatmap: one panel per perturbed token, rows = depths, columns = positions."""
-        from grokray.plots import plot_heatmaps
-        if title is None:
-            where = f"{self.split}" + (f" @{self.step}" if self.step is not None else "")
-            title = (f"top-1 flip rate, {where}, {'correct only' if self.only_correct else 'all queries'}, "
-                     f"r1 dependence {r1_dependence(self):.2f}")
-        # The title goes above the first panel's name: plot_heatmaps' suptitle would overlap the panel titles.
-        panels = {(f"{title}\n" if i == 0 and title else "") + f"perturb {k} (n={self.n_queries.get(k, 0)})": m
-                  for i, (k, m) in enumerate(self.matrices.items())}
-        return plot_heatmaps(panels, path, row_labels=[short_depth_name(n) for n in self.depth_names],
-                             col_labels=self.positions)
+        """PNG heatmap: one panel per perturbed token, rows = depths (hook names), columns = positions."""
+        return plot_patching([self], path, title if title is not None else self.title())
+
+
+def plot_patching(results: Sequence[PatchingResult], path: str, title: str = "") -> str:
+    """Several patching results in one PNG, one row of panels each (e.g. train_inferred and the target split)."""
+    panels = {name: m for r in results for name, m in r.panels().items()}
+    return plot_heatmaps(panels, path, row_labels=[short_depth_name(n) for n in results[0].depth_names],
+                         col_labels=results[0].positions, title=title, ncols=max(len(r.matrices) for r in results))
 
 
 def short_depth_name(name: str) -> str:

@@ -20,7 +20,8 @@ Rules (each predicts one answer per query from the TRAINING compositions only,
 =========  ==========================================================================
 
 on every two-hop test split (short names as the lens: ``ood`` = ``test_inferred_ood``,
-``id`` = ``test_inferred_id``). Logged on every run as ``shortcut/<rule>/<split>``.
+``id`` = ``test_inferred_id``). Logged on every run as ``shortcut/<rule>/<split>``
+(:func:`grokray.tracking.shortcut_metrics`).
 
 Example:
     >>> from grokray.config import DataConfig
@@ -94,8 +95,3 @@ def shortcut_baselines(rows: Mapping[str, np.ndarray], n_entities: int,
         acc["best"] = max(acc.values())
         out[short] = acc
     return out
-
-
-def shortcut_metrics(baselines: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """The baselines as run metrics: ``shortcut/<rule>/<split>``."""
-    return {f"shortcut/{rule}/{split}": float(v) for split, rules in baselines.items() for rule, v in rules.items()}

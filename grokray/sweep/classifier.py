@@ -51,8 +51,9 @@ class ClassifierActor:
                                criterion=self.settings.criterion, n_queries=self.settings.patching_queries)
         except RunNotClassifiable as e:
             return {"run_id": run_id, "error": str(e)}
-        summary = {"run_id": run_id, "action": out.action, "label": out.verdict.label, "detail": out.verdict.detail,
-                   "confidence": out.verdict.confidence, "line": out.line(), "seconds": time.perf_counter() - t0}
+        summary = {"run_id": run_id, "run_name": out.run_name, "action": out.action, "label": out.verdict.label,
+                   "detail": out.verdict.detail, "confidence": out.verdict.confidence, "line": out.line(),
+                   "seconds": time.perf_counter() - t0}
         self.done[run_id] = summary
         if self.refresh is not None and out.action != "unchanged":
             self.refresh()
@@ -76,8 +77,9 @@ class ClassifierCallback(Callback):
     actor after each new label, off the driver's event loop.
     """
 
-    def __init__(self, sweep: str, tracking_uri: str, settings: Any, refresh: Any = None):
+    def __init__(self, sweep: str, tracking_uri: str, settings: Any, refresh: Any = None, progress: Any = None):
         self.sweep, self.tracking_uri, self.settings = sweep, tracking_uri, settings
+        self.progress = progress  # a SweepProgress: label lines go through it (and its label counts)
         self.refresh = refresh
         self._pending: dict[str, Any] = {}
         self._actor = None
@@ -98,9 +100,10 @@ class ClassifierCallback(Callback):
             self._pending[run_id] = self.actor.classify.remote(run_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = (trial.last_result or {}).get("mlflow_run_id")
-        if run_id:
-            self.submit(run_id)
+        result = trial.last_result or {}
+        for run_id in result.get("mlflow_run_ids") or [result.get("mlflow_run_id")]:   # a pack: every member
+            if run_id:
+                self.submit(run_id)
 
     def _collect(self, timeout: float) -> None:
         if not self._pending:
@@ -119,6 +122,8 @@ class ClassifierCallback(Callback):
     def _report(self, summary: dict) -> None:
         if "error" in summary:
             print(f"[grokray] classifier: {summary['run_id']}: {summary['error']}", file=sys.stderr, flush=True)
+        elif self.progress is not None:
+            self.progress.label(summary)
         else:
             print(f"[grokray] label: {summary['line']}", flush=True)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -31,8 +32,9 @@ from typing import Any, Callable
 from grokray import tracking
 from grokray.version import __version__
 from grokray.sweep.classifier import ClassifierCallback, get_classifier
-from grokray.sweep.progress import ProgressTable
+from grokray.sweep.progress import SweepProgress
 from grokray.sweep.spec import SweepSpec, spec_from_dict
+from grokray.sweep.packing import describe, plan_packs, resolve_pack_size, run_pack
 from grokray.sweep.trainable import TrialContext, run_trial, trial_label
 
 STATE_FILE = "grokray_sweep.json"
@@ -57,6 +59,9 @@ class SweepRecord:
     parent_run_id: str
     storage: str
     created: float
+    #: A packed sweep's packs (each a list of member values), fixed when the sweep starts so that a
+    #: resume (perhaps on other hardware, where ``pack: auto`` would choose otherwise) finds them.
+    packs: list | None = None
 
     def save(self, exp_dir: Path) -> None:
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -140,12 +145,29 @@ def find_sweep(name: str, storage: str | None = None, tracking_uri: str | None =
 
 # --------------------------------------------------------------------------- Ray and Tune
 
+class _DropRayNotice(logging.Filter):
+    """Ray >= 2.59 announces on every local start that token authentication is on: true, kept on,
+    and nothing a sweep's user has to act on. Other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+def quiet_startup() -> None:
+    """Silence start-up output that means nothing to a sweep's user (warnings that matter stay):
+    Tune's experiment banner and TensorBoard hint (grokray prints its own progress; TensorBoard is
+    not installed), Ray's token-authentication notice."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # the legacy reporter prints nothing at verbose=0
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DropRayNotice())
+
+
 def init_ray(address: str | None = None, dashboard: bool = False) -> None:
     """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray (no dashboard by default)."""
     import ray
 
     if ray.is_initialized():
         return
+    quiet_startup()
     env = {k: os.environ[k] for k in ("GROKRAY_CACHE", "GROKRAY_CHECKPOINT_EVERY_S", "MLFLOW_DISABLE_TELEMETRY",
                                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") if k in os.environ}
     job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
@@ -162,9 +184,11 @@ def init_ray(address: str | None = None, dashboard: bool = False) -> None:
                  log_to_driver=False, configure_logging=True, logging_level="WARNING")
 
 
-def search_space(spec: SweepSpec, prepared: Any = None) -> dict[str, Any]:
+def search_space(spec: SweepSpec, prepared: Any = None, packs: list | None = None) -> dict[str, Any]:
     from ray import tune
 
+    if packs:  # one Tune trial per pack; run_pack finds its members in the TrialContext
+        return {"pack": tune.grid_search(list(range(len(packs))))}
     space: dict[str, Any] = {}
     for p in spec.parameters:
         if p.values is not None:
@@ -191,6 +215,8 @@ class _TrialNamer:
         self.spec = spec
 
     def __call__(self, trial: Any) -> str:
+        if "pack" in trial.config and set(trial.config) == {"pack"}:
+            return f"pack{trial.config['pack']:03d}_{trial.trial_id[-5:]}"
         return f"{trial_label(self.spec, trial.config)}_{trial.trial_id[-5:]}"
 
 
@@ -212,18 +238,22 @@ def _tune_config(spec: SweepSpec):
         scheduler = ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=spec.budget,
                                   grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     namer = _TrialNamer(spec)
+    # reuse_actors: a trial process (torch and grokray imported, datasets in memory) runs the next
+    # trial too, instead of a fresh process per trial (~2-3 s each on 2 cores: the fixed cost that
+    # dominated sweeps of short trials). Tune still starts a new one after a worker dies.
     return tune.TuneConfig(num_samples=spec.num_samples, search_alg=search_alg, scheduler=scheduler,
                            max_concurrent_trials=spec.max_concurrent if spec.method != "optuna" else None,
-                           trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=False)
+                           trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=True)
 
 
 def _trainable(spec: SweepSpec, record: SweepRecord):
     from ray import tune
 
+    packs = tuple(tuple(p) for p in record.packs or ())
     ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri, experiment_id=record.experiment_id,
-                       parent_run_id=record.parent_run_id)
+                       parent_run_id=record.parent_run_id, packs=packs)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    return tune.with_resources(tune.with_parameters(run_pack if packs else run_trial, ctx=ctx), resources)
 
 
 def _run_config(record: SweepRecord, spec: SweepSpec, callbacks: list):
@@ -324,10 +354,12 @@ def _finish(record: SweepRecord, results: Any, refresher: MapRefresher, started:
                         seconds=time.time() - started)
 
 
-def _callbacks(spec: SweepSpec, record: SweepRecord, refresher: MapRefresher) -> list:
-    callbacks: list = [ProgressTable(spec.budget, columns=spec.kind_impl.progress_columns)]
+def _callbacks(spec: SweepSpec, record: SweepRecord, refresher: MapRefresher, n_trials: int | None) -> list:
+    progress = SweepProgress(spec.budget, n_trials, columns=spec.kind_impl.progress_columns)
+    callbacks: list = [progress]
     if spec.classifier.enabled:
-        callbacks.append(ClassifierCallback(record.name, record.tracking_uri, spec.classifier, refresh=refresher))
+        callbacks.append(ClassifierCallback(record.name, record.tracking_uri, spec.classifier, refresh=refresher,
+                                            progress=progress))
     return callbacks
 
 
@@ -350,16 +382,22 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     record, exp_dir, spec = prepare_sweep(spec, name)
     _warn_cluster_store(record, address)
     init_ray(address, dashboard)
+    k = resolve_pack_size(spec) if getattr(spec.resources, "pack", 1) != 1 else 1  # TODO(pack spec)
+    if k > 1:
+        record.packs = plan_packs(spec, k)
+        record.save(exp_dir)
     refresher = MapRefresher(record, map_logger)
-    space = search_space(spec, prepared)
-    n_trials = _count_trials(spec, space)
-    print(f"[grokray] sweep {record.name!r}: {n_trials} trial(s) ({spec.method}), MLflow experiment "
-          f"{record.experiment!r} (parent run {record.parent_run_id}) at {record.tracking_uri}; state in {exp_dir}",
-          flush=True)
+    space = search_space(spec, prepared, record.packs)
+    n_trials = _count_trials(spec, space) if not record.packs else len(record.packs)
+    print(f"[grokray] sweep {record.name!r}: {spec.n_trials() if record.packs else n_trials} trial(s) "
+          f"({spec.method}), MLflow experiment {record.experiment!r} (parent run {record.parent_run_id}) at "
+          f"{record.tracking_uri}; state in {exp_dir}", flush=True)
+    if record.packs:
+        print(f"[grokray] {describe(record.packs, k)}", flush=True)
     for line in kind.log_prepared(tracking.get_client(record.tracking_uri), record.parent_run_id, prepared):
         print(f"[grokray] {line}", flush=True)
     tuner = tune.Tuner(_trainable(spec, record), param_space=space, tune_config=_tune_config(spec),
-                       run_config=_run_config(record, spec, _callbacks(spec, record, refresher)))
+                       run_config=_run_config(record, spec, _callbacks(spec, record, refresher, n_trials)))
     return _finish(record, _fit(tuner, record), refresher, started)
 
 

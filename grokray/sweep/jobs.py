@@ -18,9 +18,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from grokray import tracking
+
 #: Never shipped with the job (large, local, or secret).
 EXCLUDES = [".git", ".venv", "venv", "**/__pycache__", "mlruns", "mlartifacts", "mlflow.db*", "*.pt",
-            "benchmarks/results", "*.egg-info", ".pytest_cache", "runs"]
+            "benchmarks/results", "experiments/results", "*.egg-info", ".pytest_cache", "runs"]
 
 
 def job_id(name: str) -> str:
@@ -69,7 +71,7 @@ def submit(spec_path: str, name: str, address: str, working_dir: str = ".", trac
         entrypoint += f" --tracking-uri {shlex.quote(tracking_uri)}"
     return client.submit_job(entrypoint=entrypoint,
                              submission_id=job_id(name), runtime_env=runtime_env,
-                             metadata={"grokray.sweep": name})
+                             metadata={tracking.Tag.SWEEP: name})
 
 
 def status(name: str, address: str) -> str:

@@ -1,41 +1,84 @@
-"""The sweep's terminal progress: a compact trial table every few seconds, a line per event.
+"""The sweep's terminal progress: a compact summary that reads the same at 4 trials and at 500.
 
-Tune's own output prints every metric of every result; a grokking sweep needs a few
-columns: where each trial is (step / budget), train / ID / OOD accuracy, and why it
-stopped. Labels arrive from the classifier callback as ``[grokray] label: ...`` lines.
+Tune's own output prints every metric of every result, and a table of every trial stops
+being readable long before a sweep of hundreds of trials ends. What a researcher watches is a
+summary (:meth:`SweepProgress.summary`):
+
+    [grokray] 12.5 min | trials: 40 done, 2 running, 158 pending, 0 failed | labels: true 5, fake 2, no 33 | ETA 48 min
+      running  phi=7.2,augmentation=none_00041   step 1,200/4,000  train 0.981  ID 0.120  OOD 0.031
+      finished phi=3.6,augmentation=hop2_00039  at 4,000 (max_steps)  train 1.000  ID 0.950  OOD 0.030
+      labelled phi=3.6,augmentation=hop2_00038  no_grokking (memorization, 0.71)  run 9f1c2a...
+
+* attached to a terminal, the summary is redrawn in place every ``every_s`` seconds (a few
+  lines, whatever the size of the sweep);
+* not attached (CI, a Ray Job's log, ``> file``), it is printed as plain lines every
+  ``every_s`` seconds (30 by default), and every trial that finishes or fails gets one line
+  of its own, so the log holds each trial once;
+* the full table is one command away: ``grokray sweep status NAME``.
+
+Labels arrive from the classifier callback (:class:`grokray.sweep.classifier.ClassifierCallback`),
+which records them on the shared :class:`SweepBoard` this display reads.
 """
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
+
+#: Default test columns: (header, metric); a sweep kind brings its own.
+TRIAL_COLUMNS = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
+#: How many running / finished / labelled trials the summary names.
+SHOWN = 3
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "  -  "
 
 
-#: Default test columns of the table: (header, metric); a sweep kind brings its own.
-TRIAL_COLUMNS = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
-class ProgressTable(Callback):
-    """Tune callback printing the table.
+@dataclass
+class SweepBoard:
+    """What the driver knows of a sweep beyond Tune's trials: labels as they arrive."""
+    labels: dict[str, int] = field(default_factory=dict)      # label -> count
+    labelled: list[str] = field(default_factory=list)         # recent "name  label (detail, conf)" lines
 
-    Example:
-        >>> ProgressTable(12000).columns == TRIAL_COLUMNS
-        True
-    """
+    def record_label(self, text: str, label: str) -> None:
+        self.labels[label] = self.labels.get(label, 0) + 1
+        self.labelled = (self.labelled + [text])[-SHOWN:]
 
-    def __init__(self, max_steps: int, every_s: float = 30.0, stream: Any = None,
-                 columns: tuple = TRIAL_COLUMNS):
-        self.max_steps, self.every_s = max_steps, every_s
+
+class SweepProgress(Callback):
+    """Tune callback: the summary (module docstring), in place on a terminal, as lines otherwise."""
+
+    def __init__(self, max_steps: int, n_trials: int | None = None, every_s: float | None = None,
+                 stream: Any = None, columns: tuple = TRIAL_COLUMNS, board: SweepBoard | None = None,
+                 interactive: bool | None = None):
+        self.max_steps, self.n_trials = max_steps, n_trials
         self.columns = tuple(columns)
         self.stream = stream
+        self.board = board if board is not None else SweepBoard()
+        self._interactive = interactive
+        self.every_s = every_s if every_s is not None else (2.0 if self.interactive else 30.0)
+        self._reset_clocks()
+
+    def _reset_clocks(self) -> None:
         self._last_print = 0.0
         self._t0 = time.monotonic()
+        self._drawn = 0                # lines of the summary currently on screen (terminal mode)
+        self._finished: list[str] = []
+        self._durations: list[float] = []
+        self._started: dict[str, float] = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -43,51 +86,107 @@ class ProgressTable(Callback):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        # Restored by a resumed driver: clocks of the old process mean nothing here.
-        self.__dict__.update(state, _last_print=0.0, _t0=time.monotonic())
-        self.__dict__.setdefault("columns", TRIAL_COLUMNS)  # pickled before columns existed
+        # Restored by a resumed driver: clocks and screen of the old process mean nothing here.
+        self.__dict__.update(state)
+        self._reset_clocks()
 
-    def _out(self, text: str) -> None:
-        print(text, file=self.stream or sys.stdout, flush=True)
+    # ------------------------------------------------------------------ output
+    @property
+    def out(self):
+        return self.stream or sys.stdout
 
+    @property
+    def interactive(self) -> bool:
+        if self._interactive is not None:
+            return self._interactive
+        return bool(getattr(self.out, "isatty", lambda: False)())
+
+    def _write(self, text: str) -> None:
+        """A line (or block) that stays: in terminal mode, printed above the live summary."""
+        if self.interactive and self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")   # up to the summary's first line, clear below
+            self._drawn = 0
+        print(text, file=self.out, flush=True)
+
+    def _draw(self, text: str) -> None:
+        if not self.interactive:
+            print(text, file=self.out, flush=True)
+            return
+        if self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+        self.out.write(text + "\n")
+        self.out.flush()
+        self._drawn = text.count("\n") + 1
+
+    # ------------------------------------------------------------------ the summary
     def _cells(self, r: dict) -> str:
-        return "  ".join(f"{_fmt(r.get(metric)):<{max(5, len(head))}}" for head, metric in self.columns)
+        return "  ".join(f"{head} {_fmt(r.get(metric))}" for head, metric in self.columns)
 
-    def table(self, trials: list) -> str:
+    def _eta(self, done: int, running: int, pending: int) -> str:
+        if not self._durations or (running + pending) == 0:
+            return "-" if running + pending else "0s"
+        per_trial = sum(self._durations) / len(self._durations)
+        slots = max(running, 1)
+        return _duration(per_trial * (pending + running * 0.5) / slots)
+
+    def summary(self, trials: list) -> str:
         counts: dict[str, int] = {}
-        rows = []
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
+        done, running = counts.get("TERMINATED", 0), counts.get("RUNNING", 0)
+        failed = counts.get("ERROR", 0)
+        known = len(trials)
+        pending = counts.get("PENDING", 0) + max(0, (self.n_trials or known) - known)
+        labels = ", ".join(f"{k.replace('_grokking', '')} {v}" for k, v in sorted(self.board.labels.items())) or "-"
+        lines = [f"[grokray] {_duration(time.monotonic() - self._t0)} | trials: {done} done, {running} running, "
+                 f"{pending} pending, {failed} failed | labels: {labels} | "
+                 f"ETA {self._eta(done, running, pending)}"]
+        shown = [t for t in trials if t.status == "RUNNING"][:SHOWN]
+        width = max([len(str(t)) for t in shown] + [10])
+        for t in shown:
             r = t.last_result or {}
             step = r.get("step")
-            rows.append(f"  {str(t)[:46]:<46} {t.status:<10} {str(step) if step is not None else '-':>7}/"
-                        f"{self.max_steps:<7} {_fmt(r.get('acc/train'))}  {self._cells(r)}  {r.get('stop_reason', '')}")
-        elapsed = time.monotonic() - self._t0
-        heads = "  ".join(f"{head:<{max(5, len(head))}}" for head, _ in self.columns)
-        head = (f"[grokray] {elapsed / 60:.1f} min: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-                + f"\n  {'trial':<46} {'status':<10} {'step':>15}  train  {heads}  stop")
-        return "\n".join([head, *rows])
+            lines.append(f"  running  {str(t):<{width}}  step {step if step is not None else '-':>6}/{self.max_steps}"
+                         f"  train {_fmt(r.get('acc/train'))}  {self._cells(r)}")
+        if len(shown) < running:
+            lines.append(f"  ... and {running - len(shown)} more running (grokray sweep status NAME: every trial)")
+        lines += [f"  finished {line}" for line in self._finished[-SHOWN:]]
+        lines += [f"  labelled {line}" for line in self.board.labelled[-SHOWN:]]
+        return "\n".join(lines)
 
+    # ------------------------------------------------------------------ Tune events
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last_print >= self.every_s:
             self._last_print = time.monotonic()
-            self._out(self.table(trials))
+            self._draw(self.summary(trials))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._out(f"[grokray] started {trial}")
+        self._started[str(trial)] = time.monotonic()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
-        tests = ", ".join(f"{head} {_fmt(r.get(metric))}" for head, metric in self.columns)
-        self._out(f"[grokray] finished {trial} at step {r.get('step')} ({r.get('stop_reason', '?')}): "
-                  f"train {_fmt(r.get('acc/train'))}, {tests}")
+        line = (f"{trial} at step {r.get('step')} ({r.get('stop_reason', '?')}): train {_fmt(r.get('acc/train'))}, "
+                + ", ".join(f"{head} {_fmt(r.get(metric))}" for head, metric in self.columns))
+        self._finished = (self._finished + [line])[-SHOWN:]
+        if str(trial) in self._started:
+            self._durations.append(time.monotonic() - self._started.pop(str(trial)))
+        self._write(f"[grokray] finished {line}")
+
+    def label(self, summary: dict) -> None:
+        """A label from the classifier: counted, named in the summary, printed once as a line."""
+        name = summary.get("run_name") or summary["run_id"]
+        self.board.record_label(f"{name}  {summary['label']} ({summary['detail']}, {summary['confidence']:.2f})  "
+                                f"run {summary['run_id']}", summary["label"])
+        self._write(f"[grokray] label: {summary['line']}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         where = getattr(trial, "error_file", None) or getattr(trial, "path", "")
-        self._out(f"[grokray] trial {trial} FAILED (see {where})")
+        self._write(f"[grokray] trial {trial} FAILED (see {where})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._out(f"[grokray] trial {trial} failed; restarting from its last checkpoint")
+        self._write(f"[grokray] trial {trial} failed; restarting from its last checkpoint")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._out(self.table(trials))
+        self._drawn = self._drawn if self.interactive else 0
+        self._draw(self.summary(trials))
+        self._drawn = 0

@@ -39,6 +39,7 @@ class TrialContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    packs: tuple = ()          # a packed sweep's packs: each a tuple of member values (grokray.sweep.packing)
 
     @property
     def threads(self) -> int:
@@ -51,15 +52,16 @@ def trial_label(spec: Any, config: dict[str, Any]) -> str:
     return run_name(config, keys, spec.alternatives())
 
 
-def find_or_create_run(client: Any, ctx: TrialContext, trial_id: str, values: dict[str, Any]) -> str:
-    """The trial's MLflow child run: the existing one (a restart) or a new one."""
+def find_or_create_run(client: Any, ctx: TrialContext, trial_id: str, values: dict[str, Any],
+                       tags: dict[str, str] | None = None) -> str:
+    """The trial's MLflow child run: the existing one (a restart) or a new one (with ``tags``)."""
     found = tracking.find_trial_run(client, ctx.experiment_id, ctx.spec.name, trial_id)
     if found is not None:
         if found.info.status != "RUNNING":
             client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
     tags = {tracking.Tag.SWEEP: ctx.spec.name, tracking.Tag.TRIAL_ID: trial_id,
-            tracking.Tag.SWEPT: json.dumps(to_plain(values), sort_keys=True)}
+            tracking.Tag.SWEPT: json.dumps(to_plain(values), sort_keys=True), **(tags or {})}
     return tracking.start_run(client, ctx.experiment_id, trial_label(ctx.spec, values), kind=ctx.spec.kind,
                               parent_run_id=ctx.parent_run_id, tags=tags)
 
@@ -97,8 +99,8 @@ class TuneReporter:
         return final
 
 
-def restore_from_tune_checkpoint(trainer: Any) -> None:
-    """A restarted trial continues from its last Tune checkpoint (none on a first start)."""
+def restore_state(trainer: Any) -> None:
+    """A restarted trial (or pack) continues from its last Tune checkpoint (none on a first start)."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
@@ -126,7 +128,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                 tags[tracking.Tag.RUN_NAME] = built.run_name
             if tags:
                 tracking.log_tags(client, run_id, tags)
-            restore_from_tune_checkpoint(built.trainer)
+            restore_state(built.trainer)
             reporter = TuneReporter(run_id, kind.reported)
             result = built.trainer.run([*built.callbacks, reporter])
             status = "FINISHED"

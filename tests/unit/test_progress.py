@@ -1,49 +1,85 @@
-"""The sweep's progress table shows the test columns of the sweep's kind."""
+"""The sweep's progress: a summary whose size does not grow with the sweep, the kind's columns,
+plain lines off a terminal, in-place redraws on one."""
 import io
+import pickle
+
 import pytest
 
 from grokray.sweep.kinds import KINDS
-from grokray.sweep.progress import TRIAL_COLUMNS, ProgressTable
+from grokray.sweep.progress import SHOWN, TRIAL_COLUMNS, SweepProgress
 
 FINETUNE_COLUMNS = KINDS["finetune"].progress_columns
 
 
 class FakeTrial:
-    """Stands for a Tune trial only as far as the table reads one (name, status, last result)."""
+    """Stands for a Tune trial only as far as the display reads one (name, status, last result)."""
 
-    def __init__(self, name, status, result):
-        self.name, self.status, self.last_result = name, status, result
+    def __init__(self, name, status, result=None):
+        self.name, self.status, self.last_result = name, status, result or {}
 
     def __str__(self):
         return self.name
 
 
-@pytest.mark.parametrize("columns, result, expected", [
-    (TRIAL_COLUMNS, {"step": 900, "acc/train": 0.99, "acc/test_inferred_id": 0.25, "acc/test_inferred_ood": 0.125},
-     ["ID", "OOD", "0.990", "0.250", "0.125", "900/"]),
-    (FINETUNE_COLUMNS, {"step": 300, "acc/train": 1.0, "acc/test_new_old": 0.5, "acc/test_old_new": 0.0},
-     ["new+old", "old+new", "1.000", "0.500", "0.000", "300/"]),
-])
-def test_table_shows_the_kind_s_columns(columns, result, expected):
-    table = ProgressTable(4000, columns=columns).table([FakeTrial("t_00000", "RUNNING", result)])
-    for text in expected:
-        assert text in table, (text, table)
-    assert "  -  " not in table.splitlines()[-1]   # every column of the row has its value
+def sweep(n_done: int, n_running: int, n_pending: int) -> list:
+    trials = [FakeTrial(f"t_{i:05d}", "TERMINATED", {"step": 4000}) for i in range(n_done)]
+    trials += [FakeTrial(f"t_{i:05d}", "RUNNING", {"step": 900, "acc/train": 0.99, "acc/test_inferred_id": 0.25,
+                                                   "acc/test_inferred_ood": 0.125})
+               for i in range(n_done, n_done + n_running)]
+    return trials + [FakeTrial(f"t_{i:05d}", "PENDING") for i in range(n_pending)]
 
 
-def test_finished_line_names_the_columns():
+@pytest.mark.parametrize("n", [4, 60, 500])
+def test_the_summary_has_the_same_size_at_any_sweep_size(n):
+    prog = SweepProgress(4000, n_trials=n, interactive=False, stream=io.StringIO())
+    text = prog.summary(sweep(n // 2, 2, n - n // 2 - 2))
+    first = text.splitlines()[0]
+    assert f"{n // 2} done, 2 running, {n - n // 2 - 2} pending, 0 failed" in first
+    assert len(text.splitlines()) <= 1 + 3 * SHOWN + 1
+
+
+def test_running_rows_show_the_kind_s_columns_and_counts_labels():
+    prog = SweepProgress(4000, columns=FINETUNE_COLUMNS, interactive=False, stream=io.StringIO())
+    prog.label({"run_id": "abc123", "run_name": "seed=0", "label": "true_grokking", "detail": "grokking",
+                "confidence": 0.9, "line": "seed=0 (abc123)  true_grokking ..."})
+    prog.label({"run_id": "def456", "run_name": "seed=1", "label": "no_grokking", "detail": "censored",
+                "confidence": 0.5, "line": "seed=1 (def456)  no_grokking ..."})
+    trial = FakeTrial("t_00000", "RUNNING", {"step": 300, "acc/train": 1.0, "acc/test_new_old": 0.5,
+                                              "acc/test_old_new": 0.0})
+    text = prog.summary([trial])
+    assert "labels: no 1, true 1" in text
+    for needle in ("new+old 0.500", "old+new 0.000", "step    300/4000", "labelled seed=1  no_grokking (censored"):
+        assert needle in text, (needle, text)
+    assert "run def456" in text                                 # names and run ids together
+
+
+def test_off_a_terminal_each_finished_trial_is_one_line():
     out = io.StringIO()
-    ProgressTable(4000, stream=out, columns=FINETUNE_COLUMNS).on_trial_complete(
-        0, [], FakeTrial("t_00001", "TERMINATED", {"step": 800, "stop_reason": "max_steps", "acc/train": 1.0,
-                                                   "acc/test_new_old": 0.75, "acc/test_old_new": 0.0}))
-    assert out.getvalue().strip() == ("[grokray] finished t_00001 at step 800 (max_steps): train 1.000, "
-                                      "new+old 0.750, old+new 0.000")
+    prog = SweepProgress(4000, stream=out, columns=FINETUNE_COLUMNS, interactive=False)
+    prog.on_trial_complete(0, [], FakeTrial("t_00001", "TERMINATED", {"step": 800, "stop_reason": "max_steps",
+                                                                       "acc/train": 1.0, "acc/test_new_old": 0.75,
+                                                                       "acc/test_old_new": 0.0}))
+    assert out.getvalue() == ("[grokray] finished t_00001 at step 800 (max_steps): train 1.000, "
+                              "new+old 0.750, old+new 0.000\n")
+    assert "\x1b[" not in out.getvalue()
 
 
-def test_unpickled_old_table_gets_the_trial_columns():
-    table = ProgressTable(100)
-    state = table.__getstate__()
-    del state["columns"]
-    restored = ProgressTable.__new__(ProgressTable)
-    restored.__setstate__(state)
-    assert restored.columns == TRIAL_COLUMNS
+def test_on_a_terminal_the_summary_is_redrawn_in_place():
+    out = io.StringIO()
+    prog = SweepProgress(4000, n_trials=10, stream=out, interactive=True, every_s=0.0)
+    prog.on_step_end(0, sweep(1, 2, 7))
+    first = out.getvalue()
+    prog.on_step_end(1, sweep(2, 2, 6))
+    second = out.getvalue()[len(first):]
+    n_lines = first.count("\n")
+    assert second.startswith(f"\x1b[{n_lines}F\x1b[J") and "2 done" in second     # cursor up, clear, redraw
+    prog.label({"run_id": "r", "run_name": "n", "label": "no_grokking", "detail": "censored", "confidence": 0.4,
+                "line": "n (r)  no_grokking"})
+    assert out.getvalue().endswith("[grokray] label: n (r)  no_grokking\n")  # a kept line, printed above
+
+
+def test_a_resumed_driver_gets_fresh_clocks_and_keeps_labels():
+    prog = SweepProgress(100, interactive=False)
+    prog.board.record_label("x", "true_grokking")
+    restored = pickle.loads(pickle.dumps(prog))
+    assert restored.board.labels == {"true_grokking": 1} and restored._drawn == 0 and restored.columns == TRIAL_COLUMNS

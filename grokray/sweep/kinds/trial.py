@@ -50,4 +50,5 @@ class TrialKind:
     def build(self, spec: Any, config: Mapping[str, Any], client: Any, run_id: str, work_dir: str) -> Built:
         cfg = spec.trial_config(config)
         trainer = Trainer(cfg, work_dir=work_dir)
-        return Built(trainer, [tracking.RunLogger(client, run_id), StopCallback(spec.stopping)])
+        logger = tracking.RunLogger(client, run_id, draw_curves=not spec.classifier.enabled)
+        return Built(trainer, [logger, StopCallback(spec.stopping)])

@@ -1,0 +1,74 @@
+"""A fresh local MLflow store opened by several processes at once (issue: "a fresh sqlite store
+opened by two processes at once kills the sweep").
+
+Each round starts, at the same moment, on a store that does not exist yet: grokray commands
+(``grokray train``, which creates the store and logs a run) and processes that are not grokray's
+(a plain MLflow client polling ``search_experiments``, as a notebook or ``mlflow ui`` would).
+Every grokray command must succeed in every round: grokray's processes take turns on the lock
+beside the database, and a migration that loses the race with the plain client is retried.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from grokray import tracking
+from helpers import TINY
+
+ROUNDS = 4
+GROKRAY_PROCESSES = 3
+
+PLAIN_CLIENT = """
+import sys, time
+from mlflow.tracking import MlflowClient
+end = time.monotonic() + 20
+ok = 0
+while time.monotonic() < end and ok < 5:
+    try:
+        MlflowClient(tracking_uri=sys.argv[1]).search_experiments()
+        ok += 1
+    except Exception:
+        pass            # not grokray's process: it may lose races; only grokray's must not
+    time.sleep(0.2)
+"""
+
+
+def test_grokray_commands_and_a_plain_client_on_one_fresh_store(tmp_path):
+    sets = [a for o in [*TINY, "train.max_steps=3", "train.lens_sample=0"] for a in ("--set", o)]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "GROKRAY_CACHE": str(tmp_path / "cache")}
+    failures = []
+    for r in range(ROUNDS):
+        db = tmp_path / f"round{r}" / "mlflow.db"
+        uri = f"sqlite:///{db}"
+        procs = [subprocess.Popen([sys.executable, "-c", PLAIN_CLIENT, uri], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, env=env)]
+        grok = [subprocess.Popen([sys.executable, "-m", "grokray", "train", *sets, "--quiet", "--experiment",
+                                  f"e{i % 2}", "--tracking-uri", uri], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                for i in range(GROKRAY_PROCESSES)]
+        for p in grok:
+            out, err = p.communicate(timeout=300)
+            if p.returncode != 0:
+                failures.append(f"round {r}: exit {p.returncode}: {err.strip()[-500:]}")
+        for p in procs:
+            p.wait(timeout=60)
+        if not failures:
+            client = tracking.get_client(uri)
+            runs = [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
+            assert len(runs) == GROKRAY_PROCESSES and all(run.info.status == "FINISHED" for run in runs)
+            assert Path(f"{db}.lock").exists()
+    assert not failures, "\n".join(failures)
+
+
+def test_an_unusable_store_is_one_line_and_leaves_nothing_half_created(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store's folder should be")
+    uri = f"sqlite:///{blocker}/sub/mlflow.db"
+    out = subprocess.run([sys.executable, "-m", "grokray", "train", *[a for o in TINY for a in ("--set", o)],
+                          "--tracking-uri", uri], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "GROKRAY_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("grokray: error: tracking URI: cannot ") and str(blocker) in out.stderr
+    assert blocker.read_text().startswith("a file")
