@@ -8,16 +8,153 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
+from urllib.parse import urlsplit
 
 from grokray.config import ConfigError
 
+
 class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as the one line every other user mistake gets: no usage block
+    (``--help`` has it), exit code 2 as argparse's own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"grokray: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (``--queries 0`` or ``-5`` is refused by name)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum} (got {value})")
+        return value
+    parse.__name__ = "count"
+    return parse
+
+
+# --------------------------------------------------------------------------- checks before anything runs
+
+#: Default ports of the database servers MLflow can keep its store in.
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _check_store(uri: str | None, key: str = "tracking URI") -> str:
+    """The tracking URI a command will open (``uri``, else ``$MLFLOW_TRACKING_URI``, else
+    ``./mlflow.db``), checked before anything is read or written: its form, then what a local
+    sqlite path is (a directory or a file that is not SQLite would leave a lock file beside it
+    and a paragraph of MLflow logging), then whether an http(s) server answers at all (MLflow
+    would retry for minutes and end in a traceback). Returns the URI.
+    """
+    from grokray import tracking
+    from grokray.config import check_tracking_uri
+
+    if uri is None and os.environ.get("MLFLOW_TRACKING_URI") is not None:
+        key = "tracking URI ($MLFLOW_TRACKING_URI)"
+    uri = tracking.tracking_uri(uri)
+    check_tracking_uri(uri, key)
+    db = tracking.sqlite_path(uri)
+    if db is not None:
+        if db.is_dir():
+            raise ConfigError("is a directory, not an MLflow store (a sqlite file)", key=key, value=uri)
+        above = next((a for a in db.absolute().parents if a.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ConfigError(f"cannot create the store's directory: {above} is a file, not a directory", key=key,
+                              value=uri)
+        if db.is_file() and db.stat().st_size:
+            try:
+                with open(db, "rb") as fh:
+                    header = fh.read(16)
+            except OSError as e:
+                raise ConfigError(f"cannot read the MLflow store: {e.strerror}", key=key, value=uri) from None
+            if header != b"SQLite format 3\0":
+                raise ConfigError("is not an SQLite database, so not an MLflow store", key=key, value=uri)
+    scheme = urlsplit(uri).scheme.split("+", 1)[0]
+    if scheme in _DB_PORTS:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:  # the driver SQLAlchemy (so MLflow) will load for this URI
+            make_url(uri).get_dialect().import_dbapi()
+        except ImportError as e:
+            raise ConfigError(f"the {scheme} driver is not installed ({e}); pip install it, or use sqlite:///PATH",
+                              key=key, value=uri) from None
+        except ArgumentError as e:
+            raise ConfigError(f"not a database URL SQLAlchemy reads: {e}", key=key, value=uri) from None
+    _check_reachable(uri, key)
+    return uri
+
+
+def _check_reachable(uri: str, key: str) -> None:
+    """An http(s) tracking server or a database server must accept a connection (a TCP connect,
+    no request: authentication is not tested). MLflow would retry for minutes and end in a
+    traceback. Skipped where an http proxy carries the traffic, and for socket-only databases."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in ("http", "https", *_DB_PORTS) or not parts.hostname:
+        return
+    if scheme in ("http", "https") and urllib.request.getproxies().get(scheme) \
+            and not urllib.request.proxy_bypass(parts.hostname):
+        return
+    port = parts.port or {"http": 80, "https": 443, **_DB_PORTS}[scheme]
+    try:
+        socket.create_connection((parts.hostname, port), timeout=10).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        what = "MLflow server" if scheme.startswith("http") else f"{scheme} server"
+        raise ConfigError(f"cannot reach the {what} at {parts.hostname}:{port}: {why} (is it running? see "
+                          "mlflow/README.md)", key=key, value=uri) from None
+
+
+def _check_output(path: str | None, option: str) -> None:
+    """A file a command will write: not a directory, in a directory that exists and is writable;
+    checked before the work, so a typo in ``--png`` costs nothing and leaves nothing."""
+    if path is None:
+        return
+    p = Path(path)
+    if not str(path) or p.is_dir():
+        raise UserError(f"{option}: {path!r} is a directory (or empty), not a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise UserError(f"{option}: {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{option}: {path}: the directory {parent} is not writable")
+
+
+def _check_dir(path: str | None, option: str) -> None:
+    """A directory a command will create or fill: no file in its way, its nearest existing
+    ancestor a writable directory."""
+    if path is None or "://" in path:
+        return
+    p = Path(os.path.expanduser(path)).absolute()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{option}: {path} is a file, not a directory")
+    existing = next(a for a in (p, *p.parents) if a.exists())
+    if not existing.is_dir():
+        raise UserError(f"{option}: {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{option}: {path}: {existing} is not writable")
+
+
+def _check_sweep_name(name: str | None, key: str) -> None:
+    from grokray.sweep.params import check_name
+
+    if name is not None:
+        check_name(name, key)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -111,6 +248,21 @@ def _run_train(args: argparse.Namespace) -> int:
     from grokray.data import load_dataset
 
     cfg = load_trial_config(args.config, args.overrides)
+    _check_dir(args.out, "--out")
+    if not args.experiment.strip():
+        raise UserError("--experiment: an MLflow experiment name cannot be empty")
+    if not args.no_track:
+        _check_store(args.tracking_uri)
+    if cfg.train.device.startswith("cuda"):  # the trial runs here: its device must exist here
+        import torch
+
+        index = int(cfg.train.device.partition(":")[2] or 0)
+        if not torch.cuda.is_available():
+            raise ConfigError("no CUDA device on this machine (use auto or cpu)", key="train.device",
+                              value=cfg.train.device)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"this machine has {torch.cuda.device_count()} CUDA device(s)", key="train.device",
+                              value=cfg.train.device)
     dataset = load_dataset(cfg.data)  # fails fast on an impossible phi before anything is logged
     from grokray.train import Trainer
 
@@ -162,7 +314,7 @@ def _existing_client(uri: str | None):
     """A client for an existing store: a missing local sqlite file is a user error, not a new store."""
     from grokray import tracking
 
-    return tracking.existing_client(uri)
+    return tracking.existing_client(_check_store(uri))
 
 
 def _add_classify(p: argparse.ArgumentParser) -> None:
@@ -173,7 +325,7 @@ def _add_classify(p: argparse.ArgumentParser) -> None:
                    help="what decides true vs fake for grokray.label: the bridge interchange test (default) or "
                         "He et al.'s logit-lens rule; both are always computed and tagged")
     p.add_argument("--force", action="store_true", help="relabel even if this classifier version already did")
-    p.add_argument("--queries", type=int, default=200, help="queries for causal patching (default: 200)")
+    p.add_argument("--queries", type=_count(1), default=200, help="queries for causal patching (default: 200)")
     p.add_argument("--json", action="store_true", help="print verdicts as JSON lines")
     _add_tracking(p)
 
@@ -181,8 +333,10 @@ def _add_classify(p: argparse.ArgumentParser) -> None:
 def _run_classify(args: argparse.Namespace) -> int:
     from grokray.classify import RunNotClassifiable, classify_run, trial_runs
 
-    if bool(args.run_ids) == bool(args.experiment):
+    if bool(args.run_ids) == (args.experiment is not None):
         raise UserError("give RUN_ID(s) or --experiment NAME (one of the two)")
+    if args.experiment is not None and not args.experiment.strip():
+        raise UserError("--experiment: an MLflow experiment name cannot be empty")
     client = _existing_client(args.tracking_uri)
     if args.experiment:
         if client.get_experiment_by_name(args.experiment) is None:
@@ -208,11 +362,11 @@ def _run_classify(args: argparse.Namespace) -> int:
 def _add_paths(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_a", metavar="RUN_A", help="MLflow run id or checkpoint file (.pt)")
     p.add_argument("run_b", metavar="RUN_B", help="MLflow run id or checkpoint file (.pt)")
-    p.add_argument("--step-a", type=int, default=None, help="checkpoint step of RUN_A (default: last)")
-    p.add_argument("--step-b", type=int, default=None, help="checkpoint step of RUN_B (default: last)")
+    p.add_argument("--step-a", type=_count(0), default=None, help="checkpoint step of RUN_A (default: last)")
+    p.add_argument("--step-b", type=_count(0), default=None, help="checkpoint step of RUN_B (default: last)")
     p.add_argument("--split", default="test_inferred_id",
                    help="queries to compare on (default: test_inferred_id; or train_inferred)")
-    p.add_argument("--queries", type=int, default=300, help="number of queries (default: 300)")
+    p.add_argument("--queries", type=_count(1), default=300, help="number of queries (default: 300)")
     p.add_argument("--png", default=None, help="write the side-by-side heatmaps here (default: paths.png)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     _add_tracking(p)
@@ -224,6 +378,7 @@ def _resolve_checkpoint(ref: str, step: int | None, tracking_uri: str | None, tm
     if ref.endswith(".pt") or Path(ref).exists():
         if not Path(ref).exists():
             raise UserError(f"{ref}: checkpoint file not found")
+        _check_checkpoint(ref)
         return ref
     client = _existing_client(tracking_uri)
     try:
@@ -237,9 +392,37 @@ def _resolve_checkpoint(ref: str, step: int | None, tracking_uri: str | None, tm
         raise UserError(str(e)) from None
 
 
+#: What every checkpoint the trainer writes holds (grokray.train / grokray.model.load_checkpoint).
+_CHECKPOINT_KEYS = ("model", "model_config", "vocab_size", "trial_config")
+
+
+def _check_checkpoint(path: str) -> None:
+    """A local file given as a checkpoint must be one the trainer wrote: a directory, a file that
+    is not a torch archive, or a torch file of something else is a one-line error here, not an
+    unpickling or KeyError traceback in the middle of the analysis."""
+    import pickle
+    import zipfile
+
+    if Path(path).is_dir():
+        raise UserError(f"{path}: is a directory, not a checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a checkpoint (a grokray checkpoint is a torch .pt archive, as the trainer "
+                        "writes under checkpoints/)")
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError) as e:
+        raise UserError(f"{path}: not a grokray checkpoint ({str(e).splitlines()[0][:200]})") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: a torch file, but not a grokray checkpoint (no {', '.join(missing)})")
+
+
 def _run_paths(args: argparse.Namespace) -> int:
     from grokray.circuits.paths import compare_checkpoints
 
+    _check_output(args.png or "paths.png", "--png")
     with tempfile.TemporaryDirectory() as tmp:
         a = _resolve_checkpoint(args.run_a, args.step_a, args.tracking_uri, tmp + "/a")
         b = _resolve_checkpoint(args.run_b, args.step_b, args.tracking_uri, tmp + "/b")
@@ -265,10 +448,10 @@ def _run_paths(args: argparse.Namespace) -> int:
 
 def _add_patching(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="MLflow run id or checkpoint file (.pt)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step of RUN (default: last)")
+    p.add_argument("--step", type=_count(0), default=None, help="checkpoint step of RUN (default: last)")
     p.add_argument("--split", default="train_inferred",
                    help="queries to patch (default: train_inferred, as Wang et al.; or test_inferred_id / _ood)")
-    p.add_argument("--queries", type=int, default=300, help="number of queries (default: 300)")
+    p.add_argument("--queries", type=_count(1), default=300, help="number of queries (default: 300)")
     p.add_argument("--all", action="store_true", help="also patch queries the model answers wrongly")
     p.add_argument("--png", default=None, help="heatmaps (default: patching_step<N>.png)")
     p.add_argument("--out", default=None, help="flip-rate matrices as JSON (default: patching_step<N>.json)")
@@ -281,6 +464,8 @@ def _run_patching(args: argparse.Namespace) -> int:
     from grokray.data import load_dataset
     from grokray.model import load_checkpoint
 
+    _check_output(args.png, "--png")
+    _check_output(args.out, "--out")
     with tempfile.TemporaryDirectory() as tmp:
         path = _resolve_checkpoint(args.run, args.step, args.tracking_uri, tmp)
         model, ckpt = load_checkpoint(path)
@@ -293,6 +478,8 @@ def _run_patching(args: argparse.Namespace) -> int:
         raise UserError(f"--split: {str(e).splitlines()[0]}") from None
     png = args.png or f"patching_step{step}.png"
     out = args.out or f"patching_step{step}.json"
+    _check_output(png, "--png")
+    _check_output(out, "--out")
     result.plot(png)
     Path(out).write_text(result.to_json())
     print(f"causal patching at step {step} on {args.split}: {result.n_selected} queries "
@@ -321,6 +508,8 @@ def _add_phase_map(p: argparse.ArgumentParser) -> None:
 def _run_phase_map(args: argparse.Namespace) -> int:
     from grokray.phasemap import format_table, phase_map, plot_phase_map, resolve_axes
 
+    _check_output(args.csv, "--csv")
+    _check_output(args.png or f"{args.name}_phase_map.png", "--png")
     client = _existing_client(args.tracking_uri)
     try:
         df = phase_map(args.name, client.tracking_uri)
@@ -357,11 +546,17 @@ def _run_transfer_map(args: argparse.Namespace) -> int:
     from grokray.plots import plot_transfer_curves
     from grokray.transfermap import format_transfer_table, transfer_histories, transfer_map
 
+    _check_output(args.csv, "--csv")
+    _check_output(args.png or f"{args.name}_transfer.png", "--png")
     client = _existing_client(args.tracking_uri)
     try:
         df = transfer_map(args.name, client.tracking_uri)
     except LookupError as e:
         raise UserError(str(e).strip("'\"")) from None
+    kind = client.get_run(df.attrs["parent_run_id"]).data.params.get("sweep.kind", "finetune")
+    if kind != "finetune":  # its map is the phase map: an empty transfer table would only mislead
+        raise UserError(f"sweep {args.name!r} is a {kind} sweep, not a finetune sweep; its map is "
+                        f"`grokray phase-map {args.name}`")
     if args.csv:
         df.to_csv(args.csv, index=False)
     png = args.png or f"{args.name}_transfer.png"
@@ -449,6 +644,14 @@ def _run_sweep_validate(args: argparse.Namespace) -> int:
     print(f"{args.spec}: OK: sweep {spec.name!r}, method {spec.method}, {spec.n_trials()} trial(s){per} of at most "
           f"{spec.budget} steps; swept: {swept}; "
           f"resources per trial {spec.resources.cpu:g} cpu / {spec.resources.gpu:g} gpu")
+    pack = spec.resources.pack
+    if pack == "auto":
+        print("  pack: auto: 1 on CPU; with a GPU, the members that fit in its free memory, decided when the sweep "
+              "starts")
+    elif pack > 1:
+        from grokray.sweep.packing import describe, plan_packs
+
+        print(f"  {describe(plan_packs(spec, pack), pack)}; resources are per pack")
     return 0
 
 
@@ -510,8 +713,15 @@ def _run_sweep_run(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
     if args.tracking_uri:
         spec = dataclasses.replace(spec, tracking_uri=args.tracking_uri)
-    from grokray.sweep.driver import SweepError, run_sweep
+    if args.name:
+        spec = spec.renamed(args.name)
+    from grokray.sweep.driver import SweepError, default_storage, resolved_tracking_uri, run_sweep
 
+    # Everything a sweep will write to, checked before the MLflow parent run or the state folder exist.
+    _check_store(spec.tracking_uri, "tracking.uri" if spec.tracking_uri and not args.tracking_uri else "tracking URI")
+    _check_dir(spec.storage or default_storage(resolved_tracking_uri(spec)), "storage")
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        _check_local_resources(spec)
     try:
         summary = run_sweep(spec, name=args.name, address=args.address, dashboard=args.dashboard,
                             map_logger=_map_logger(spec.kind))
@@ -520,11 +730,27 @@ def _run_sweep_run(args: argparse.Namespace) -> int:
     return _after_sweep(summary, args.no_map)
 
 
+def _check_local_resources(spec) -> None:
+    """On a local Ray a trial asking for more CPUs or GPUs than this machine has is never scheduled:
+    Tune waits forever, warning once a minute. Refused here instead (a cluster is --address)."""
+    import torch
+
+    have = {"cpu": os.cpu_count() or 1, "gpu": torch.cuda.device_count()}
+    for kind in ("cpu", "gpu"):
+        want = getattr(spec.resources, kind)
+        if want > have[kind]:
+            raise ConfigError(f"a trial asks for {want:g} {kind.upper()}(s) but this machine has {have[kind]} and "
+                              "the sweep would run on a local Ray; lower it, or run on a cluster (--address)",
+                              key=f"resources.{kind}", value=want)
+
+
 def _run_sweep_resume(args: argparse.Namespace) -> int:
     from grokray.sweep.driver import SweepError, find_sweep, resume_sweep
 
+    _check_store(args.tracking_uri)
     try:
         record, _ = find_sweep(args.name, args.storage, args.tracking_uri)
+        _check_store(record.tracking_uri, "the sweep's tracking URI")
         summary = resume_sweep(args.name, storage=args.storage, address=args.address, dashboard=args.dashboard,
                                tracking_uri=args.tracking_uri, map_logger=_map_logger(record.spec.get("kind", "trial")))
     except SweepError as e:
@@ -537,6 +763,7 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
     from grokray.sweep.driver import SweepError, find_sweep
 
     name, exp_dir, parent = args.name, None, None
+    _check_store(args.tracking_uri)
     try:
         record, exp_dir = find_sweep(name, args.storage, args.tracking_uri)
         client = _existing_client(record.tracking_uri)
@@ -589,7 +816,7 @@ def _run_sweep_submit(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)  # fail here, not on the cluster
     from grokray.sweep import jobs
 
-    name = args.name or spec.name
+    name = spec.renamed(args.name).name if args.name else spec.name
     try:
         sid = jobs.submit(args.spec, name, args.address, working_dir=args.working_dir,
                           tracking_uri=args.tracking_uri, pip_install=args.pip_install)
@@ -608,7 +835,7 @@ def _run_sweep_submit(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from grokray.version import __version__
 
-    parser = argparse.ArgumentParser(prog="grokray", description="Grokking sweeps on Ray: train, classify, map.")
+    parser = _Parser(prog="grokray", description="Grokking sweeps on Ray: train, classify, map.")
     parser.add_argument("--version", action="version", version=f"grokray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -637,10 +864,25 @@ def _registry() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
     }
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """What every command's options must be, by their text alone, before the command starts:
+    ``--tracking-uri`` a URI MLflow can use (``--tracking-uri foo://x`` fails here on every
+    command, also where the store would be opened late or not at all; named "tracking URI" as
+    every store error is), a sweep name a name."""
+    from grokray.config import check_tracking_uri
+
+    if getattr(args, "tracking_uri", None) is not None:
+        check_tracking_uri(args.tracking_uri, "tracking URI")
+    if getattr(args, "command", None) == "sweep":
+        key = "NAME" if args.sweep_command in ("resume", "status", "logs") else "--name"
+        _check_sweep_name(getattr(args, "name", None), key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_args(args)
         return int(args._run(args) or 0)
     except (ConfigError, UserError) as e:
         print(f"grokray: error: {e}", file=sys.stderr)

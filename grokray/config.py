@@ -25,11 +25,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import yaml
+
+
+#: How a bad value is shown: bounded, so a 10,000-element list or a 300-digit number still
+#: gives one readable line (and a self-referencing YAML alias structure cannot blow it up).
+_VALUE_REPR = reprlib.Repr()
+_VALUE_REPR.maxlist = _VALUE_REPR.maxtuple = _VALUE_REPR.maxset = _VALUE_REPR.maxdict = 12
+_VALUE_REPR.maxstring, _VALUE_REPR.maxother, _VALUE_REPR.maxlong, _VALUE_REPR.maxlevel = 160, 160, 40, 5
 
 
 class ConfigError(ValueError):
@@ -48,8 +58,8 @@ class ConfigError(ValueError):
         parts = [p for p in (self.source, self.key) if p]
         msg = ": ".join(parts + [self.problem])
         if self.value is not dataclasses.MISSING:
-            msg += f" (got {self.value!r})"
-        return msg
+            msg += f" (got {_VALUE_REPR.repr(self.value)})"
+        return " ".join(msg.splitlines())  # one line, whatever a problem or a source holds
 
     def with_source(self, source: str | os.PathLike | None) -> "ConfigError":
         """The same error, attributed to ``source`` unless it already names one."""
@@ -197,6 +207,25 @@ class TrialConfig:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+# Limits beyond which a value is a typo (1e30, an extra zero or six), not a plan. Without them
+# a number that parses and passes "must be >= 1" overflows numpy or torch (a traceback), fills
+# the memory (the OOM killer), or loops for hours before the first step.
+#: Steps a trial may be given, and the bound of every other count and step in a trial config.
+MAX_BUDGET = 10**9
+#: Seeds: numpy takes non-negative seeds only; 32 bits are every seed anyone types.
+MAX_SEED = 2**32 - 1
+#: Two-hop compositions (n_entities x out_degree^2) and fact-table cells (n_entities x
+#: n_relations) of a graph: ~100x paper scale (800k compositions); int64 arrays of that many
+#: rows already take gigabytes.
+MAX_GRAPH = 10**8
+#: Parameters of a model (a lower bound from the config): ~80x the paper's 12.6M-parameter block.
+MAX_PARAMS = 10**9
+#: Evaluations per decade of steps: beyond this every step is evaluated anyway.
+MAX_EVAL_PER_DECADE = 1000
+#: torch threads of one trial.
+MAX_THREADS = 4096
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRECISIONS = ("fp32", "bf16", "auto")
 INITS = ("torch", "gpt2")
 LR_SCHEDULES = ("constant", "step")
@@ -257,6 +286,8 @@ def resolve_augmentation(value: Any, phi: float = 18.0) -> tuple[HopInjection, H
             raise ConfigError("ratio must be in [0, 1]", key=f"augmentation.{hop}.ratio", value=ratio)
         if k < 0:
             raise ConfigError("k must be >= 0", key=f"augmentation.{hop}.k", value=k)
+        if k > MAX_BUDGET:
+            raise ConfigError(f"k must be <= {MAX_BUDGET:,}", key=f"augmentation.{hop}.k", value=k)
         hops.append(HopInjection(ratio, k))
     return hops[0], hops[1]
 
@@ -331,9 +362,55 @@ def _check(cond: bool, problem: str, key: str, value: Any) -> None:
         raise ConfigError(problem, key=key, value=value)
 
 
+def _check_counts(cfg: TrialConfig) -> None:
+    """Every integer of the config (``train.max_steps`` first among them) at most MAX_BUDGET, seeds
+    in [0, MAX_SEED]: a huge int is refused here, by name, instead of overflowing numpy or torch later."""
+    for name, cls in SECTIONS.items():
+        section = getattr(cfg, name)
+        for f in dataclasses.fields(cls):
+            value = getattr(section, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and f.name != "seed":
+                _check(value <= MAX_BUDGET, f"must be <= {MAX_BUDGET:,}", f"{name}.{f.name}", value)
+    for key, seed in (("seed", cfg.seed), ("data.seed", cfg.data.seed)):
+        _check(0 <= seed <= MAX_SEED, f"must be in [0, {MAX_SEED}] (2**32 - 1)", key, seed)
+
+
+def _largest(cfg: TrialConfig, keys: tuple[str, ...]) -> tuple[str, Any]:
+    """The key (and value) among ``keys`` furthest above its default: the one to name when a
+    product of them is absurd."""
+    default = TrialConfig()
+
+    def get(c: TrialConfig, key: str) -> Any:
+        section, name = key.split(".")
+        return getattr(getattr(c, section), name)
+    key = max(keys, key=lambda k: get(cfg, k) / max(get(default, k), 1))
+    return key, get(cfg, key)
+
+
+def _check_sizes(cfg: TrialConfig) -> None:
+    """The graph and the model a config asks for fit MAX_GRAPH and MAX_PARAMS (after every
+    factor's own range is checked)."""
+    d, m = cfg.data, cfg.model
+    compositions, cells = d.n_entities * d.out_degree ** 2, d.n_entities * d.n_relations
+    for size, what, keys in ((compositions, "n_entities x out_degree^2 two-hop compositions",
+                              ("data.n_entities", "data.out_degree")),
+                             (cells, "n_entities x n_relations fact-table cells", ("data.n_entities",
+                                                                                    "data.n_relations"))):
+        if size > MAX_GRAPH:
+            key, value = _largest(cfg, keys)
+            raise ConfigError(f"a graph of {size:,} {what}: more than {MAX_GRAPH:,} is not a graph this "
+                              "generator builds in memory", key=key, value=value)
+    params = m.n_layers * (4 * m.d_model ** 2 + 2 * m.d_model * m.d_mlp) + (d.n_entities + d.n_relations) * m.d_model
+    if params > MAX_PARAMS:
+        key, value = _largest(cfg, ("model.d_model", "model.d_mlp", "model.n_layers", "data.n_entities"))
+        raise ConfigError(f"a model of at least {params:,} parameters: more than {MAX_PARAMS:,} is a typo for "
+                          "this study", key=key, value=value)
+
+
 def validate(cfg: TrialConfig) -> TrialConfig:
     """Check ranges and cross-field constraints; raises ConfigError naming the key and value."""
     d, m, t = cfg.data, cfg.model, cfg.train
+    _check_counts(cfg)
     _check(d.n_entities >= 2, "must be >= 2", "data.n_entities", d.n_entities)
     _check(d.n_relations >= 1, "must be >= 1", "data.n_relations", d.n_relations)
     _check(1 <= d.out_degree, "must be >= 1", "data.out_degree", d.out_degree)
@@ -366,20 +443,22 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     _check(t.batch_size >= 1, "must be >= 1", "train.batch_size", t.batch_size)
     _check(t.max_steps >= 1, "must be >= 1", "train.max_steps", t.max_steps)
     _check(t.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}", "train.precision", t.precision)
-    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-           "must be auto, cpu, cuda or cuda:N", "train.device", t.device)
-    _check(t.threads >= 0, "must be >= 0", "train.threads", t.threads)
-    _check(t.eval_per_decade >= 1, "must be >= 1", "train.eval_per_decade", t.eval_per_decade)
+    _check(bool(_DEVICE_RE.fullmatch(t.device)), "must be auto, cpu, cuda or cuda:N", "train.device", t.device)
+    _check(0 <= t.threads <= MAX_THREADS, f"must be in [0, {MAX_THREADS}]", "train.threads", t.threads)
+    _check(1 <= t.eval_per_decade <= MAX_EVAL_PER_DECADE, f"must be in [1, {MAX_EVAL_PER_DECADE}]",
+           "train.eval_per_decade", t.eval_per_decade)
     _check(t.eval_max_interval >= 1, "must be >= 1", "train.eval_max_interval", t.eval_max_interval)
     _check(t.lens_sample >= 0, "must be >= 0", "train.lens_sample", t.lens_sample)
     cs = t.checkpoint_steps
     if isinstance(cs, str):
         _check(cs in ("log", "none"), "must be 'log', 'none' or a list of steps", "train.checkpoint_steps", cs)
     else:
-        ok = isinstance(cs, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                   for s in cs)
-        _check(ok, "must be 'log', 'none' or a list of non-negative integer steps", "train.checkpoint_steps", cs)
+        ok = isinstance(cs, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool)
+                                                   and 0 <= s <= MAX_BUDGET for s in cs)
+        _check(ok, f"must be 'log', 'none' or a list of integer steps in [0, {MAX_BUDGET:,}]",
+               "train.checkpoint_steps", cs)
         t.checkpoint_steps = list(cs)
+    _check_sizes(cfg)
     return cfg
 
 
@@ -410,10 +489,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError("an override must look like key=value", key="--set", value=text)
+    if any(not part.strip() for part in key.split(".")):
+        raise ConfigError("a dotted key has an empty part (section.key, e.g. data.phi)", key="--set", value=text)
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
-    except yaml.YAMLError:
-        value = raw_value
+        value = load_yaml_text(raw_value) if raw_value.strip() else None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"invalid YAML value: {e.problem}", key=key, value=raw_value) from None
+    except (yaml.YAMLError, RecursionError):
+        value = raw_value  # not YAML: the string itself (the key's type check names it if wrong)
     return key, value
 
 
@@ -431,27 +514,147 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def read_yaml(path: str | os.PathLike) -> Any:
-    """Safe-load a YAML file; missing files and syntax errors become one-line ConfigErrors."""
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one YAML mapping."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping.
+
+    Plain ``yaml.safe_load`` keeps the last of two equal keys without a word, so a sweep
+    spec with two ``parameters:`` blocks or a trial config with ``phi`` set twice would run
+    something other than what its reader sees. Merge keys (``<<: *defaults``) still
+    override as YAML means them; only keys written out twice are refused. Construction
+    stays the safe loader's: no Python objects are ever built.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if earlier is not key_node:
+                    raise DuplicateKeyError(
+                        None, None, f"duplicate key {key!r} (first on line {earlier.start_mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Safe-load one YAML document with :class:`UniqueKeyLoader` (yaml errors propagate)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: safe
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a PyYAML error, in one line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    return where + problem
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    """A file's text as UTF-8; every way a path can fail to be a readable text file is a ConfigError."""
+    if not str(path):
+        raise ConfigError("no file given (an empty path)", value=str(path))
     try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            data = fh.read()
     except FileNotFoundError:
         raise ConfigError("file not found", source=path) from None
     except IsADirectoryError:
         raise ConfigError("is a directory, not a YAML file", source=path) from None
+    except PermissionError:
+        raise ConfigError("permission denied: cannot read the file", source=path) from None
+    except OSError as e:  # ELOOP, ENAMETOOLONG, EIO, a FIFO that fails, ...
+        raise ConfigError(f"cannot read the file: {e.strerror or type(e).__name__}", source=path) from None
+    nul = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ConfigError("UTF-16 or UTF-32 text, not UTF-8: save it as UTF-8", source=path) from None
+        what = "a binary file" if nul >= 0 else "text in another encoding, or a binary file"
+        raise ConfigError(f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): {what}; a spec or "
+                          "trial config is UTF-8 YAML", source=path) from None
+    if nul >= 0:
+        raise ConfigError(f"a binary file, not YAML text (a NUL byte at offset {nul})", source=path)
+    return text
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Safe-load a YAML file (duplicate keys refused); a missing, unreadable, binary, non-UTF-8,
+    empty or malformed file becomes a one-line ConfigError naming it.
+
+    An empty file (or one holding only comments) is an error, not an empty mapping: every
+    caller asks for a spec or a trial config, and a file with nothing in it is a file that
+    was truncated or not saved, or the wrong file; no file at all is how to ask for defaults.
+    """
+    text = _read_text(path)
+    if not text.strip():
+        raise ConfigError("file is empty", source=path)
+    try:
+        doc = load_yaml_text(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {where}{problem}", source=path) from None
+        raise ConfigError(f"invalid YAML: {_yaml_problem(e)}", source=path) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", source=path) from None
+    if doc is None:
+        raise ConfigError("file holds no YAML document (only comments, or null)", source=path)
+    return doc
+
+
+# --------------------------------------------------------------------------- tracking URIs
+
+#: URI schemes MLflow's tracking client accepts (``+driver`` suffixes allowed for the databases).
+URI_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(uri: Any, key: str = "tracking.uri") -> str | None:
+    """A tracking URI MLflow can open, checked by its text alone (no I/O, no MLflow import: a spec's
+    ``tracking.uri`` at ``sweep validate``, every command's ``--tracking-uri`` before anything
+    starts), or a one-line ConfigError naming ``key``.
+
+    Beyond the scheme: ``sqlite://x.db`` (two slashes) is a SQLAlchemy error deep in MLflow, an
+    http URI without a host or with a port out of range fails only at the first request, and
+    MLflow 3 refuses file stores unless ``MLFLOW_ALLOW_FILE_STORE`` is set.
+    """
+    if uri is None:
+        return None
+    if not isinstance(uri, str):
+        raise ConfigError("must be a string", key=key, value=uri)
+    if not uri.strip():
+        raise ConfigError("is empty: give a tracking URI such as sqlite:///mlflow.db", key=key, value=uri)
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]  # "databricks" alone is a URI too
+    if scheme not in URI_SCHEMES:
+        raise ConfigError(f"not a tracking URI MLflow can use (scheme one of {', '.join(URI_SCHEMES)})", key=key,
+                          value=uri)
+    if scheme == "sqlite" and not re.match(r"^sqlite(\+\w+)?:///.", uri):
+        raise ConfigError("a sqlite tracking URI is sqlite:///PATH (three slashes, then a relative path; four for "
+                          "an absolute one)", key=key, value=uri)
+    if scheme in ("http", "https"):
+        try:
+            parts = urlsplit(uri)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as e:
+            raise ConfigError(f"not a valid URL: {e}", key=key, value=uri) from None
+        if not parts.hostname:
+            raise ConfigError("an http(s) tracking URI needs a host: http(s)://HOST:PORT", key=key, value=uri)
+    if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        raise ConfigError("MLflow 3 refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///PATH",
+                          key=key, value=uri)
+    return uri
 
 
 def load_trial_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> TrialConfig:
     """Read a trial YAML (or start from defaults if ``path`` is None) and apply ``key=value`` overrides."""
     raw = read_yaml(path) if path is not None else {}
-    if raw is None:
-        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("a trial config must be a mapping with data / model / train sections",
                           value=type(raw).__name__, source=path)

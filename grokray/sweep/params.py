@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from grokray.config import ConfigError, coerce
+from grokray.config import MAX_BUDGET, ConfigError, coerce
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "categorical")
 #: A sweep name: it names a folder, a Ray Tune experiment and MLflow filter values.
@@ -46,9 +46,12 @@ class Parameter:
         return list(self.values) if self.values is not None else [self.low, self.high]
 
     def where(self, i: int) -> str:
-        """Where value ``i`` sits in the spec, for an error message."""
+        """Where sample ``i`` (see :meth:`samples`) sits in the spec, for an error message: a
+        listed value, or a distribution's ``min`` (0) or ``max`` (1)."""
         base = f"parameters.{self.key}"
-        return base + (f".values[{i}]" if self.values is not None and len(self.values) > 1 else "")
+        if self.values is None:
+            return base + (".min", ".max")[i]
+        return base + (f".values[{i}]" if len(self.values) > 1 else "")
 
 
 def value_name(value: Any) -> str | None:
@@ -72,8 +75,18 @@ def mapping(value: Any, key: str) -> Mapping:
     return value
 
 
-def int_at_least(value: Any, minimum: int, key: str, maximum: int | None = None) -> int | None:
-    """``value`` as an int in ``[minimum, maximum]`` (None stays None), or a one-line ConfigError."""
+def check_name(name: Any, key: str = "name") -> str:
+    """A sweep name (it names a folder, a Ray Tune experiment, a Ray job and MLflow filter values)
+    or a one-line ConfigError: ``../x`` or ``my sweep!`` never reaches the file system."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # fullmatch: "x\n" is no name
+        raise ConfigError("must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a "
+                          "letter or digit", key=key, value=name)
+    return name
+
+
+def int_at_least(value: Any, minimum: int, key: str, maximum: int | None = MAX_BUDGET) -> int | None:
+    """``value`` as an int in ``[minimum, maximum]`` (None stays None), or a one-line ConfigError.
+    The default maximum is the trial budget's: a count beyond it is a typo, not a plan."""
     if value is None:
         return None
     value = coerce(value, int, key)

@@ -44,24 +44,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from grokray.config import SECTIONS, ConfigError, TrialConfig, coerce, read_yaml, to_plain, trial_config_from_dict
+from grokray.config import (MAX_BUDGET, SECTIONS, ConfigError, TrialConfig, check_tracking_uri, coerce, read_yaml,
+                            to_plain, trial_config_from_dict)
 from grokray.data.graph import build_graph, max_phi
 from grokray.sweep.kinds import KINDS, SweepKind
-from grokray.sweep.params import (NAME_RE, Parameter, int_at_least, mapping, no_unknown, parse_parameter,
+from grokray.sweep.params import (Parameter, check_name, int_at_least, mapping, no_unknown, parse_parameter,
                                   without_name)
 from grokray.sweep.stopper import Scheduler, StopRule, parse_stopping
 from grokray.verdict import SPLITS
 
 METHODS = ("grid", "random", "optuna")
 CRITERIA = ("interchange", "lens")
-#: Steps a trial may be given: a budget beyond this is a typo (1e30), not a plan.
-MAX_BUDGET = 10**9
+#: CPUs or GPUs one trial may ask for: beyond this a typo (1e30) that Tune would wait on forever.
+MAX_RESOURCES = 10_000
+#: Members one pack may hold (a GPU's memory ends long before).
+MAX_PACK = 4096
 
 
 @dataclass(frozen=True)
 class Resources:
     cpu: float = 1.0
     gpu: float = 0.0
+    #: Trials trained together in one process as one batched model (grokray.sweep.packing): a count,
+    #: or "auto" (1 on CPU, where packing measured no faster; from free GPU memory with gpu > 0).
+    pack: int | str = 1
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,8 @@ class SweepSpec:
         return self.base.with_values({k: without_name(v) for k, v in values.items()})
 
     def renamed(self, name: str) -> "SweepSpec":
+        """The same spec under another name (``--name``), checked like the spec's own name."""
+        check_name(name, "--name")
         return dataclasses.replace(self, name=name, raw={**self.raw, "name": name})
 
 
@@ -212,6 +220,8 @@ def spec_from_dict(raw: Any, *, source: str | os.PathLike | None = None) -> Swee
 def _base(raw: Mapping, source: str | os.PathLike | None) -> TrialConfig:
     """``base:`` a path (relative to the spec file) or an inline trial config."""
     base_raw = raw.get("base")
+    if isinstance(base_raw, str) and not base_raw.strip():
+        raise ConfigError("must be a path to a trial config or an inline mapping", key="base", value=base_raw)
     if isinstance(base_raw, str):
         path = Path(base_raw)
         if not path.is_absolute() and source is not None:
@@ -222,8 +232,10 @@ def _base(raw: Mapping, source: str | os.PathLike | None) -> TrialConfig:
             if e.problem == "file not found":
                 raise ConfigError("base trial config not found", key="base", value=base_raw) from None
             raise
+    if base_raw is not None and not isinstance(base_raw, Mapping):
+        raise ConfigError("must be a path to a trial config or an inline mapping", key="base", value=base_raw)
     try:
-        return trial_config_from_dict(mapping(base_raw, "base"))
+        return trial_config_from_dict(base_raw)
     except ConfigError as e:
         raise e.with_prefix("base") from None
 
@@ -232,7 +244,7 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     if not isinstance(raw, Mapping):
         raise ConfigError("a sweep spec must be a mapping", value=type(raw).__name__)
     kind_name = raw.get("kind", "trial")
-    if kind_name not in KINDS:
+    if not isinstance(kind_name, str) or kind_name not in KINDS:
         raise ConfigError(f"must be one of {', '.join(KINDS)}", key="kind", value=kind_name)
     kind = KINDS[kind_name]
     for other in KINDS.values():
@@ -240,20 +252,19 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
             if k in raw and k not in kind.spec_keys:
                 raise ConfigError(f"only for kind: {other.name}", key=k, value=raw[k])
     no_unknown(raw, (*_TOP_KEYS, *kind.spec_keys), "")
-    name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ConfigError("must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a "
-                          "letter or digit", key="name", value=name)
+    name = check_name(raw.get("name"))
     method = raw.get("method", "grid")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"must be one of {', '.join(METHODS)}", key="method", value=method)
 
-    base = _base(raw, source)
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ConfigError("must be a string", key="description", value=description)
+
+    base = _base(raw, source)  # its train.max_steps is checked against MAX_BUDGET there (config.validate)
     max_steps = int_at_least(raw.get("max_steps"), 1, "max_steps", maximum=MAX_BUDGET)
     if max_steps is not None:
         base = base.with_values({"train.max_steps": max_steps})
-    if base.train.max_steps > MAX_BUDGET:
-        raise ConfigError(f"must be <= {MAX_BUDGET:,}", key="base.train.max_steps", value=base.train.max_steps)
 
     parameters = [parse_parameter(str(k), v) for k, v in mapping(raw.get("parameters"), "parameters").items()]
     kind_spec = kind.parse(raw, parameters)
@@ -284,12 +295,19 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     for k in ("uri", "experiment"):
         if tracking.get(k) is not None and not isinstance(tracking[k], str):
             raise ConfigError("must be a string", key=f"tracking.{k}", value=tracking[k])
-    _check_uri_scheme(tracking.get("uri"))
+    check_tracking_uri(tracking.get("uri"), "tracking.uri")
+    if tracking.get("experiment") is not None and not tracking["experiment"].strip():
+        raise ConfigError("must not be empty (leave it out for the sweep's name)", key="tracking.experiment",
+                          value=tracking["experiment"])
     storage = raw.get("storage")
     if storage is not None and (not isinstance(storage, str) or not storage):
         raise ConfigError("must be a path or URI string", key="storage", value=storage)
 
     classifier = _parse_classifier(mapping(raw.get("classifier"), "classifier"), kind.labelled)
+
+    if resources.pack != 1 and (method != "grid" or kind_name != "trial"):
+        raise ConfigError(f"packing needs method grid and kind trial (the pack plan is the grid's; this spec has "
+                          f"method {method}, kind {kind_name})", key="resources.pack", value=resources.pack)
 
     if method == "optuna":
         if not parameters:
@@ -303,7 +321,7 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     written = to_plain(raw)
     written["base"] = base.to_dict()  # inline: a resumed sweep must not depend on files
     spec = SweepSpec(name=name, base=base, parameters=tuple(parameters), method=method,
-                     description=str(raw.get("description") or ""), max_steps=max_steps, num_samples=num_samples,
+                     description=description or "", max_steps=max_steps, num_samples=num_samples,
                      metric=metric, stopping=stopping, scheduler=scheduler, resources=resources,
                      max_concurrent=max_concurrent, max_failures=max_failures, tracking_uri=tracking.get("uri"),
                      experiment=tracking.get("experiment"), storage=storage, classifier=classifier,
@@ -312,19 +330,6 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     if kind.name == "trial":
         _check_phi_feasible(spec)  # a finetune sweep's data comes from its sources: checked at sweep start
     return spec
-
-
-#: URI schemes MLflow's tracking client accepts (validated here, before anything starts).
-URI_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
-
-
-def _check_uri_scheme(uri: str | None, key: str = "tracking.uri") -> None:
-    if uri is None:
-        return
-    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ("file" if uri.startswith("file:") else "")
-    if scheme not in URI_SCHEMES:
-        raise ConfigError(f"not a tracking URI MLflow can use (scheme one of {', '.join(URI_SCHEMES)})", key=key,
-                          value=uri)
 
 
 def _parse_classifier(raw: Mapping, labelled: bool) -> ClassifierSpec:
@@ -341,13 +346,20 @@ def _parse_classifier(raw: Mapping, labelled: bool) -> ClassifierSpec:
 
 
 def _parse_resources(raw: Mapping) -> Resources:
-    no_unknown(raw, ("cpu", "gpu"), "resources")
+    no_unknown(raw, ("cpu", "gpu", "pack"), "resources")
+    pack = raw.get("pack", 1)
+    if pack != "auto":
+        pack = int_at_least(pack, 1, "resources.pack", maximum=MAX_PACK)
     r = Resources(cpu=coerce(raw.get("cpu", 1), float, "resources.cpu"),
-                  gpu=coerce(raw.get("gpu", 0), float, "resources.gpu"))
+                  gpu=coerce(raw.get("gpu", 0), float, "resources.gpu"), pack=pack)
     if r.cpu <= 0:
         raise ConfigError("must be > 0", key="resources.cpu", value=r.cpu)
     if r.gpu < 0:
         raise ConfigError("must be >= 0", key="resources.gpu", value=r.gpu)
+    for k in ("cpu", "gpu"):
+        if getattr(r, k) > MAX_RESOURCES:
+            raise ConfigError(f"must be <= {MAX_RESOURCES:,} (no node has more; Tune would wait forever)",
+                              key=f"resources.{k}", value=getattr(r, k))
     if r.gpu > 1 and not float(r.gpu).is_integer():
         raise ConfigError("above 1 a GPU count must be whole", key="resources.gpu", value=r.gpu)
     return r

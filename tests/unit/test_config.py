@@ -100,3 +100,105 @@ def test_a_section_mapping_sets_several_keys_together():
     assert (cfg.model.n_layers, cfg.model.n_loops, cfg.model.d_model, cfg.data.phi) == (2, 1, 128, 3.6)
     with pytest.raises(ConfigError, match=r"^model\.n_loopz: unknown key"):
         replace_dotted(TrialConfig(), {"model": {"n_loopz": 1}})
+
+
+# --------------------------------------------------------------------------- files and limits (issue 12)
+
+def test_duplicate_keys_are_refused_with_their_lines(tmp_path):
+    from grokray.config import read_yaml
+
+    path = tmp_path / "t.yaml"
+    path.write_text("data:\n  phi: 1.0\n  n_entities: 30\n  phi: 2.0\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: invalid YAML: line 4, column 3: duplicate key 'phi' "
+                                          r"\(first on line 2\)$"):
+        read_yaml(path)
+    path.write_text("a: &base {x: 1}\nb:\n  <<: *base\n  x: 2\n")  # a merge key still overrides
+    assert read_yaml(path) == {"a": {"x": 1}, "b": {"x": 2}}
+    path.write_text("a: {x: 1}\nb: {x: 1}\n")  # the same key in two mappings is no duplicate
+    assert read_yaml(path) == {"a": {"x": 1}, "b": {"x": 1}}
+
+
+def test_loading_stays_safe(tmp_path):
+    from grokray.config import UniqueKeyLoader, read_yaml
+
+    import yaml
+
+    assert issubclass(UniqueKeyLoader, yaml.SafeLoader)
+    path = tmp_path / "t.yaml"
+    path.write_text("x: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="could not determine a constructor for the tag"):
+        read_yaml(path)
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"", "file is empty"),
+    (b"\n \n", "file is empty"),
+    (b"# only a comment\n", "file holds no YAML document"),
+    (b"\x89PNG\r\n\x1a\n\x00", "not UTF-8 text (byte 0x89 at offset 0): a binary file"),
+    (b"a: 1\x00", "a binary file, not YAML text (a NUL byte at offset 4)"),
+    ("a: caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 6): text in another encoding"),
+    ("a: 1\n".encode("utf-16"), "UTF-16 or UTF-32 text, not UTF-8"),
+    (b"a: " + b"[" * 1000 + b"]" * 1000, "invalid YAML: nested too deeply"),
+])
+def test_files_that_are_no_trial_config_name_the_file(tmp_path, data, problem):
+    path = tmp_path / "t.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as err:
+        load_trial_config(path)
+    assert str(err.value).startswith(f"{path}: {problem}") and "\n" not in str(err.value)
+
+
+def test_a_utf8_bom_is_fine(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_bytes("\ufeffdata: {phi: 3.6}\n".encode())
+    assert load_trial_config(path).data.phi == 3.6
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("train.max_steps=1e30", "train.max_steps", int(1e30)),
+    ("train.warmup_steps=10000000000", "train.warmup_steps", 10**10),
+    ("data.probe_size=99999999999999999999", "data.probe_size", 99999999999999999999),
+    ("seed=-1", "seed", -1),
+    ("data.seed=4294967296", "data.seed", 2**32),
+    ("train.threads=5000", "train.threads", 5000),
+    ("train.eval_per_decade=1001", "train.eval_per_decade", 1001),
+    ("train.device=cuda:x", "train.device", "cuda:x"),
+    ("train.device=cudax", "train.device", "cudax"),
+    ("data.n_entities=100000000", "data.n_entities", 10**8),
+    ("data.out_degree=20000", "data.out_degree", 20000),
+    ("model.d_model=100000", "model.d_model", 100000),
+    ("data.augmentation={hop1: {ratio: 1, k: 10000000000}}", "data.augmentation.hop1.k", 10**10),
+])
+def test_absurd_sizes_are_refused_by_key(override, key, value):
+    overrides = [override, "data.n_relations=20000"] if "out_degree" in override else [override]
+    with pytest.raises(ConfigError) as err:
+        load_trial_config(None, overrides)
+    msg = str(err.value)
+    assert msg.startswith(f"{key}:") and "\n" not in msg, msg
+    assert f"(got {value!r})" in msg, msg
+
+
+def test_the_largest_sane_values_pass():
+    from grokray.config import MAX_SEED
+
+    cfg = load_trial_config(None, [f"seed={MAX_SEED}", "data.seed=0", "train.max_steps=1000000000",
+                                   "train.threads=4096", "train.eval_per_decade=1000", "train.device=cuda:3"])
+    assert cfg.seed == MAX_SEED and cfg.train.max_steps == 10**9
+
+
+@pytest.mark.parametrize("text, problem", [
+    (".phi=1", "--set: a dotted key has an empty part"),
+    ("data..phi=1", "--set: a dotted key has an empty part"),
+    ("data.=1", "--set: a dotted key has an empty part"),
+    ("data.augmentation={hop1: {k: 1}, hop1: {k: 2}}", "data.augmentation: invalid YAML value: duplicate key 'hop1'"),
+])
+def test_override_keys_and_values(text, problem):
+    with pytest.raises(ConfigError) as err:
+        load_trial_config(None, [text])
+    assert str(err.value).startswith(problem), str(err.value)
+
+
+def test_a_bad_value_is_shown_bounded_on_one_line():
+    err = ConfigError("must be a number", key="data.phi", value=list(range(10_000)))
+    assert len(str(err)) < 200 and str(err).endswith("...])")
+    assert "\n" not in str(ConfigError("two\nlines", key="k", value="a\nb"))
