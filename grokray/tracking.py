@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from grokray.version import __version__
-from grokray.config import ConfigError, TrialConfig, trial_config_from_dict
+from grokray.config import ConfigError, TrialConfig, check_tracking_uri, trial_config_from_dict
 from grokray.locks import file_lock
 from grokray.plots import plot_curves
 
@@ -173,6 +173,8 @@ def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
     """
     from mlflow.tracking import MlflowClient
 
+    if db.is_dir():
+        raise ConfigError("is a directory, not a sqlite MLflow store", key="tracking URI", value=uri)
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -212,14 +214,16 @@ def get_client(uri: str | None = None) -> "MlflowClient":
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(uri)
+    check_tracking_uri(uri, "tracking URI")
     db = sqlite_path(uri)
     if db is not None:
         return _open_sqlite(uri, db)
     try:
         return MlflowClient(tracking_uri=uri)
-    except MlflowException:  # MLflow's own message is a paragraph: one line for a user mistake
-        raise ConfigError("not a tracking URI MLflow can use (sqlite:///PATH, http(s)://HOST:PORT, file:PATH, "
-                          "postgresql://...)", key="tracking URI", value=uri) from None
+    except (MlflowException, ImportError, ValueError) as e:
+        # MLflow's own message is a paragraph (or a missing database driver's traceback): one line.
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot open the MLflow store: {reason}", key="tracking URI", value=uri) from None
 
 
 def existing_client(uri: str | None = None) -> "MlflowClient":

@@ -271,7 +271,9 @@ class Trainer:
         os.replace(tmp, path)
 
     def load_state(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        # Loaded on the CPU: the batch-order generator is a CPU generator whose state must stay a CPU
+        # tensor; load_state_dict copies weights, and the optimizer its moments, to the model's device.
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     # ------------------------------------------------------------------ loop
     def run(self, callbacks: list | tuple = ()) -> TrainResult:

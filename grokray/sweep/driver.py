@@ -290,9 +290,22 @@ class MapRefresher:
 # --------------------------------------------------------------------------- run / resume
 
 def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
+    """The sweep's parent run, and a saved view of its trials in the MLflow UI.
+
+    The view (MLflow 3.17's "Views" menu of the runs table: an experiment tag
+    ``mlflow.sharedViewState.<id>`` holding ``{name, createdAt, updatedAt, state}``, the state a
+    JSON string of the runs page's search facets and UI state) filters the runs table to this
+    sweep's trials, shows grokray's columns (label, detail, confidence, the ``verdict/*``
+    numbers, the swept params) and sorts by run name. The parent's description (its
+    ``mlflow.note.content``) says how to read those columns and links the view; the link also
+    carries ``workflowType=machine_learning``, without which the 3.17 UI opens an experiment in
+    its GenAI view whatever the experiment's ``mlflow.experimentKind`` tag says.
+    """
+    from grokray.config import SECTIONS, flatten
+    from grokray.sweep.params import without_name
+
     parent = tracking.start_run(client, experiment_id, spec.name, kind=tracking.KIND_SWEEP, tags={
-        tracking.Tag.SWEEP: spec.name, tracking.Tag.VERSION: __version__,
-        tracking.Tag.NOTE: spec.description or f"grokray sweep {spec.name}"})
+        tracking.Tag.SWEEP: spec.name, tracking.Tag.VERSION: __version__})
     params = {"sweep.method": spec.method, "sweep.kind": spec.kind, "sweep.n_trials": spec.n_trials(),
               "sweep.swept": ",".join(spec.swept_keys), "sweep.max_steps": spec.budget,
               "sweep.max_concurrent": spec.max_concurrent,
@@ -300,6 +313,60 @@ def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
               "sweep.stopping": json.dumps(spec.stopping.to_dict()), "sweep.criterion": spec.classifier.criterion}
     params.update({f"base.{k}": v for k, v in spec.base.flat().items()})
     tracking.log_params(client, parent, params)
+
+    # The swept values as param columns: a grouped value of a section (``model: {n_layers, n_loops}``)
+    # is logged as the section's own params.
+    swept: list[str] = []
+    for p in spec.parameters:
+        if p.key not in spec.swept_keys:
+            continue
+        groups = [v for v in (p.values or []) if isinstance(v, dict)]
+        keys = ([f"{p.key}.{k.split('.')[0]}" for v in groups for k in flatten(without_name(v))]
+                if p.key in SECTIONS and groups else [p.key])
+        swept += [k for k in keys if k not in swept]
+    verdict = [f"metrics.`{tracking.VERDICT_PREFIX}{k}`" for k in (
+        "final_target_level", "shortcut_best", "interchange", "t_memorize", "t_generalize", "delay_ratio")]
+    labels = [f"tags.`{t}`" for t in (tracking.Tag.LABEL, tracking.Tag.DETAIL, tracking.Tag.CONFIDENCE)]
+    columns = [f"params.`{k}`" for k in swept]
+    if spec.kind_impl.labelled:
+        columns = labels + verdict + columns
+    else:
+        columns = [f"metrics.`{m}`" for m in spec.kind_impl.reported] + columns
+    view_id = f"grokray-{spec.name}"
+    state = {"searchFilter": f"tags.`{tracking.Tag.PARENT}` = '{parent}'",  # children only, not nested
+             "orderByKey": f"tags.`{tracking.Tag.RUN_NAME}`", "orderByAsc": True, "selectedColumns": columns,
+             "columnOrder": columns}                                                 # label first, not params
+    now = int(time.time() * 1000)
+    envelope = {"name": f"grokray: {spec.name}", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    link = f"#/experiments/{experiment_id}/runs?viewStateShareKey={view_id}&workflowType=machine_learning"
+    try:
+        client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{view_id}", json.dumps(envelope))
+    except Exception as e:  # a store that refuses the tag loses the view, not the sweep
+        logging.getLogger(__name__).warning("could not save the MLflow UI view of sweep %s: %s", spec.name, e)
+        link = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+    split = spec.classifier.split.upper()
+    if spec.kind_impl.labelled:
+        reading = (
+            f"**Reading the results.** [Open this sweep's trials with grokray's columns]({link}) (the runs "
+            f"page's *Views* menu: \"grokray: {spec.name}\"). One row per trial, named by its swept values: "
+            "`grokray.label` true_grokking / fake_grokking / no_grokking; `grokray.detail` how (grokking, "
+            "comprehension, transient, semi, memorization; censored = stopped at its step budget without "
+            "generalizing, not proof of no grokking); `grokray.confidence` 0-1, a ranking score; "
+            f"`verdict/final_target_level` the {split} accuracy the run held at the end; `verdict/shortcut_best` "
+            f"what the best rule that never composes scores on {split} (a level not clearly above it is fake "
+            "grokking); `verdict/interchange` the share of correct answers that follow a swapped bridge entity "
+            "(true grokking needs it high); `verdict/t_memorize` / `verdict/t_generalize` the steps at which train "
+            f"accuracy held 0.99 / {split} accuracy held its threshold; `verdict/delay_ratio` "
+            "t_generalize / t_memorize. A column with no value in any trial is not shown. Click a trial for its "
+            "evidence: its description is the verdict with its reasons, its Artifacts `verdict/` hold README.md, "
+            "curves.png, interchange.png, lens.png, patching.png. This run's Artifacts hold the phase map "
+            "(`phase_map/phase_map.png`, `.txt`, `.csv`): the labels over the swept values.")
+    else:
+        reading = (f"**Reading the results.** [Open this sweep's runs with its columns]({link}) (the runs page's "
+                   f"*Views* menu: \"grokray: {spec.name}\"). This run's Artifacts hold the {spec.kind_impl.map_name}.")
+    tracking.log_tags(client, parent, {
+        tracking.Tag.NOTE: f"{spec.description or f'grokray sweep {spec.name}'}\n\n{reading}"})
     return parent
 
 
@@ -382,7 +449,7 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     record, exp_dir, spec = prepare_sweep(spec, name)
     _warn_cluster_store(record, address)
     init_ray(address, dashboard)
-    k = resolve_pack_size(spec) if getattr(spec.resources, "pack", 1) != 1 else 1  # TODO(pack spec)
+    k = resolve_pack_size(spec) if spec.resources.pack != 1 else 1
     if k > 1:
         record.packs = plan_packs(spec, k)
         record.save(exp_dir)

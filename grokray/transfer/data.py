@@ -49,7 +49,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from grokray.config import ConfigError, DataConfig, coerce, to_plain
+from grokray.config import MAX_BUDGET, MAX_SEED, ConfigError, DataConfig, coerce, to_plain
 from grokray.data import Dataset, data_hash, load_dataset
 from grokray.data.cache import cached
 from grokray.data.dataset import atomic_rows, sample_rows
@@ -99,6 +99,8 @@ _TRANSFER_FIELDS = tuple(f.name for f in dataclasses.fields(TransferConfig))
 
 def _count_or_fraction(value: Any, key: str) -> int | float:
     v = coerce(value, float, key)
+    if v > MAX_BUDGET:
+        raise ConfigError(f"must be <= {MAX_BUDGET:,}", key=key, value=value)
     if v >= 1:
         if not float(v).is_integer():
             raise ConfigError("a count must be a whole number (a fraction must be between 0 and 1)", key=key,
@@ -143,6 +145,8 @@ def transfer_config_from_dict(raw: Any, prefix: str = "transfer") -> TransferCon
             raise ConfigError("must be >= 1 (or null for the source's data.probe_size)", key=f"{prefix}.probe_size",
                               value=probe_size)
     seed = coerce(get("seed"), int, f"{prefix}.seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"must be in [0, {MAX_SEED}]", key=f"{prefix}.seed", value=seed)
     return TransferConfig(n_new=n_new, n_retained=n_retained, new_pairs=new_pairs, phi=phi,
                           test_fraction=test_fraction, probe_size=probe_size, seed=seed)
 

@@ -568,7 +568,7 @@ def test_parse_finetune_good_and_shipped_spec():
     ({"source": {"runs": ["ab-c"]}}, "source.runs[0]: must be an MLflow run id (got 'ab-c')"),
     ({"source": {"sweep": "calibration", "label": "sort_of"}}, "source.label: unknown label"),
     ({"source": {"sweep": "calibration", "checkpoint": "first"}},
-     "source.checkpoint: must be last or a step (an integer >= 0) (got 'first')"),
+     "source.checkpoint: must be last or a step (an integer in [0, 1,000,000,000]) (got 'first')"),
     ({"transfer": {"n_new": -3}}, "transfer.n_new: must be a count >= 1 or a fraction in (0, 1) (got -3)"),
     ({"transfer": {"seeed": 1}}, "transfer.seeed: unknown key"),
     ({"parameters": {"transfer.n_new": [0.05, 1.5]}},

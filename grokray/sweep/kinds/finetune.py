@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from grokray import tracking
-from grokray.config import ConfigError, to_plain
+from grokray.config import MAX_BUDGET, ConfigError, check_tracking_uri, to_plain
 from grokray.plots import plot_transfer_curves
 from grokray.sweep.kinds.base import Built
 from grokray.sweep.naming import run_name
@@ -131,11 +131,13 @@ def _parse_source(src_raw: Any) -> SourceSpec:
                 raise ConfigError("must be an MLflow run id", key=f"source.runs[{i}]", value=r)
     checkpoint = src_raw.get("checkpoint", "last")
     if checkpoint != "last":
-        if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0:
-            raise ConfigError("must be last or a step (an integer >= 0)", key="source.checkpoint", value=checkpoint)
+        if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or not 0 <= checkpoint <= MAX_BUDGET:
+            raise ConfigError(f"must be last or a step (an integer in [0, {MAX_BUDGET:,}])", key="source.checkpoint",
+                              value=checkpoint)
     for k in ("tracking_uri", "experiment"):
         if src_raw.get(k) is not None and not isinstance(src_raw[k], str):
             raise ConfigError("must be a string", key=f"source.{k}", value=src_raw[k])
+    check_tracking_uri(src_raw.get("tracking_uri"), "source.tracking_uri")
     return SourceSpec(sweep=tuple(sweep) if isinstance(sweep, list) else sweep, label=_labels(src_raw.get("label")),
                       runs=list(runs) if runs else None, checkpoint=checkpoint,
                       tracking_uri=src_raw.get("tracking_uri"), experiment=src_raw.get("experiment"))
