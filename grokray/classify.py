@@ -42,7 +42,8 @@ from grokray.config import trial_config_from_dict
 from grokray.data import load_dataset
 from grokray.model import load_checkpoint
 from grokray.plots import plot_curves
-from grokray.verdict import CLASSIFIER_VERSION, Verdict, VerdictParams, classify_history
+from grokray.verdict import (CLASSIFIER_VERSION, EVIDENCE_MODES, GENERALIZED, Verdict, VerdictParams,
+                             classify_history)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -88,24 +89,36 @@ class Outcome:
 
 def compute_verdict(client: "MlflowClient", run_id: str, split: str = "ood", n_queries: int = 200,
                     params: VerdictParams | None = None, criterion: str = "interchange",
-                    evidence: bool = True) -> tuple[Verdict, CircuitEvidence | None, list[dict], str]:
-    """Verdict, evidence (or None), history and run title for ``run_id``; writes nothing."""
+                    evidence: str = "auto") -> tuple[Verdict, CircuitEvidence | None, list[dict], str]:
+    """Verdict, evidence (or None), history and run title for ``run_id``; writes nothing.
+
+    With ``evidence="auto"`` a run that did not generalize is labelled from its curves and the
+    dataset's shortcut baseline (logged on the run) alone: the interchange test, lens and patching
+    decide true vs fake, which such a run is not; skipping them keeps the classifier ahead of a
+    sweep of many short trials."""
+    if evidence not in EVIDENCE_MODES:
+        raise ValueError(f"evidence must be one of {EVIDENCE_MODES}, not {evidence!r}")
     run = client.get_run(run_id)
     tags = run.data.tags
     history = tracking.load_history(client, run_id)
     if not history:
         raise RunNotClassifiable(f"run {run_id} has no metric history (not a grokray trial, or not started)")
     max_steps = int(tags.get(Tag.MAX_STEPS) or run.data.params.get("train.max_steps") or history[-1]["step"])
+    shortcut = run.data.metrics.get(f"{tracking.SHORTCUT_PREFIX}best/{split}")
+    light = {"shortcut_best": shortcut} if shortcut is not None and 0 <= shortcut <= 1 else None
+    verdict = classify_history(history, max_steps=max_steps, stop_reason=tags.get(Tag.STOP_REASON), evidence=light,
+                               split=split, criterion=criterion, params=params or VerdictParams())
+    wanted = evidence == "always" or (evidence == "auto" and verdict.behaviour in GENERALIZED)
     ev = None
-    if evidence and tracking.checkpoints(client, run_id):
+    if wanted and tracking.checkpoints(client, run_id):
         with tempfile.TemporaryDirectory(prefix="grokray-classify-") as tmp:
             model, meta = load_checkpoint(tracking.download_checkpoint(client, run_id, "last", tmp))
         dataset = load_dataset(trial_config_from_dict(meta["trial_config"]).data)
         torch.set_num_threads(max(1, torch.get_num_threads()))
         ev = circuit_evidence(model, dataset, split=split, n=n_queries, seed=0)
-    verdict = classify_history(history, max_steps=max_steps, stop_reason=tags.get(Tag.STOP_REASON),
-                               evidence=ev.for_verdict() if ev is not None else None, split=split,
-                               criterion=criterion, params=params or VerdictParams())
+        verdict = classify_history(history, max_steps=max_steps, stop_reason=tags.get(Tag.STOP_REASON),
+                                   evidence=ev.for_verdict(), split=split, criterion=criterion,
+                                   params=params or VerdictParams())
     return verdict, ev, history, run.info.run_name or run_id
 
 
@@ -177,7 +190,7 @@ def write_verdict(client: "MlflowClient", run_id: str, verdict: Verdict, evidenc
 
 def classify_run(run_id: str, tracking_uri: str | None = None, *, client: "MlflowClient | None" = None,
                  split: str = "ood", criterion: str = "interchange", force: bool = False, n_queries: int = 200,
-                 params: VerdictParams | None = None) -> Outcome:
+                 params: VerdictParams | None = None, evidence: str = "auto") -> Outcome:
     """Label one run (idempotent per classifier version, split and criterion); see the module docstring."""
     client = client or tracking.get_client(tracking_uri)
     try:
@@ -192,7 +205,7 @@ def classify_run(run_id: str, tracking_uri: str | None = None, *, client: "Mlflo
         if stored is not None:  # else: tags without the artifact, a half-written earlier attempt; label again
             return Outcome(run_id, Verdict.from_dict(stored), "unchanged", None, name)
     verdict, ev, history, title = compute_verdict(client, run_id, split=split, n_queries=n_queries, params=params,
-                                                  criterion=criterion)
+                                                  criterion=criterion, evidence=evidence)
     write_verdict(client, run_id, verdict, ev, history, title)
     action = "labelled" if previous.classifier_version is None else "relabelled"
     return Outcome(run_id, verdict, action, previous if action == "relabelled" else None, name)

@@ -323,7 +323,11 @@ def _add_classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["ood", "id"], default="ood", help="target test split (default: ood)")
     p.add_argument("--criterion", choices=["interchange", "lens"], default="interchange",
                    help="what decides true vs fake for grokray.label: the bridge interchange test (default) or "
-                        "He et al.'s logit-lens rule; both are always computed and tagged")
+                        "He et al.'s logit-lens rule; both are tagged whenever the evidence is computed")
+    p.add_argument("--evidence", choices=["auto", "always", "never"], default="auto",
+                   help="when to load the checkpoint for circuit evidence (interchange, lens, patching): auto = "
+                        "only for runs whose curves generalized, the only runs it can move between true and fake "
+                        "(default); always; never = curves and shortcut baselines only")
     p.add_argument("--force", action="store_true", help="relabel even if this classifier version already did")
     p.add_argument("--queries", type=_count(1), default=200, help="queries for causal patching (default: 200)")
     p.add_argument("--json", action="store_true", help="print verdicts as JSON lines")
@@ -349,7 +353,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     for run_id in run_ids:
         try:
             out = classify_run(run_id, client=client, split=args.split, criterion=args.criterion, force=args.force,
-                               n_queries=args.queries)
+                               n_queries=args.queries, evidence=args.evidence)
         except RunNotClassifiable as e:
             raise UserError(str(e)) from None
         if args.json:

@@ -98,6 +98,9 @@ GENERALIZED = ("grokking", "comprehension", "unmemorized")
 LENS_DETAILS = ("lens-visible", "lens-invisible")
 SPLITS = ("ood", "id")
 CRITERIA = ("interchange", "lens")
+#: When the classifier examines a checkpoint: ``auto`` only for runs whose curves generalized (the
+#: only runs the circuit evidence can move between true and fake), ``always`` or ``never``.
+EVIDENCE_MODES = ("auto", "always", "never")
 #: Target accuracy metric per split.
 TARGET_ACC = {"ood": "acc/test_inferred_ood", "id": "acc/test_inferred_id"}
 TRAIN_ACC = "acc/train"

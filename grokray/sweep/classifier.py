@@ -48,7 +48,8 @@ class ClassifierActor:
         t0 = time.perf_counter()
         try:
             out = classify_run(run_id, client=self.client, split=self.settings.split,
-                               criterion=self.settings.criterion, n_queries=self.settings.patching_queries)
+                               criterion=self.settings.criterion, n_queries=self.settings.patching_queries,
+                               evidence=self.settings.evidence)
         except RunNotClassifiable as e:
             return {"run_id": run_id, "error": str(e)}
         summary = {"run_id": run_id, "run_name": out.run_name, "action": out.action, "label": out.verdict.label,

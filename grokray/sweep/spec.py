@@ -21,7 +21,7 @@ The vocabulary is the one W&B and Ray users know::
     max_failures: 2                    # restarts of a trial whose worker died (from its checkpoint)
     tracking: {uri: null, experiment: null}   # default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/mlflow.db
     storage: null                      # default: beside a local MLflow store, else ~/grokray_results
-    classifier: {enabled: true, split: ood, criterion: interchange, patching_queries: 200}
+    classifier: {enabled: true, split: ood, criterion: interchange, patching_queries: 200, evidence: auto}
 
 :func:`load_spec` turns every mistake into one :class:`~grokray.config.ConfigError` line
 naming the file, the key and the bad value. The path of one swept value, from YAML to the
@@ -51,10 +51,9 @@ from grokray.sweep.kinds import KINDS, SweepKind
 from grokray.sweep.params import (Parameter, check_name, int_at_least, mapping, no_unknown, parse_parameter,
                                   without_name)
 from grokray.sweep.stopper import Scheduler, StopRule, parse_stopping
-from grokray.verdict import SPLITS
+from grokray.verdict import CRITERIA, EVIDENCE_MODES, SPLITS
 
 METHODS = ("grid", "random", "optuna")
-CRITERIA = ("interchange", "lens")
 #: CPUs or GPUs one trial may ask for: beyond this a typo (1e30) that Tune would wait on forever.
 MAX_RESOURCES = 10_000
 #: Members one pack may hold (a GPU's memory ends long before).
@@ -75,9 +74,12 @@ class ClassifierSpec:
     enabled: bool = True
     split: str = "ood"
     #: Which evidence decides true vs fake: the bridge interchange test (default) or He et al.'s
-    #: logit-lens rule. Both are always computed and tagged (grokray.label_interchange / _lens).
+    #: logit-lens rule. Both are tagged (grokray.label_interchange / _lens) whenever the evidence is computed.
     criterion: str = "interchange"
     patching_queries: int = 200
+    #: When the checkpoint is examined: ``auto`` only for runs whose curves generalized (the only
+    #: runs the evidence can move between true and fake), ``always`` or ``never``.
+    evidence: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -333,11 +335,14 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
 
 
 def _parse_classifier(raw: Mapping, labelled: bool) -> ClassifierSpec:
-    no_unknown(raw, ("enabled", "split", "criterion", "patching_queries"), "classifier")
+    no_unknown(raw, ("enabled", "split", "criterion", "patching_queries", "evidence"), "classifier")
     c = ClassifierSpec(enabled=coerce(raw.get("enabled", True), bool, "classifier.enabled") and labelled,
                        split=raw.get("split", "ood"), criterion=raw.get("criterion", "interchange"),
                        patching_queries=int_at_least(raw.get("patching_queries", 200), 1,
-                                                     "classifier.patching_queries", maximum=100_000))
+                                                     "classifier.patching_queries", maximum=100_000),
+                       evidence=raw.get("evidence", "auto"))
+    if c.evidence not in EVIDENCE_MODES:
+        raise ConfigError(f"must be one of {', '.join(EVIDENCE_MODES)}", key="classifier.evidence", value=c.evidence)
     if c.split not in SPLITS:
         raise ConfigError(f"must be one of {', '.join(SPLITS)}", key="classifier.split", value=c.split)
     if c.criterion not in CRITERIA:

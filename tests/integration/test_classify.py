@@ -10,7 +10,7 @@ import pytest
 from helpers import TINY
 from grokray import tracking
 from grokray.classify import CLASSIFIER_VERSION, classify_experiment, classify_run
-from grokray.verdict import LABELS
+from grokray.verdict import GENERALIZED, LABELS
 
 GROKRAY = [sys.executable, "-m", "grokray"]
 
@@ -34,7 +34,7 @@ def trained_run(tmp_path, mlflow_uri):
 
 def test_label_once_then_unchanged_then_relabelled_on_a_new_version(trained_run, mlflow_uri):
     client, run_id = trained_run
-    first = classify_run(run_id, mlflow_uri)
+    first = classify_run(run_id, mlflow_uri, evidence="always")   # a 300-step run: auto would skip the checkpoint
     assert first.action == "labelled" and first.verdict.label in LABELS
     tags = client.get_run(run_id).data.tags
     assert tags["grokray.label"] == first.verdict.label
@@ -52,7 +52,7 @@ def test_label_once_then_unchanged_then_relabelled_on_a_new_version(trained_run,
 
     client.set_tag(run_id, "grokray.classifier_version", "0")   # labelled by an older classifier
     client.set_tag(run_id, "grokray.label", "fake_grokking" if first.verdict.label != "fake_grokking" else "no_grokking")
-    third = classify_run(run_id, mlflow_uri)
+    third = classify_run(run_id, mlflow_uri, evidence="always")
     assert third.action == "relabelled" and third.previous.classifier_version == "0"
     assert client.get_run(run_id).data.tags["grokray.classifier_version"] == CLASSIFIER_VERSION
     assert third.verdict.label == first.verdict.label            # same data, same rules, same label
@@ -67,7 +67,7 @@ def test_label_once_then_unchanged_then_relabelled_on_a_new_version(trained_run,
     metrics = client.get_run(run_id).data.metrics
     assert 0.0 <= metrics["shortcut/best/ood"] <= 1.0 and metrics["verdict/shortcut_best"] == metrics["shortcut/best/ood"]
     # the lens criterion relabels (another criterion is another labelling)
-    fourth = classify_run(run_id, mlflow_uri, criterion="lens")
+    fourth = classify_run(run_id, mlflow_uri, criterion="lens", evidence="always")
     assert fourth.action == "relabelled" and fourth.verdict.label == fourth.verdict.label_lens
 
 
@@ -80,6 +80,26 @@ def test_classify_experiment_and_cli(trained_run, mlflow_uri, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     line = json.loads(out.stdout.strip().splitlines()[-1])
     assert line["run_id"] == run_id and line["action"] == "unchanged" and line["label"] == outcomes[0].verdict.label
+
+
+def test_evidence_auto_reads_the_checkpoint_only_for_runs_that_generalized(trained_run, mlflow_uri, tmp_path):
+    """A 300-step tiny run does not generalize: under ``auto`` it is labelled from its curves and
+    the logged shortcut baseline, without the checkpoint; ``--evidence always`` adds the evidence."""
+    client, run_id = trained_run
+    auto = classify_run(run_id, mlflow_uri)
+    assert auto.verdict.behaviour not in GENERALIZED and auto.verdict.label == "no_grokking"
+    assert auto.verdict.shortcut_best == client.get_run(run_id).data.metrics["shortcut/best/ood"]
+    artifacts = {f.path for f in client.list_artifacts(run_id, "verdict")}
+    assert "verdict/verdict.json" in artifacts and "verdict/evidence.json" not in artifacts
+
+    out = grokray("classify", run_id, "--evidence", "always", "--force", "--tracking-uri", mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    artifacts = {f.path for f in client.list_artifacts(run_id, "verdict")}
+    assert {"verdict/evidence.json", "verdict/interchange.png"} <= artifacts
+    assert client.get_run(run_id).data.tags["grokray.label"] == auto.verdict.label   # evidence cannot make it grok
+
+    out = grokray("classify", run_id, "--evidence", "sometimes", "--tracking-uri", mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 2 and "--evidence" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("args, message", [

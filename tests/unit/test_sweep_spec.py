@@ -60,6 +60,7 @@ def test_grid_expansion_counts_and_budget():
     ({"name": "r", "stopping": {"asha": {"metric": "acc/train"}}}, "asha settings given but"),
     ({"name": "r", "resources": {"gpu": 1.5}}, "above 1 a GPU count must be whole"),
     ({"name": "r", "metric": {"name": "acc/train", "mode": "up"}}, "must be min or max"),
+    ({"name": "r", "classifier": {"evidence": "sometimes"}}, "classifier.evidence.*auto, always, never"),
 ])
 def test_more_spec_errors(raw, problem):
     with pytest.raises(ConfigError, match=problem):
