@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -43,9 +44,10 @@ REGIME_ORDER = {"none": 0, "both_full": 1, "both_half": 2, "hop1_full": 3, "hop2
 #: The verdict's evidence plots copied per run: artifact name -> suffix of the PNG in --out.
 EVIDENCE_PNGS = ("curves", "lens", "interchange", "patching_{split}")
 #: Table columns: (header, row key, format); a format of None prints the value as it is.
-COLUMNS = (("regime", "regime", None), ("layers x loops", "model", None), ("label", "label", "**{}**"),
+COLUMNS = (("regime", "regime", None), ("layers x loops", "model", None), ("seed", "seed", None),
+           ("label", "label", "**{}**"),
            ("label (lens)", "label_lens", None), ("detail", "detail", None), ("conf", "confidence", "{:.2f}"),
-           ("t_mem", "t_memorize", "{:.0f}"), ("t_gen", "t_generalize", "{:.0f}"),
+           ("t_mem", "t_memorize", "{:.0f}"), ("t_gen", "t_generalize", "{:.0f}"), ("delay", "delay_ratio", "{:.1f}x"),
            ("steps (stop)", "steps", None), ("train", "train", "{:.2f}"), ("ID", "id", "{:.2f}"),
            ("OOD", "ood", "{:.2f}"), ("target held (max)", "held", None),
            ("shortcut best", "shortcut_best", "{:.2f}"), ("interchange", "interchange", "{:.2f}"),
@@ -128,7 +130,7 @@ def calibration_row(client, frame_row: dict) -> tuple[dict, list[dict]]:
     m, tags = run.data.metrics, run.data.tags
     cfg = tracking.run_trial_config(client, run_id)
     history = tracking.load_history(client, run_id)
-    row = {"regime": cfg.data.augmentation_name(), "model": f"{cfg.model.n_layers}x{cfg.model.n_loops}",
+    row = {"regime": regime_name(cfg), "model": f"{cfg.model.n_layers}x{cfg.model.n_loops}",
            "seed": int(cfg.seed), "run_id": run_id, "run_name": frame_row["run_name"],
            "label": frame_row["label"], "label_lens": frame_row["label_lens"],
            "label_interchange": tags.get(Tag.LABEL_INTERCHANGE), "criterion": tags.get(Tag.CRITERION),
@@ -150,6 +152,24 @@ def calibration_row(client, frame_row: dict) -> tuple[dict, list[dict]]:
            "causal_r1": _float(m.get(f"{V}causal_r1")),
            "minutes": (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else None}
     return row, history
+
+
+def regime_name(cfg) -> str:
+    """The augmentation's name, plus every data / model setting that differs from the default
+    trial's (``hop2(1,18) n_relations=200 phi=3.6``), so runs on other graphs never share a row name."""
+    import dataclasses
+
+    from grokray.config import DataConfig, ModelConfig
+
+    parts = [cfg.data.augmentation_name()]
+    for section, default in (("data", DataConfig()), ("model", ModelConfig())):
+        for f in dataclasses.fields(default):
+            if f.name in ("augmentation", "n_layers", "n_loops"):
+                continue
+            v = getattr(getattr(cfg, section), f.name)
+            if v != getattr(default, f.name):
+                parts.append(f"{f.name}={v:g}" if isinstance(v, float) else f"{f.name}={v}")
+    return " ".join(parts)
 
 
 def copy_evidence(client, row: dict, out: Path, key: str) -> list[str]:
@@ -174,26 +194,28 @@ def copy_evidence(client, row: dict, out: Path, key: str) -> list[str]:
 
 
 def plot_ood_curves(curves: dict[str, list[dict]], models: list[str], path: Path) -> None:
-    """OOD accuracy and lens bridge over steps, one column per model shape."""
+    """Train accuracy (memorization), OOD accuracy and lens bridge over steps, one column per model shape."""
     from grokray.plots import plt
 
-    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 7), dpi=110, squeeze=False, sharex=True)
+    fig, axes = plt.subplots(3, len(models), figsize=(6 * len(models), 10), dpi=110, squeeze=False, sharex=True)
     for col, L in enumerate(models):
         for key, hist in curves.items():
             if f"-L{L}-" not in key:
                 continue
             steps = [h["step"] for h in hist if h["step"] > 0]
-            for row, metric in enumerate(("acc/test_inferred_ood", "lens/ood/bridge_found")):
+            for row, metric in enumerate(("acc/train", "acc/test_inferred_ood", "lens/ood/bridge_found")):
                 vals = [h.get(metric, float("nan")) for h in hist if h["step"] > 0]
-                axes[row][col].plot(steps, vals, label=key.split("-L")[0], lw=1.4)
-        for row, name in enumerate(("OOD test accuracy", "OOD bridge found (lens)")):
+                axes[row][col].plot(steps, vals, label=key.replace(f"-L{L}", ""), lw=1.4,
+                                     ls="--" if key.endswith("-s1") else "-")
+        for row, name in enumerate(("train accuracy", "OOD test accuracy", "OOD bridge found (lens)")):
             ax = axes[row][col]
             ax.set_xscale("log")
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{name}, layers x loops = {L}", fontsize=9)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        axes[1][col].set_xlabel("step (log)")
+            if row == 1:
+                ax.legend(fontsize=7)
+        axes[-1][col].set_xlabel("step (log)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -250,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {fr['run_name']}: {fr['status']}, not labelled yet", file=sys.stderr)
             continue
         row, history = calibration_row(client, fr.to_dict())
-        key = f"{row['regime']}-L{row['model']}-s{row['seed']}"
+        regime = re.sub(r"[^A-Za-z0-9_.=-]+", "_", row["regime"]).strip("_")   # a file name, and a markdown link
+        key = f"{regime}-L{row['model']}-s{row['seed']}"
         curves[key] = history
         row["plots"] = copy_evidence(client, row, out, key)
         rows.append(row)
