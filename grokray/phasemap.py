@@ -53,13 +53,15 @@ Example (a hand-made frame; :func:`phase_map` gives the real one):
     >>> print(format_table(df, "data.phi"))  # doctest: +ELLIPSIS
     data.phi  3.6      7.2
               no* 2/2  true 2/3
-    true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled; ...
+    true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled;
+    k/n = runs with that label / runs; ...
     >>> # df = phase_map("phi-by-augmentation")              # a sweep name, or an experiment name
     >>> # plot_phase_map(df, "phase_map.png")                # x / y / facets chosen as above
 """
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import textwrap
 from pathlib import Path
@@ -101,8 +103,14 @@ NOT_CONFIG = ("model.n_params",)
 
 Tag = tracking.Tag
 V = tracking.VERDICT_PREFIX
-TABLE_LEGEND = ("true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled; "
+TABLE_LEGEND = ("true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled;\n"
                 "k/n = runs with that label / runs; * = some runs censored (hit the step budget)")
+#: The terminal table's target width in characters (a table whose cells alone are wider stays wider).
+TABLE_WIDTH = 100
+#: A row label longer than this goes on continuation lines under its row.
+ROW_CHARS = 30
+#: Column labels wrap onto at most this many header lines; beyond that the columns get keys.
+HEADER_LINES = 3
 
 
 # --------------------------------------------------------------------------- reading MLflow
@@ -524,53 +532,246 @@ def _steps(v: float) -> str:
     return f"{v / 1e6:.3g}M"
 
 
+def _breaks(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken after a comma where it can (a list
+    of pairs ``n_layers=2,n_loops=1`` or a title ``a=1, b=2``), else inside a piece.
+
+    >>> _breaks("hop1.k=1,hop1.ratio=0.5,hop2.k=0", 18)
+    ['hop1.k=1,', 'hop1.ratio=0.5,', 'hop2.k=0']
+    """
+    width = max(1, width)
+    lines: list[str] = []
+    cur = ""
+    for piece in re.split(r"(?<=,)", text):
+        if cur and len((cur + piece).rstrip()) > width:
+            lines.append(cur.rstrip())
+            cur = piece.lstrip()
+        else:
+            cur = cur + piece if cur else piece.lstrip()
+        while len(cur) > width:  # a piece longer than a line: after its last '.', '_' or '=' that fits
+            cut = max(cur.rfind(ch, 1, width) for ch in "._=") + 1 or width
+            lines.append(cur[:cut])
+            cur = cur[cut:]
+    if cur or not lines:
+        lines.append(cur.rstrip())
+    return lines
+
+
+def _pack(items: list[str], width: int) -> list[str]:
+    """``items`` joined by ``; `` into lines of at most ``width`` characters (never inside an item)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += "; " + item
+        else:
+            lines.append(item)
+    return lines
+
+
+def _join(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(s.ljust(w) for s, w in zip(cells, widths)).rstrip()
+
+
+def _table_block(corner: str, x_labels: list[str], rows: list[tuple[str, list[str]]],
+                 width: int = TABLE_WIDTH) -> list[str]:
+    """One table: a header (the corner and the ``x`` labels) and one row per ``y`` label.
+
+    What it does to stay within ``width`` characters, in order, only when it must: a row label
+    longer than :data:`ROW_CHARS` goes on continuation lines (indented two spaces) under its
+    row; the corner ``y \\ x`` goes on two lines; the column labels wrap onto at most
+    :data:`HEADER_LINES` lines; else the columns are named ``x1``, ``x2``, ... and a key below
+    the table gives their values. Cells are never cut: a table of many columns may stay wider.
+    """
+    row_lines = [_breaks(lab, ROW_CHARS) if len(lab) > ROW_CHARS else [lab] for lab, _ in rows]
+    row_lines = [[ln if i == 0 else "  " + ln for i, ln in enumerate(ls)] for ls in row_lines]
+    first = max([len(ln) for ls in row_lines for ln in ls] + [0])
+    cell_w = [max([len(words[i]) for _, words in rows] + [1]) for i in range(len(x_labels))]
+
+    def total(fw: int, col_w: list[int]) -> int:
+        return fw + sum(2 + w for w in col_w)
+
+    corner_lines = [corner]
+    heads = [[lab] for lab in x_labels]
+    col_w = [max(c, len(lab)) for c, lab in zip(cell_w, x_labels)]
+    key: list[str] = []
+    if total(max(first, len(corner)), col_w) > width:
+        if " \\ " in corner and len(corner) > first:
+            y_name, x_name = corner.split(" \\ ", 1)
+            corner_lines = [y_name + " \\", x_name]
+        fw = max([first, *map(len, corner_lines)])
+        share = (width - fw) // max(1, len(x_labels)) - 2
+        heads = [_breaks(lab, max(c, share, 6)) for c, lab in zip(cell_w, x_labels)]
+        col_w = [max([c, *map(len, h)]) for c, h in zip(cell_w, heads)]
+        if max(map(len, heads)) > HEADER_LINES or total(fw, col_w) > width:
+            names = [f"x{i + 1}" for i in range(len(x_labels))]
+            keyed = [max(c, len(n)) for c, n in zip(cell_w, names)]
+            if max(map(len, heads)) > HEADER_LINES or total(fw, keyed) < total(fw, col_w):
+                heads, col_w = [[n] for n in names], keyed
+                key = _pack([f"{n} = {lab}" for n, lab in zip(names, x_labels)], width)
+    fw = max([first, *map(len, corner_lines)])
+    widths = [fw, *col_w]
+    lines = []
+    for i in range(max([len(corner_lines), *map(len, heads)])):
+        lines.append(_join([corner_lines[i] if i < len(corner_lines) else "",
+                            *[h[i] if i < len(h) else "" for h in heads]], widths))
+    for (_, words), ls in zip(rows, row_lines):
+        lines.append(_join([ls[0], *words], widths))
+        lines += ls[1:]
+    return lines + key
+
+
 def format_table(df: pd.DataFrame, x: str | None, y: str | None = None, *,
-                 facets: Sequence[str] | None = None) -> str:
+                 facets: Sequence[str] | None = None, width: int = TABLE_WIDTH) -> str:
     """A terminal table: rows = ``y`` levels, columns = ``x`` levels, cells ``true 2/3``
     (short majority label, runs with it / runs in the cell), ``*`` when a run is censored,
     ``.`` when no run; one table per facet combination (``facets`` as in :func:`pivot`);
-    a legend line at the end. ``x=None``: one cell for all runs."""
+    the legend at the end. ``x=None``: one cell for all runs.
+
+    Lines stay within ``width`` characters where the cells allow it: long row labels wrap,
+    long column labels wrap or become keys ``x1``, ``x2``, ... explained under the table
+    (:func:`_table_block`)."""
     x, y, facets = resolve_axes(df, x, y, facets, default_y=False)
     x_levels, y_levels, panels = _grid(df, x, y, facets)
     corner = f"{y} \\ {x}" if y else (x or "all runs")
     blocks = []
     for title, groups in panels:
+        head = [f"[{ln}" if i == 0 else f" {ln}" for i, ln in enumerate(_breaks(title, width - 2))] if title else []
+        if head:
+            head[-1] += "]"
         if x is None:  # no parameter: one cell
-            blocks.append(([f"[{title}]"] if title else []) + [corner, _cell_word(_aggregate(groups[("", "")])
-                                                                                   if groups else None)])
+            blocks.append(head + [corner, _cell_word(_aggregate(groups[("", "")]) if groups else None)])
             continue
-        header = [corner, *[_fmt(v) for v in x_levels]]
-        body = [[_fmt(yv) if y else "",
-                 *[_cell_word(_aggregate(groups[(yv, xv)]) if (yv, xv) in groups else None) for xv in x_levels]]
+        rows = [(_fmt(yv) if y else "",
+                 [_cell_word(_aggregate(groups[(yv, xv)]) if (yv, xv) in groups else None) for xv in x_levels])
                 for yv in y_levels]
-        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-        lines = ["  ".join(s.ljust(w) for s, w in zip(r, widths)).rstrip() for r in [header, *body]]
-        blocks.append(([f"[{title}]"] if title else []) + lines)
+        blocks.append(head + _table_block(corner, [_fmt(v) for v in x_levels], rows, width))
     return "\n\n".join("\n".join(b) for b in blocks) + "\n" + TABLE_LEGEND
 
 
 # --------------------------------------------------------------------------- the picture
 
-def plot_phase_map(df: pd.DataFrame, path: str | Path, x: str | None = None, y: str | None = None, *,
-                   facets: Sequence[str] | None = None, title: str | None = None) -> str:
-    """A phase-diagram PNG of :func:`cells`: one coloured square per cell (majority label),
-    hatched when censored, with the median ``t_generalize`` and ``k/n`` written in it; one
-    panel per facet combination; a legend below. Returns ``path``."""
+#: Tick labels of the picture: at most this many characters a line (x / y), this many lines.
+X_LABEL_CHARS, Y_LABEL_CHARS, LABEL_LINES = 16, 26, 4
+DPI = 110
+_PAD = 0.12          # inches around the figure and between its parts
+_PT = 1 / 72         # inches per point
+_TICK_PAD, _LABEL_PAD, _TITLE_PAD = 3 * _PT, 4 * _PT, 6 * _PT
+
+
+def _tick_label(text: str, chars: int, lines: int = LABEL_LINES) -> str:
+    """A tick label on at most ``lines`` lines of ``chars`` characters (:func:`_breaks`); what
+    does not fit ends in an ellipsis (the CSV and the table hold the whole value)."""
+    out = _breaks(text, chars)
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][:chars - 1] + "\u2026"
+    return "\n".join(out)
+
+
+class _Sizes:
+    """Sizes of texts, in inches, as the figure's renderer draws them."""
+
+    def __init__(self, fig: Any):
+        self.fig, self.renderer = fig, fig.canvas.get_renderer()
+
+    def __call__(self, text: str, **kw: Any) -> tuple[float, float]:
+        if not text:
+            return 0.0, 0.0
+        t = self.fig.text(0, 0, text, **kw)
+        box = t.get_window_extent(self.renderer)
+        t.remove()
+        return box.width / self.fig.dpi, box.height / self.fig.dpi
+
+    def fit(self, text: str, max_w: float, sentence: bool = False, **kw: Any) -> str:
+        """``text`` wrapped until it is at most ``max_w`` inches wide: at spaces (``sentence``),
+        else after commas (:func:`_breaks`)."""
+        w = self(text, **kw)[0]
+        chars, out = len(text), text
+        while w > max_w and chars > 8:
+            chars = max(8, min(chars - 1, int(chars * max_w / w)))
+            out = "\n".join(ln for part in text.split("\n") for ln in
+                            (textwrap.wrap(part, chars, break_on_hyphens=False) if sentence else _breaks(part, chars)))
+            w = self(out, **kw)[0]
+        return out
+
+
+def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, *,
+                     facets: Sequence[str] | None = None, title: str | None = None) -> Any:
+    """The matplotlib Figure :func:`plot_phase_map` saves (close it with ``plt.close``).
+
+    The figure is sized from its content: every text is measured with the renderer first, the
+    cells are as wide as their longest tick label (wrapped to :data:`X_LABEL_CHARS` /
+    :data:`Y_LABEL_CHARS` characters a line, after commas) and as tall as their longest row
+    label, and every part (title, panels with their tick and axis labels, the legend) gets its
+    own band, so no two texts overlap and none leaves the figure, at any grid size."""
     from matplotlib.patches import Patch, Rectangle
 
     grid = cells(df, x, y, facets)
     x, y = grid.attrs["x"], grid.attrs["y"]
     x_levels, y_levels, panels = grid.attrs["x_levels"], grid.attrs["y_levels"], grid.attrs["panels"]
     nx, ny, npanel = len(x_levels), len(y_levels), len(panels)
+    fig = plt.figure(dpi=DPI)
+    size = _Sizes(fig)
+    tick, cell_kw = {"fontsize": 8}, {"fontsize": 8, "fontweight": "bold", "linespacing": 1.3}
+
+    # ---- one panel: cells sized by their labels and texts
+    xt = [_tick_label(_fmt(v), X_LABEL_CHARS) for v in x_levels] if x else [""] * nx
+    yt = [_tick_label(_fmt(v), Y_LABEL_CHARS) for v in y_levels] if y else [""] * ny
+    xt_w, xt_h = (max(s) for s in zip(*[size(s, **tick) for s in xt]))
+    yt_w, yt_h = (max(s) for s in zip(*[size(s, ma="left", **tick) for s in yt]))
+    texts = {t for t in grid["text"] if t} or {""}
+    c_w, c_h = (max(s) for s in zip(*[size(t, **cell_kw) for t in texts]))
+    empty_w = size("no trial runs yet", fontsize=9)[0] if len(df) == 0 else 0.0
+    cw = max(0.8, xt_w + 0.12, c_w + 0.2, (empty_w + 0.2) / nx)
+    ch = max(0.5, yt_h + 0.1, c_h + 0.16)
+    aw, ah = nx * cw, ny * ch
+    x_name = size.fit(x or "all runs", aw + 0.5, fontsize=9)
+    y_name = size.fit(y, ah, fontsize=9) if y else ""
+    xn_h = size(x_name, fontsize=9)[1]
+    yn_w = size(y_name, fontsize=9, rotation=90)[0]
+    left = _PAD + (yn_w + _LABEL_PAD if y else 0.0) + _TICK_PAD + yt_w
+    bottom = _TICK_PAD + xt_h + _LABEL_PAD + xn_h + _PAD
+    titles = [size.fit(p, max(aw, 2.5), fontsize=9) for p in panels]
+    t_w, t_h = (max(s) for s in zip(*[size(t, fontsize=9) for t in titles]))
+    over = max(0.0, (t_w - aw) / 2)                     # a title wider than its cells, centred over them
+    left, right = max(left, over + _PAD), max(_PAD, over + _PAD)
+    top = t_h + _TITLE_PAD + _PAD if t_h else _PAD
+    bw, bh = left + aw + right, top + ah + bottom
     ncols = min(npanel, 3 if npanel > 4 else npanel)
+    ncols = max(1, min(ncols, int(30 // bw)))
     nrows = math.ceil(npanel / ncols)
-    cw, ch = 0.95, 0.62
-    fig_w = max(5.2, ncols * (nx * cw + 1.0) + 0.9)
-    fig_h = nrows * (ny * ch + 1.0) + 1.6
-    fig, axes = plt.subplots(nrows, ncols, figsize=(fig_w, fig_h), dpi=110, squeeze=False, layout="constrained")
-    for ax in axes.flat[npanel:]:
-        ax.set_visible(False)
-    for ax, panel in zip(axes.flat, panels):
+
+    # ---- the legend and the title: sized for the figure's width
+    handles = [Patch(facecolor=COLORS[lab], label=lab.replace("_", " ")) for lab in LABELS]
+    handles.append(Patch(facecolor=COLORS[None], label="not labelled yet"))
+    handles.append(Patch(facecolor="white", edgecolor="0.15", hatch=HATCH, label="censored run(s)"))
+    em = 8 * _PT
+    entry_w = max(size(h.get_label(), fontsize=8)[0] for h in handles) + (2.0 + 0.8) * em
+    fig_w = max(ncols * bw, 4.0) + 2 * _PAD
+    leg_cols = len(handles)
+    while leg_cols > 1 and leg_cols * entry_w + (leg_cols - 1) * 2.0 * em + 2 * 0.4 * em > fig_w - 2 * _PAD:
+        leg_cols -= 1
+    fig_w = max(fig_w, entry_w + 2 * _PAD + em)
+    leg_rows = math.ceil(len(handles) / leg_cols)
+    leg_h = leg_rows * (size("Ag", fontsize=8)[1] + 0.5 * em) + 2 * 0.4 * em
+    name = df.attrs.get("sweep") or df.attrs.get("experiment") or ""
+    labelled = int(df["label"].notna().sum()) if "label" in df else 0
+    runs = f"{len(df)} run{'' if len(df) == 1 else 's'}"
+    head = title or f"phase map{': ' + name if name else ''} ({runs}, {labelled} labelled)"
+    note = ("cell: median steps to generalize (t_generalize); runs with the majority label / runs "
+            "(ties -> no > fake > true)")
+    heading = size.fit(f"{head}\n{note}", fig_w - 2 * _PAD, sentence=True, fontsize=9)
+    head_h = size(heading, fontsize=9)[1]
+    fig_h = _PAD + head_h + _PAD + nrows * bh + leg_h + _PAD
+    fig.set_size_inches(fig_w, fig_h)
+
+    # ---- drawing, every part in its band
+    fig.text(0.5, 1 - _PAD / fig_h, heading, ha="center", va="top", fontsize=9)
+    x0 = (fig_w - ncols * bw) / 2
+    for k, panel in enumerate(panels):
+        r, c = divmod(k, ncols)
+        bx, by = x0 + c * bw, _PAD + leg_h + (nrows - 1 - r) * bh
+        ax = fig.add_axes(((bx + left) / fig_w, (by + bottom) / fig_h, aw / fig_w, ah / fig_h))
         sub = grid[grid["panel"] == panel]
         for rec in sub.to_dict("records"):
             cx, cy = rec["col"], ny - 1 - rec["row"]
@@ -583,39 +784,37 @@ def plot_phase_map(df: pd.DataFrame, path: str | Path, x: str | None = None, y: 
                                        edgecolor="0.15", linewidth=0, alpha=0.5))
             if rec["text"]:
                 dark = rec["color"] in (COLORS["true_grokking"], COLORS["no_grokking"])
-                ax.text(cx + 0.5, cy + 0.5, rec["text"], ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black", fontweight="bold", linespacing=1.3)
+                ax.text(cx + 0.5, cy + 0.5, rec["text"], ha="center", va="center",
+                        color="white" if dark else "black", **cell_kw)
         ax.set_xlim(0, nx)
         ax.set_ylim(0, ny)
-        xt = [_fmt(v) for v in x_levels] if x else [""]
-        long = max(map(len, xt)) > 8  # binned intervals, long category names
-        ax.set_xticks([i + 0.5 for i in range(nx)], xt, fontsize=8, rotation=30 if long else 0,
-                      ha="right" if long else "center")
-        ax.set_yticks([ny - 1 - i + 0.5 for i in range(ny)], [_fmt(v) for v in y_levels] if y else [""],
-                      fontsize=8)
-        ax.tick_params(length=0)
+        ax.set_xticks([i + 0.5 for i in range(nx)], xt, ha="center", ma="center", **tick)
+        ax.set_yticks([ny - 1 - i + 0.5 for i in range(ny)], yt, ha="right", ma="left", **tick)
+        ax.tick_params(length=0, pad=_TICK_PAD / _PT)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_xlabel(x or "all runs", fontsize=9)
-        ax.set_ylabel(y or "", fontsize=9)
+        ax.set_xlabel(x_name, fontsize=9, labelpad=_LABEL_PAD / _PT)
+        ax.set_ylabel(y_name, fontsize=9, labelpad=_LABEL_PAD / _PT)
         if panel:
-            ax.set_title(panel, fontsize=9)
-    if len(df) == 0:
-        axes.flat[0].text(nx / 2, ny / 2, "no trial runs yet", ha="center", va="center", fontsize=9, color="0.4")
-    handles = [Patch(facecolor=COLORS[lab], label=lab.replace("_", " ")) for lab in LABELS]
-    handles.append(Patch(facecolor=COLORS[None], label="not labelled yet"))
-    handles.append(Patch(facecolor="white", edgecolor="0.15", hatch=HATCH, label="censored run(s)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5 if fig_w > 7 else 3),
-               fontsize=8, frameon=False)
-    name = df.attrs.get("sweep") or df.attrs.get("experiment") or ""
-    labelled = int(df["label"].notna().sum()) if "label" in df else 0
-    runs = f"{len(df)} run{'' if len(df) == 1 else 's'}"
-    head = title or f"phase map{': ' + name if name else ''} ({runs}, {labelled} labelled)"
-    note = textwrap.fill("cell: median steps to generalize (t_generalize); runs with the majority label / runs "
-                         "(ties -> no > fake > true)", width=max(40, int(fig_w * 13)))
-    fig.suptitle(f"{head}\n{note}", fontsize=9)
-    fig.savefig(path)
-    plt.close(fig)
+            ax.set_title(titles[k], fontsize=9, pad=_TITLE_PAD / _PT)
+        if len(df) == 0:
+            ax.text(nx / 2, ny / 2, "no trial runs yet", ha="center", va="center", fontsize=9, color="0.4")
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, _PAD / fig_h), ncol=leg_cols,
+               fontsize=8, frameon=False, borderaxespad=0)
+    return fig
+
+
+def plot_phase_map(df: pd.DataFrame, path: str | Path, x: str | None = None, y: str | None = None, *,
+                   facets: Sequence[str] | None = None, title: str | None = None) -> str:
+    """A phase-diagram PNG of :func:`cells`: one coloured square per cell (majority label),
+    hatched when censored, with the median ``t_generalize`` and ``k/n`` written in it; one
+    panel per facet combination; a legend below. Sized from its content at any grid size
+    (:func:`phase_map_figure`). Returns ``path``."""
+    fig = phase_map_figure(df, x, y, facets=facets, title=title)
+    try:
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
     return str(path)
 
 
@@ -639,5 +838,6 @@ def log_phase_map(tracking_uri: str, parent_run_id: str, sweep: str, experiment:
     return df
 
 
-__all__ = ["phase_map", "pivot", "filter_label", "format_table", "plot_phase_map", "cells", "log_phase_map",
-           "resolve_axes", "majority", "params_of", "is_replicate", "LABELS", "TIE_ORDER", "COLORS", "COLUMNS"]
+__all__ = ["phase_map", "pivot", "filter_label", "format_table", "plot_phase_map", "phase_map_figure", "cells",
+           "log_phase_map", "resolve_axes", "majority", "params_of", "is_replicate", "LABELS", "TIE_ORDER", "COLORS",
+           "COLUMNS"]

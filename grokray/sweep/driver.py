@@ -335,7 +335,8 @@ def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
     view_id = f"grokray-{spec.name}"
     state = {"searchFilter": f"tags.`{tracking.Tag.PARENT}` = '{parent}'",  # children only, not nested
              "orderByKey": f"tags.`{tracking.Tag.RUN_NAME}`", "orderByAsc": True, "selectedColumns": columns,
-             "columnOrder": columns}                                                 # label first, not params
+             "columnOrder": columns,                                                 # label first, not params
+             "columnWidths": {c: max(100, 7 * len(c.split("`")[1]) + 24) for c in columns}}  # headers not cut
     now = int(time.time() * 1000)
     envelope = {"name": f"grokray: {spec.name}", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
     link = f"#/experiments/{experiment_id}/runs?viewStateShareKey={view_id}&workflowType=machine_learning"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 
 import pandas as pd
@@ -267,8 +268,8 @@ def test_format_table(store):
     assert lines[:3] == ["data.augmentation \\ data.phi  3.6      7.2",
                          "both_full                     no 1/2   true 1/2",
                          "none                          no* 2/2  fake 1/2"]
-    assert len(lines) == 4 and lines[3] == phasemap.TABLE_LEGEND
-    assert "ties -> no > fake > true" in lines[3] and "*" in lines[3]
+    assert len(lines) == 5 and "\n".join(lines[3:]) == phasemap.TABLE_LEGEND
+    assert "ties -> no > fake > true" in lines[3] and "*" in lines[4]
     single = format_table(df, "augmentation", facets=[]).splitlines()
     assert single[:2] == ["data.augmentation  both_full  none", "                   true 2/4   no* 2/4"]
     faceted = format_table(df, "augmentation").split("\n\n")                 # one table per phi
@@ -358,6 +359,162 @@ def test_empty_map_plots(tmp_path):
     df = _frame([], ["data.phi"])
     assert format_table(df, "data.phi").splitlines()[0] == "data.phi"
     assert open(plot_phase_map(df, tmp_path / "empty.png"), "rb").read()[:8] == PNG_MAGIC
+
+
+# --------------------------------------------------------------------------- sizes sweeps really have
+
+# Swept values as the phase map reads them (grokray.sweep.naming): named groups by their name,
+# unnamed mappings by the pairs in which they differ.
+MODELS = [{"n_layers": a, "n_loops": b, "d_model": d} for a, b, d in
+          [(1, 2, 128), (2, 1, 128), (1, 4, 256), (4, 1, 256), (2, 2, 64), (1, 8, 64), (8, 1, 512), (3, 3, 96)]]
+AUGS = [{"hop1": {"ratio": r1, "k": k1}, "hop2": {"ratio": r2, "k": k2}} for r1, k1, r2, k2 in
+        [(1, 7, 1, 1), (1, 7, 1, 4), (0.5, 3, 0, 0), (0.25, 1, 1, 2), (1, 1, 0.5, 7), (0, 0, 1, 7), (0.75, 5, 0.25, 3),
+         (1, 2, 1, 3)]]
+DATA = [{"name": "shortcut", "augmentation": "hop2_full", "phi": 3.6}, {"name": "clean", "augmentation": "none"}]
+LONG = "a_category_name_without_any_comma_that_goes_on_and_on_for_seventy_characters"
+
+
+def _names(values: list) -> list[str]:
+    from grokray.sweep.naming import value_label
+    return [value_label(v, values) for v in values]
+
+
+def _map(xs: list, ys: list | None, x: str, y: str | None, facet: tuple[str, list] | None = None,
+         seeds: int = 1) -> pd.DataFrame:
+    """A full grid of runs over ``xs`` x ``ys`` (x ``facet`` values, x ``seeds``), every label, some
+    censored, some unlabelled."""
+    labels = ["true_grokking", "fake_grokking", "no_grokking", None]
+    rows = []
+    for f in (facet[1] if facet else [None]):
+        for i, xv in enumerate(xs):
+            for j, yv in enumerate(ys or [None]):
+                for s in range(seeds):
+                    rows.append(((xv, yv, f, s)[:2 if y else 1] + ((f,) if facet else ()) + (s,) +
+                                 (labels[(i + 2 * j + s) % 4], (i + j) % 5 == 0,
+                                  1000.0 * (i + 1) * (j + 1) * 7 if (i + j) % 3 else NAN)))
+    params = [x] + ([y] if y else []) + ([facet[0]] if facet else []) + ["seed"]
+    df = _frame(rows, params)
+    df.attrs["sweep"] = "a-sweep-with-a-rather-long-name-for-its-title"
+    return df
+
+
+MAPS = {   # name: (frame, x, y, widest table line allowed)
+    "named groups": (_map(_names(DATA), ["none", "both_full"], "data", "data.augmentation"), "data",
+                     "data.augmentation", 100),
+    "unnamed pairs": (_map(_names(MODELS[:2]), ["none", "both_full", "hop2_full"], "model", "data.augmentation"),
+                      "model", "data.augmentation", 100),
+    "long 4x3": (_map(_names(MODELS[:4]), _names(AUGS[:3]), "model", "data.augmentation"), "model",
+                 "data.augmentation", 100),
+    # 8 columns of "fake* 1/1" cannot fit 100 characters beside a row label: keys keep it near
+    "long 8x8": (_map(_names(MODELS), _names(AUGS), "model", "data.augmentation"), "model", "data.augmentation",
+                 30 + 8 * (len("fake* 1/1") + 2)),
+    "long y 8x8": (_map(_names(MODELS), _names(AUGS), "data.augmentation", "model"), "data.augmentation",
+                   "model", 30 + 8 * (len("fake* 1/1") + 2)),
+    "numbers 8x8, 3 seeds": (_map([0.001 * 2 ** i for i in range(8)], [1.8 * (i + 1) for i in range(8)],
+                                  "train.weight_decay", "data.phi", seeds=3), "train.weight_decay", "data.phi", 100),
+    "no commas": (_map([LONG, "short"], [LONG + "_as_a_row", "s"], "data.augmentation", "train.lr_schedule"),
+                  "data.augmentation", "train.lr_schedule", 100),
+    "facets": (_map(_names(MODELS[:4]), [0.01, 0.1, 1.0], "model", "train.weight_decay",
+                    facet=("data.augmentation", _names(AUGS[:5]))), "model", "train.weight_decay", 100),
+    "one parameter, 8 long values": (_map(_names(AUGS), None, "data.augmentation", None), "data.augmentation",
+                                     None, 30 + 8 * (len("fake* 1/1") + 2)),
+}
+
+
+def _texts(fig):
+    """Every visible, non-empty text of a drawn figure with its box in pixels."""
+    from matplotlib.text import Text
+    renderer = fig.canvas.get_renderer()
+    return [(t.get_text(), t.get_window_extent(renderer), t.get_fontsize()) for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("case", list(MAPS))
+def test_picture_texts_fit_and_never_overlap(case, tmp_path):
+    import warnings
+
+    from grokray.plots import plt
+    df, x, y, _ = MAPS[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # e.g. "constrained layout not applied"
+        fig = phasemap.phase_map_figure(df, x, y)
+        try:
+            fig.canvas.draw()
+            texts = _texts(fig)
+            w, h = fig.bbox.width, fig.bbox.height
+            fig.savefig(tmp_path / "map.png", dpi=phasemap.DPI)
+        finally:
+            plt.close(fig)
+    assert (tmp_path / "map.png").read_bytes()[:8] == PNG_MAGIC
+    grid = cells(df, x, y)
+    assert len([t for t in texts if re.fullmatch(r"\S+\n\d+/\d+", t[0])]) == (grid["n"] > 0).sum()  # each cell's
+    outside = [t for t, b, _ in texts if b.x0 < -0.5 or b.y0 < -0.5 or b.x1 > w + 0.5 or b.y1 > h + 0.5]
+    assert not outside, outside
+    overlapping = [(a[0], b[0]) for i, a in enumerate(texts) for b in texts[i + 1:]
+                   if _intersect(a[1], b[1])]
+    assert not overlapping, overlapping[:5]
+    assert min(size for _, _, size in texts) >= 8                      # readable, never shrunk to fit
+    assert w <= 30 * phasemap.DPI + 1 and h <= 30 * phasemap.DPI + 1
+
+
+def _intersect(a, b, tol: float = 0.5) -> bool:
+    return a.x0 + tol < b.x1 and b.x0 + tol < a.x1 and a.y0 + tol < b.y1 and b.y0 + tol < a.y1
+
+
+@pytest.mark.parametrize("case", list(MAPS))
+def test_tick_labels_wrap_whole_values(case):
+    df, x, y, _ = MAPS[case]
+    grid = cells(df, x, y)
+    fig = phasemap.phase_map_figure(df, x, y)
+    try:
+        ax = fig.axes[0]
+        shown = [t.get_text() for t in ax.get_xticklabels()] + [t.get_text() for t in ax.get_yticklabels()]
+    finally:
+        from grokray.plots import plt
+        plt.close(fig)
+    values = [phasemap._fmt(v) for v in grid.attrs["x_levels"]] + (
+        [phasemap._fmt(v) for v in grid.attrs["y_levels"]] if y else [""])
+    for label, value in zip(shown, values):
+        lines = label.split("\n")
+        assert len(lines) <= phasemap.LABEL_LINES
+        assert "".join(lines) == value or ("".join(lines)[:-1] in value and label.endswith("\u2026")), (label, value)
+
+
+@pytest.mark.parametrize("case", list(MAPS))
+def test_table_stays_narrow_and_keeps_every_value(case):
+    df, x, y, widest = MAPS[case]
+    text = format_table(df, x, y)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= widest, "\n" + text
+    legend = text.index(phasemap.TABLE_LEGEND)
+    assert text.endswith(phasemap.TABLE_LEGEND) and legend > 0
+    grid = cells(df, x, y)
+    for v in [*grid.attrs["x_levels"], *(grid.attrs["y_levels"] if y else [])]:
+        for piece in re.split(r"[,._=]", phasemap._fmt(v)):              # every value, whole or wrapped
+            assert piece in text, (piece, text)
+    n_rows = len(grid.attrs["y_levels"]) * len(grid.attrs["panels"])
+    assert sum(1 for ln in lines if re.search(r"\b\d+/\d+\b", ln)) == n_rows   # one line of cells per row
+
+
+def test_table_keys_explain_the_columns_they_replace():
+    df, x, y, _ = MAPS["long 8x8"]
+    text = format_table(df, x, y)
+    header = text.splitlines()[0].split()
+    assert header[-8:] == [f"x{i}" for i in range(1, 9)]
+    for i, name in enumerate(cells(df, x, y).attrs["x_levels"], start=1):      # in the table's column order
+        assert f"x{i} = {name}" in text.replace("\n", " ")
+    # a table that fits keeps its labels on one header line
+    small = format_table(*MAPS["unnamed pairs"][:3])
+    assert small.splitlines()[0].split()[-2:] == _names(MODELS[:2])
+
+
+def test_breaks_after_commas_then_dots():
+    assert phasemap._breaks("n_layers=1,n_loops=2,d_model=128", 12) == ["n_layers=1,", "n_loops=2,", "d_model=128"]
+    assert phasemap._breaks("model.n_loops=1, data.augmentation=none", 20) == ["model.n_loops=1,",
+                                                                                "data.augmentation=",
+                                                                                "none"]
+    assert phasemap._breaks("train.weight_decay", 10) == ["train.", "weight_", "decay"]
+    assert phasemap._breaks("short", 10) == ["short"] and phasemap._breaks("", 10) == [""]
 
 
 # --------------------------------------------------------------------------- log_phase_map
