@@ -704,13 +704,23 @@ def _after_sweep(summary, no_map: bool) -> int:
           f"{_fmt_duration(summary.seconds)}")
     if not no_map:
         _print_map(rec)
+    print(_ui_hint(rec))
+    return 1 if summary.n_errors else 0
+
+
+def _ui_hint(rec) -> str:
+    """How to open a sweep's trials in the MLflow UI: the command (a local store) and the link
+    of the sweep's saved view, which also asks for the model-training view (the UI's default
+    for a fresh browser is GenAI)."""
     from grokray import tracking
 
-    db = tracking.sqlite_path(rec.tracking_uri)
-    ui = (f"mlflow ui --backend-store-uri {rec.tracking_uri} --host 127.0.0.1 --workers 1"
-          if db is not None else f"open {rec.tracking_uri}")
-    print(f"inspect the runs: {ui}  (experiment {rec.experiment!r}, parent run {rec.parent_run_id})")
-    return 1 if summary.n_errors else 0
+    link = tracking.runs_view_link(rec.experiment_id, tracking.sweep_view_id(rec.name))
+    if tracking.sqlite_path(rec.tracking_uri) is not None:
+        return (f"inspect the runs: mlflow ui --backend-store-uri {rec.tracking_uri} --host 127.0.0.1 --workers 1\n"
+                f"  then open http://127.0.0.1:5000/{link}\n"
+                f"  (experiment {rec.experiment!r}, parent run {rec.parent_run_id})")
+    base = rec.tracking_uri.rstrip("/") if rec.tracking_uri.startswith("http") else rec.tracking_uri
+    return f"inspect the runs: {base}/{link}  (experiment {rec.experiment!r}, parent run {rec.parent_run_id})"
 
 
 def _run_sweep_run(args: argparse.Namespace) -> int:
@@ -800,6 +810,8 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
               f"{t.get(Tag.STOP_REASON, '-'):<16} {t.get(Tag.LABEL, '-'):<14} "
               f"{t.get(Tag.DETAIL, '-'):<13} {t.get(Tag.CONFIDENCE, '-')}")
     print("  " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))
+    print(f"  MLflow UI (mlflow ui on {client.tracking_uri}): "
+          f"{tracking.runs_view_link(parent.info.experiment_id, tracking.sweep_view_id(name))}")
     return 0
 
 

@@ -332,19 +332,11 @@ def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
         columns = labels + verdict + columns
     else:
         columns = [f"metrics.`{m}`" for m in spec.kind_impl.reported] + columns
-    view_id = f"grokray-{spec.name}"
-    state = {"searchFilter": f"tags.`{tracking.Tag.PARENT}` = '{parent}'",  # children only, not nested
-             "orderByKey": f"tags.`{tracking.Tag.RUN_NAME}`", "orderByAsc": True, "selectedColumns": columns,
-             "columnOrder": columns,                                                 # label first, not params
-             "columnWidths": {c: max(100, 7 * len(c.split("`")[1]) + 24) for c in columns}}  # headers not cut
-    now = int(time.time() * 1000)
-    envelope = {"name": f"grokray: {spec.name}", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
-    link = f"#/experiments/{experiment_id}/runs?viewStateShareKey={view_id}&workflowType=machine_learning"
-    try:
-        client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{view_id}", json.dumps(envelope))
-    except Exception as e:  # a store that refuses the tag loses the view, not the sweep
-        logging.getLogger(__name__).warning("could not save the MLflow UI view of sweep %s: %s", spec.name, e)
-        link = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    link = tracking.save_runs_view(
+        client, experiment_id, tracking.sweep_view_id(spec.name), f"grokray: {spec.name}",
+        search_filter=f"tags.`{tracking.Tag.PARENT}` = '{parent}'",   # children only, one flat row each
+        order_by=f"tags.`{tracking.Tag.RUN_NAME}`", columns=columns)   # label first, not params
+    link = link or tracking.runs_view_link(experiment_id)
 
     split = spec.classifier.split.upper()
     if spec.kind_impl.labelled:

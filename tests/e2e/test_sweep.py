@@ -39,10 +39,15 @@ def test_four_trial_sweep_parent_children_labels_map(tmp_path, mlflow_uri):
         "phase_map/phase_map.png", "phase_map/phase_map.csv"}
     assert "[grokray] label:" in out.stdout and "phase map:" in out.stdout
     assert (tmp_path / "four_phase_map.png").stat().st_size > 1000
+    # the UI hint links the sweep's saved view, which is on the experiment
+    view = tracking.runs_view_link(parent.info.experiment_id, "grokray-four")
+    assert f"then open http://127.0.0.1:5000/{view}" in out.stdout
+    assert "mlflow.sharedViewState.grokray-four" in client.get_experiment(parent.info.experiment_id).tags
 
     status = grokray("sweep", "status", "four", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
     assert status.returncode == 0 and "4 trial run(s)" in status.stdout and "finished 4" in status.stdout
     assert sum(line.count("_grokking") for line in status.stdout.splitlines()) == 4
+    assert status.stdout.rstrip().endswith(view)
 
     again = grokray("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr

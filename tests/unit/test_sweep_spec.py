@@ -160,3 +160,17 @@ def test_duplicate_keys_in_a_spec_file(tmp_path):
     with pytest.raises(ConfigError, match=r"s\.yaml: invalid YAML: line 5, column 3: duplicate key 'seed' "
                                           r"\(first on line 3\)$"):
         load_spec(path)
+
+
+def test_the_readme_sweep_example_validates(tmp_path):
+    """The spec the README shows is a spec grokray accepts (docs drift otherwise)."""
+    import shutil
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```yaml\nname: ") + len("```yaml\n")
+    example = readme[start:readme.index("```", start)]
+    shutil.copytree(ROOT / "sweeps" / "trials", tmp_path / "trials")
+    (tmp_path / "example.yaml").write_text(example)
+    spec = load_spec(tmp_path / "example.yaml")
+    assert spec.name == "phi-by-augmentation" and spec.classifier.evidence == "auto"
+    assert spec.resources.pack == 1 and spec.classifier.criterion == "interchange"
