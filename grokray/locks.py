@@ -3,7 +3,7 @@
 
 Example:
     >>> import tempfile, pathlib
-    >>> with file_lock(pathlib.Path(tempfile.mkdtemp()) / "x.lock"):
+    >>> with tempfile.TemporaryDirectory() as d, file_lock(pathlib.Path(d) / "x.lock"):
     ...     pass
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ it. A process keeps what it loaded in memory, so later trials in the same worker
 
 Example:
     >>> import numpy as np, tempfile
-    >>> root = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory(); root = tmp.name
     >>> calls = []
     >>> def build():
     ...     calls.append(1)
@@ -22,6 +22,7 @@ Example:
     ([0, 1, 2], [0, 1, 2])
     >>> len(calls)   # built once, then read from memory
     1
+    >>> tmp.cleanup()
 """
 from __future__ import annotations
 
