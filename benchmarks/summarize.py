@@ -90,15 +90,28 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
                     f"fresh store {f['fresh_sqlite_store_seconds']:.1f} s, classifier {f['classifier_per_trial_seconds']:.1f} "
                     f"s/trial, in-trial {in_trial:.1f} s/trial; predicted for 4-min trials (default) {100 * pred:.1f}%",
                     "<= 10%", _cond(s)))
+    t = _load(d, "trial_cost")
+    if t:
+        parts = t["sweep"]["parts_seconds"]
+        out.append((f"per-trial fixed cost, {t['config']['trials']} tiny trials",
+                    f"sweep {t['sweep']['seconds_per_trial_per_slot']:.2f} s/trial/slot vs bare Tune floor "
+                    f"{t['floor']['seconds_per_trial_per_slot']:.2f} (x{t['sweep_over_floor']:.2f}); beyond training "
+                    f"{t['fixed_seconds_per_trial_beyond_training']:.1f} s; median parts: start-up "
+                    f"{parts['startup']['median']:.2f} s, final writes {parts['final_writes']['median']:.2f} s, "
+                    f"labelled {parts['labelling']['median']:.0f} s after finishing",
+                    "<= 3 s beyond training", _cond(t)))
     c = _load(d, "classifier_cost")
     if c:
         dd, tt = c["trials"]["default"], c["trials"]["tiny"]
         pe = c["per_evaluation"]
-        out.append(("classifier per trial",
+        g = c.get("generalized_run")
+        grown = (f"; a delayed-grokking run: {g['verdict_seconds']['median']:.1f} s = {100 * g['fraction']:.2f}% of its "
+                 f"{g['training_seconds']:.0f} s") if g else ""
+        out.append(("classifier per trial (with the evidence)",
                     f"default: {dd['classifier_seconds']['median']:.1f} s = {100 * dd['fraction_default_length']:.2f}% of "
                     f"{dd['training_seconds_extrapolated_to_default_length']:.0f} s (12k steps, extrapolated from "
                     f"{dd['steps_run']}); tiny: {tt['classifier_seconds']['median']:.1f} s = "
-                    f"{100 * tt['fraction_measured']:.0f}% of {tt['training_seconds_measured']:.1f} s",
+                    f"{100 * tt['fraction_measured']:.0f}% of {tt['training_seconds_measured']:.1f} s{grown}",
                     "<= 5%", _cond(c)))
         out.append(("evaluation / lens share",
                     f"evaluate {100 * pe['evaluate_share_of_training']:.1f}%, lens {100 * pe['lens_share_of_training']:.2f}% "
