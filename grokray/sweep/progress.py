@@ -79,6 +79,7 @@ class SweepProgress(Callback):
         self._finished: list[str] = []
         self._durations: list[float] = []
         self._started: dict[str, float] = {}
+        self._start_step: dict[str, int] = {}   # a restored trial resumes from its checkpoint's step
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -122,12 +123,30 @@ class SweepProgress(Callback):
     def _cells(self, r: dict) -> str:
         return "  ".join(f"{head} {_fmt(r.get(metric))}" for head, metric in self.columns)
 
-    def _eta(self, done: int, running: int, pending: int) -> str:
-        if not self._durations or (running + pending) == 0:
-            return "-" if running + pending else "0s"
-        per_trial = sum(self._durations) / len(self._durations)
-        slots = max(running, 1)
-        return _duration(per_trial * (pending + running * 0.5) / slots)
+    def _eta(self, running: list, pending: int, now: float | None = None) -> str:
+        """Time left: each running trial's steps left at its own pace so far (to its budget: a
+        trial that stops early makes it shorter), then the pending ones at the mean duration of
+        the finished trials (or, before any finished, of a running trial's projected whole run),
+        shared among the running slots. ``-`` until a running trial has reported a step."""
+        now = time.monotonic() if now is None else now
+        left, whole = [], []
+        for t in running:
+            step, started = (t.last_result or {}).get("step"), self._started.get(str(t))
+            if not step or started is None:
+                continue
+            elapsed, done = now - started, step - self._start_step.get(str(t), 0)
+            if done <= 0:
+                continue
+            left.append(elapsed * max(0, self.max_steps - step) / done)
+            whole.append(elapsed * self.max_steps / done)
+        if not running and not pending:
+            return "0s"
+        per_trial = (sum(self._durations) / len(self._durations) if self._durations else
+                     sum(whole) / len(whole) if whole else None)
+        if per_trial is None or (running and not left):
+            return "-"
+        slots = max(len(running), 1)
+        return _duration((sum(left) + pending * per_trial) / slots)
 
     def summary(self, trials: list) -> str:
         counts: dict[str, int] = {}
@@ -140,7 +159,7 @@ class SweepProgress(Callback):
         labels = ", ".join(f"{k.replace('_grokking', '')} {v}" for k, v in sorted(self.board.labels.items())) or "-"
         lines = [f"[grokray] {_duration(time.monotonic() - self._t0)} | trials: {done} done, {running} running, "
                  f"{pending} pending, {failed} failed | labels: {labels} | "
-                 f"ETA {self._eta(done, running, pending)}"]
+                 f"ETA {self._eta([t for t in trials if t.status == 'RUNNING'], pending)}"]
         shown = [t for t in trials if t.status == "RUNNING"][:SHOWN]
         width = max([len(str(t)) for t in shown] + [10])
         for t in shown:
@@ -162,6 +181,7 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._started[str(trial)] = time.monotonic()
+        self._start_step[str(trial)] = int((trial.last_result or {}).get("step") or 0)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}

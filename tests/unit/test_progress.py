@@ -83,3 +83,22 @@ def test_a_resumed_driver_gets_fresh_clocks_and_keeps_labels():
     prog.board.record_label("x", "true_grokking")
     restored = pickle.loads(pickle.dumps(prog))
     assert restored.board.labels == {"true_grokking": 1} and restored._drawn == 0 and restored.columns == TRIAL_COLUMNS
+
+
+@pytest.mark.parametrize("running, durations, pending, eta", [
+    # (step, seconds since start) of each running trial; finished durations; pending count
+    ([(1000, 60.0)], [], 0, "3.0 min"),             # 3,000 steps left at 16.7 steps/s
+    ([(3000, 60.0)], [37.0], 0, "20s"),             # a short finished trial does not shorten a long one
+    ([(2000, 60.0), (2000, 60.0)], [120.0], 2, "3.0 min"),   # (60 + 60 + 2 x 120) / 2 slots
+    ([(2000, 60.0)], [], 1, "3.0 min"),             # before any finished: the running trial's pace (60 + 120)
+    ([(None, 5.0)], [], 3, "-"),                    # nothing reported yet
+    ([], [], 0, "0s"),
+])
+def test_eta_reads_the_pace_of_the_running_trials(running, durations, pending, eta):
+    prog = SweepProgress(4000, interactive=False, stream=io.StringIO())
+    trials = []
+    for i, (step, age) in enumerate(running):
+        trials.append(FakeTrial(f"t_{i}", "RUNNING", {"step": step} if step else {}))
+        prog._started[f"t_{i}"] = 1000.0 - age
+    prog._durations = list(durations)
+    assert prog._eta(trials, pending, now=1000.0) == eta
