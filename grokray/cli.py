@@ -503,7 +503,8 @@ def _add_phase_map(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="SWEEP", help="a sweep name (or an MLflow experiment name)")
     p.add_argument("--x", default=None, help="parameter for the columns (default: the one with most values)")
     p.add_argument("--y", default=None, help="parameter for the rows (default: the next one)")
-    p.add_argument("--png", default=None, help="write the phase diagram here (default: SWEEP_phase_map.png)")
+    p.add_argument("--png", default=None, help="also write the phase diagram here (the sweep's parent run "
+                                               "holds it as phase_map/phase_map.png)")
     p.add_argument("--csv", default=None, help="also write one row per run as CSV")
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of the table")
     _add_tracking(p)
@@ -513,7 +514,7 @@ def _run_phase_map(args: argparse.Namespace) -> int:
     from grokray.phasemap import format_table, phase_map, plot_phase_map, resolve_axes
 
     _check_output(args.csv, "--csv")
-    _check_output(args.png or f"{args.name}_phase_map.png", "--png")
+    _check_output(args.png, "--png")
     client = _existing_client(args.tracking_uri)
     try:
         df = phase_map(args.name, client.tracking_uri)
@@ -522,8 +523,8 @@ def _run_phase_map(args: argparse.Namespace) -> int:
         raise UserError(str(e).strip("'\"")) from None
     if args.csv:
         df.to_csv(args.csv, index=False)
-    png = args.png or f"{args.name}_phase_map.png"
-    plot_phase_map(df, png, x, y, facets=facets)
+    if args.png:
+        plot_phase_map(df, args.png, x, y, facets=facets)
     if args.json:
         print(df.to_json(orient="records", lines=True), end="")
         return 0
@@ -531,7 +532,9 @@ def _run_phase_map(args: argparse.Namespace) -> int:
     print(f"{args.name}: {len(df)} run(s), {n_lab} labelled")
     if len(df):
         print(format_table(df, x, y, facets=facets))
-    print(f"phase diagram: {png}" + (f"; runs: {args.csv}" if args.csv else ""))
+    written = [f"phase diagram: {args.png}"] if args.png else []
+    written += [f"runs: {args.csv}"] if args.csv else []
+    print("; ".join(written) if written else "the picture: --png FILE (or the sweep's parent run, phase_map/)")
     return 0
 
 
@@ -539,7 +542,7 @@ def _run_phase_map(args: argparse.Namespace) -> int:
 
 def _add_transfer_map(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="SWEEP", help="a finetune sweep name")
-    p.add_argument("--png", default=None, help="write the transfer curves here (default: SWEEP_transfer.png)")
+    p.add_argument("--png", default=None, help="also write the transfer curves here")
     p.add_argument("--csv", default=None, help="also write one row per finetune run as CSV")
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of the table")
     _add_tracking(p)
@@ -551,7 +554,7 @@ def _run_transfer_map(args: argparse.Namespace) -> int:
     from grokray.transfermap import format_transfer_table, transfer_histories, transfer_map
 
     _check_output(args.csv, "--csv")
-    _check_output(args.png or f"{args.name}_transfer.png", "--png")
+    _check_output(args.png, "--png")
     client = _existing_client(args.tracking_uri)
     try:
         df = transfer_map(args.name, client.tracking_uri)
@@ -563,14 +566,16 @@ def _run_transfer_map(args: argparse.Namespace) -> int:
                         f"`grokray phase-map {args.name}`")
     if args.csv:
         df.to_csv(args.csv, index=False)
-    png = args.png or f"{args.name}_transfer.png"
-    plot_transfer_curves(transfer_histories(df, client.tracking_uri), png, title=f"transfer: {args.name}")
+    if args.png:
+        plot_transfer_curves(transfer_histories(df, client.tracking_uri), args.png, title=f"transfer: {args.name}")
     if args.json:
         print(df.to_json(orient="records", lines=True), end="")
         return 0
     print(f"{args.name}: {len(df)} finetune run(s)")
     print(format_transfer_table(df))
-    print(f"transfer curves: {png}" + (f"; runs: {args.csv}" if args.csv else ""))
+    written = [f"transfer curves: {args.png}"] if args.png else []
+    written += [f"runs: {args.csv}"] if args.csv else []
+    print("; ".join(written) if written else "the curves: --png FILE")
     return 0
 
 
@@ -674,6 +679,9 @@ def _map_logger(kind_name: str):
 
 
 def _print_map(record) -> None:
+    """The sweep's map in the terminal; its picture goes to the sweep's own folder (beside the
+    Tune state, not the working directory) and, by the driver, to the parent run."""
+    from grokray.sweep.driver import exp_dir_for
     from grokray.sweep.kinds import KINDS
 
     kind = KINDS[record.spec.get("kind", "trial")]
@@ -693,9 +701,20 @@ def _print_map(record) -> None:
     x, y, facets = resolve_axes(df)
     print()
     print(format_table(df, x, y, facets=facets))
-    png = f"{record.name}_phase_map.png"
-    plot_phase_map(df, png, x, y, facets=facets)
-    print(f"phase map: {png}")
+    if "://" in record.storage:   # remote Tune storage: the parent run holds the picture
+        print("phase map: on the parent run, phase_map/phase_map.png")
+        return
+    png = exp_dir_for(record.name, record.storage) / "phase_map.png"
+    plot_phase_map(df, str(png), x, y, facets=facets)
+    print(f"phase map: {_short_path(png)} (and on the parent run: phase_map/phase_map.png)")
+
+
+def _short_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _after_sweep(summary, no_map: bool) -> int:

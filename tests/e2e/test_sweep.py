@@ -38,7 +38,8 @@ def test_four_trial_sweep_parent_children_labels_map(tmp_path, mlflow_uri):
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "phase_map")} >= {
         "phase_map/phase_map.png", "phase_map/phase_map.csv"}
     assert "[grokray] label:" in out.stdout and "phase map:" in out.stdout
-    assert (tmp_path / "four_phase_map.png").stat().st_size > 1000
+    assert (tmp_path / "results" / "four" / "phase_map.png").stat().st_size > 1000   # the sweep's folder
+    assert list(tmp_path.glob("*.png")) == []                                         # not the working dir
     # the UI hint links the sweep's saved view, which is on the experiment
     view = tracking.runs_view_link(parent.info.experiment_id, "grokray-four")
     assert f"then open http://127.0.0.1:5000/{view}" in out.stdout

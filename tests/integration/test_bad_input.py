@@ -395,7 +395,7 @@ def test_output_paths_are_checked_before_the_work(sandbox, capsys, tmp_path):
     cases = [
         (["phase-map", "sw", "--png", f"{nowhere}.png", *uri], f"--png: {nowhere}.png: the directory"),
         (["phase-map", "sw", "--csv", folder, *uri], f"--csv: '{folder}' is a directory"),
-        (["phase-map", "sub/name", *uri], "--png: sub/name_phase_map.png: the directory sub does not exist"),
+        (["phase-map", "name", "--png", "sub/name.png", *uri], "--png: sub/name.png: the directory sub does not exist"),
         (["transfer-map", "sw", "--png", folder, *uri], f"--png: '{folder}' is a directory"),
         (["transfer-map", "sw", "--csv", f"{nowhere}.csv", *uri], f"--csv: {nowhere}.csv: the directory"),
         (["patching", "x.pt", "--out", f"{nowhere}.json"], f"--out: {nowhere}.json: the directory"),

@@ -632,7 +632,8 @@ def test_cli_table_png_csv_and_json(store, tmp_path):
     assert out.returncode == 0, out.stderr
     df = phase_map(SWEEP, store["uri"])
     assert format_table(df, "data.phi", "data.augmentation") in out.stdout
-    assert (tmp_path / f"{SWEEP}_phase_map.png").read_bytes()[:8] == PNG_MAGIC
+    assert list(tmp_path.glob("*.png")) == []                   # a picture only where asked
+    assert "--png FILE" not in out.stdout.splitlines()[-1] and out.stdout.splitlines()[-1] == "runs: runs.csv"
     csv = pd.read_csv(tmp_path / "runs.csv")
     assert len(csv) == len(df) == len(DEMO) and sorted(csv["run_id"]) == sorted(df["run_id"])
 
@@ -642,10 +643,10 @@ def test_cli_table_png_csv_and_json(store, tmp_path):
     assert len(rows) == len(DEMO)
     assert sorted((r["run_id"], r["label"]) for r in rows) == sorted(
         (rid, None if pd.isna(lab) else lab) for rid, lab in zip(df["run_id"], df["label"]))
-    assert (tmp_path / "m.png").exists()
+    assert (tmp_path / "m.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_cli_bad_axis_is_one_line(store, tmp_path):
     out = _cli(SWEEP, "--x", "data.nope", "--tracking-uri", store["uri"], cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("grokray: error: ") and "data.nope" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / f"{SWEEP}_phase_map.png").exists()
+    assert len(out.stderr.strip().splitlines()) == 1 and list(tmp_path.glob("*.png")) == []
