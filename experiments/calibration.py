@@ -73,13 +73,17 @@ def _float(v):
 
 
 def table(rows: list[dict]) -> str:
-    """The markdown table of :data:`COLUMNS` over calibration rows."""
-    head = "| " + " | ".join(h for h, _, _ in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * len(COLUMNS)]
+    """The markdown table of :data:`COLUMNS` over calibration rows (plus a ``data`` column when a
+    sweep named its data values: the name is the regime, the column says what the data is)."""
+    columns = COLUMNS
+    if any(x.get("data", x["regime"]) != x["regime"] for x in rows):
+        columns = COLUMNS[:1] + (("data", "data", None),) + COLUMNS[1:]
+    head = "| " + " | ".join(h for h, _, _ in columns) + " |"
+    lines = [head, "|" + "---|" * len(columns)]
     for x in rows:
         cells = {**x, "steps": f"{x['steps_run']} ({x['stop_reason']})",
                  "held": f"{_num(x['final_target_level'])} ({_num(x['max_target'])})"}
-        out = [_num(cells.get(key), fmt or "{}") for _, key, fmt in COLUMNS]
+        out = [_num(cells.get(key), fmt or "{}") for _, key, fmt in columns]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines)
 
@@ -130,7 +134,10 @@ def calibration_row(client, frame_row: dict) -> tuple[dict, list[dict]]:
     m, tags = run.data.metrics, run.data.tags
     cfg = tracking.run_trial_config(client, run_id)
     history = tracking.load_history(client, run_id)
-    row = {"regime": regime_name(cfg), "model": f"{cfg.model.n_layers}x{cfg.model.n_loops}",
+    swept = json.loads(tags.get(Tag.SWEPT) or "{}")
+    named = swept.get("data", {}).get("name") if isinstance(swept.get("data"), dict) else None
+    row = {"regime": named or regime_name(cfg), "data": regime_name(cfg),
+           "model": f"{cfg.model.n_layers}x{cfg.model.n_loops}",
            "seed": int(cfg.seed), "run_id": run_id, "run_name": frame_row["run_name"],
            "label": frame_row["label"], "label_lens": frame_row["label_lens"],
            "label_interchange": tags.get(Tag.LABEL_INTERCHANGE), "criterion": tags.get(Tag.CRITERION),
