@@ -104,10 +104,18 @@ def compute_verdict(client: "MlflowClient", run_id: str, split: str = "ood", n_q
     if not history:
         raise RunNotClassifiable(f"run {run_id} has no metric history (not a grokray trial, or not started)")
     max_steps = int(tags.get(Tag.MAX_STEPS) or run.data.params.get("train.max_steps") or history[-1]["step"])
+    # What the curves alone support: the logged shortcut baseline, and the number of queries the
+    # target accuracy was measured on (its binomial error), the same with or without a checkpoint.
+    light: dict[str, Any] = {}
     shortcut = run.data.metrics.get(f"{tracking.SHORTCUT_PREFIX}best/{split}")
-    light = {"shortcut_best": shortcut} if shortcut is not None and 0 <= shortcut <= 1 else None
-    verdict = classify_history(history, max_steps=max_steps, stop_reason=tags.get(Tag.STOP_REASON), evidence=light,
-                               split=split, criterion=criterion, params=params or VerdictParams())
+    if shortcut is not None and 0 <= shortcut <= 1:
+        light["shortcut_best"] = shortcut
+    n_target = target_queries(client, run_id, split)
+    if n_target:
+        light["n_target"] = n_target
+    decide = dict(max_steps=max_steps, stop_reason=tags.get(Tag.STOP_REASON), split=split, criterion=criterion,
+                  params=params or VerdictParams())
+    verdict = classify_history(history, evidence=light or None, **decide)
     wanted = evidence == "always" or (evidence == "auto" and verdict.behaviour in GENERALIZED)
     ev = None
     if wanted and tracking.checkpoints(client, run_id):
@@ -116,17 +124,23 @@ def compute_verdict(client: "MlflowClient", run_id: str, split: str = "ood", n_q
         dataset = load_dataset(trial_config_from_dict(meta["trial_config"]).data)
         torch.set_num_threads(max(1, torch.get_num_threads()))
         ev = circuit_evidence(model, dataset, split=split, n=n_queries, seed=0)
-        verdict = classify_history(history, max_steps=max_steps, stop_reason=tags.get(Tag.STOP_REASON),
-                                   evidence=ev.for_verdict(), split=split, criterion=criterion,
-                                   params=params or VerdictParams())
+        verdict = classify_history(history, evidence={**ev.for_verdict(), **light}, **decide)
     return verdict, ev, history, run.info.run_name or run_id
 
 
-def label_tags(v: Verdict) -> tracking.LabelTags:
+def target_queries(client: "MlflowClient", run_id: str, split: str) -> int | None:
+    """How many test queries the run's target accuracy was measured on (its ``dataset.json``)."""
+    meta = tracking.read_json_artifact(client, run_id, "dataset.json") or {}
+    n = (meta.get("probe_sizes") or {}).get(f"test_inferred_{split}")
+    return int(n) if isinstance(n, (int, float)) and n > 0 else None
+
+
+def label_tags(v: Verdict, examined: bool) -> tracking.LabelTags:
     return tracking.LabelTags(label=v.label, detail=v.detail, confidence=f"{v.confidence:.3f}",
                               classifier_version=v.classifier_version, split=v.split,
                               censored=str(v.censored).lower(), label_lens=v.label_lens,
-                              label_interchange=v.label_interchange, criterion=v.criterion)
+                              label_interchange=v.label_interchange, criterion=v.criterion,
+                              evidence="checkpoint" if examined else "curves")
 
 
 #: Verdict fields logged as ``verdict/<name>`` metrics (sortable columns in the MLflow UI).
@@ -144,7 +158,11 @@ def verdict_metrics(v: Verdict) -> dict[str, float]:
     return out
 
 
-def verdict_readme(v: Verdict, title: str) -> str:
+#: Verdict metrics that only the checkpoint's evidence gives.
+EVIDENCE_METRICS = ("interchange", "interchange_control", "interchange_n", "causal_r1")
+
+
+def verdict_readme(v: Verdict, title: str, examined: bool = True) -> str:
     """``verdict/README.md``: the verdict and its reasons, then the numbers, for the artifact viewer."""
     rows = [("label", v.label), ("detail", v.detail), ("confidence", f"{v.confidence:.2f}"),
             ("label by the interchange test / by the logit lens", f"{v.label_interchange} / {v.label_lens}"),
@@ -156,9 +174,12 @@ def verdict_readme(v: Verdict, title: str) -> str:
                                                         f"{'-' if v.delay_ratio is None else f'{v.delay_ratio:.1f}'}")]
     fmt = lambda x: "-" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))  # noqa: E731
     table = "\n".join(f"| {k} | {fmt(x)} |" for k, x in rows)
+    where = ("Evidence: `evidence.json`; pictures: `curves.png`, `interchange.png`, `lens.png`, `patching.png`."
+             if examined else "Labelled from the curves and the logged shortcut baselines (the checkpoint was not "
+                              "examined: its evidence cannot change a label of a run that did not generalize); "
+                              "picture: `curves.png`.")
     return (f"# {title}: {v.label}\n\n{v.summary()}\n\n| what | value |\n|---|---|\n{table}\n\n"
-            f"Classifier v{v.classifier_version}, criterion {v.criterion}, target split {v.split}. "
-            "Evidence: `evidence.json`; pictures: `curves.png`, `interchange.png`, `lens.png`, `patching.png`.\n")
+            f"Classifier v{v.classifier_version}, criterion {v.criterion}, target split {v.split}. {where}\n")
 
 
 def write_verdict(client: "MlflowClient", run_id: str, verdict: Verdict, evidence: CircuitEvidence | None,
@@ -166,7 +187,7 @@ def write_verdict(client: "MlflowClient", run_id: str, verdict: Verdict, evidenc
     """Tags, description, ``verdict/*`` metrics and evidence artifacts of a verdict on its run."""
     with tempfile.TemporaryDirectory(prefix="grokray-verdict-") as tmp:
         d = Path(tmp)
-        (d / "README.md").write_text(verdict_readme(verdict, title))
+        (d / "README.md").write_text(verdict_readme(verdict, title, examined=evidence is not None))
         (d / "verdict.json").write_text(json.dumps(verdict.to_dict(), indent=2))
         plot_curves(history, d / "curves.png",
                     title=f"{title}: {verdict.label} / {verdict.detail} ({verdict.confidence:.2f})",
@@ -184,8 +205,13 @@ def write_verdict(client: "MlflowClient", run_id: str, verdict: Verdict, evidenc
                 (d / "patching.json").write_text(patchings[0].to_json())
         client.log_artifacts(run_id, str(d), tracking.VERDICT_DIR)
         client.log_artifact(run_id, str(d / "curves.png"))   # also the run's top-level curves.png
-    tracking.log_metrics(client, run_id, verdict.steps_run, verdict_metrics(verdict))
-    tracking.log_tags(client, run_id, {**label_tags(verdict).tags(), Tag.NOTE: verdict.summary()})
+    metrics = verdict_metrics(verdict)
+    if evidence is None:   # a relabelling without the checkpoint: no stale evidence number stays current
+        had = client.get_run(run_id).data.metrics
+        metrics.update({f"{tracking.VERDICT_PREFIX}{k}": float("nan") for k in EVIDENCE_METRICS
+                        if f"{tracking.VERDICT_PREFIX}{k}" in had and f"{tracking.VERDICT_PREFIX}{k}" not in metrics})
+    tracking.log_metrics(client, run_id, verdict.steps_run, metrics)
+    tracking.log_tags(client, run_id, {**label_tags(verdict, evidence is not None).tags(), Tag.NOTE: verdict.summary()})
 
 
 def classify_run(run_id: str, tracking_uri: str | None = None, *, client: "MlflowClient | None" = None,
@@ -202,13 +228,26 @@ def classify_run(run_id: str, tracking_uri: str | None = None, *, client: "Mlflo
     same = (previous.classifier_version, previous.split, previous.criterion) == (CLASSIFIER_VERSION, split, criterion)
     if same and not force:
         stored = tracking.read_json_artifact(client, run_id, f"{tracking.VERDICT_DIR}/verdict.json")
-        if stored is not None:  # else: tags without the artifact, a half-written earlier attempt; label again
+        if stored is not None and not _lacks_wanted_evidence(client, run_id, previous, stored, evidence):
             return Outcome(run_id, Verdict.from_dict(stored), "unchanged", None, name)
+        # else: tags without the artifact (a half-written earlier attempt), or a verdict labelled
+        # from the curves that this evidence mode would examine: label again
     verdict, ev, history, title = compute_verdict(client, run_id, split=split, n_queries=n_queries, params=params,
                                                   criterion=criterion, evidence=evidence)
     write_verdict(client, run_id, verdict, ev, history, title)
     action = "labelled" if previous.classifier_version is None else "relabelled"
     return Outcome(run_id, verdict, action, previous if action == "relabelled" else None, name)
+
+
+def _lacks_wanted_evidence(client: "MlflowClient", run_id: str, previous: tracking.LabelTags, stored: dict,
+                           evidence: str) -> bool:
+    """Was the stored verdict labelled from the curves while ``evidence`` would examine the
+    checkpoint (and the run has one)? Verdicts written before ``grokray.evidence`` existed were
+    always examined when a checkpoint existed."""
+    if previous.evidence != "curves" or evidence == "never":
+        return False
+    wanted = evidence == "always" or stored.get("behaviour") in GENERALIZED
+    return wanted and bool(tracking.checkpoints(client, run_id))
 
 
 def trial_runs(client: "MlflowClient", experiment: str) -> list[Any]:
@@ -221,13 +260,13 @@ def trial_runs(client: "MlflowClient", experiment: str) -> list[Any]:
 
 def classify_experiment(experiment: str, tracking_uri: str | None = None, *, split: str = "ood",
                         criterion: str = "interchange", force: bool = False, n_queries: int = 200,
-                        params: VerdictParams | None = None, progress=None) -> list[Outcome]:
+                        params: VerdictParams | None = None, progress=None, evidence: str = "auto") -> list[Outcome]:
     """Label every finished trial run of an experiment."""
     client = tracking.get_client(tracking_uri)
     outcomes = []
     for run in trial_runs(client, experiment):
         out = classify_run(run.info.run_id, client=client, split=split, criterion=criterion, force=force,
-                           n_queries=n_queries, params=params)
+                           n_queries=n_queries, params=params, evidence=evidence)
         outcomes.append(out)
         if progress is not None:
             progress(out)

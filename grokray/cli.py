@@ -371,7 +371,7 @@ def _add_paths(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test_inferred_id",
                    help="queries to compare on (default: test_inferred_id; or train_inferred)")
     p.add_argument("--queries", type=_count(1), default=300, help="number of queries (default: 300)")
-    p.add_argument("--png", default=None, help="write the side-by-side heatmaps here (default: paths.png)")
+    p.add_argument("--png", default=None, help="also draw the side-by-side heatmaps here")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     _add_tracking(p)
 
@@ -426,7 +426,7 @@ def _check_checkpoint(path: str) -> None:
 def _run_paths(args: argparse.Namespace) -> int:
     from grokray.circuits.paths import compare_checkpoints
 
-    _check_output(args.png or "paths.png", "--png")
+    _check_output(args.png, "--png")
     with tempfile.TemporaryDirectory() as tmp:
         a = _resolve_checkpoint(args.run_a, args.step_a, args.tracking_uri, tmp + "/a")
         b = _resolve_checkpoint(args.run_b, args.step_b, args.tracking_uri, tmp + "/b")
@@ -435,8 +435,8 @@ def _run_paths(args: argparse.Namespace) -> int:
                                       labels=(args.run_a[:12], args.run_b[:12]))
         except ValueError as e:
             raise UserError(str(e).splitlines()[0]) from None
-        png = args.png or "paths.png"
-        cmp.plot(png)
+        if args.png:
+            cmp.plot(args.png)
     if args.json:
         print(cmp.to_json())
         return 0
@@ -446,7 +446,7 @@ def _run_paths(args: argparse.Namespace) -> int:
         print(f"  patching, perturbed {token:<3} {sim:.3f}")
     if cmp.note:
         print(f"  note: {cmp.note}")
-    print(f"heatmaps: {png}")
+    print(f"heatmaps: {args.png}" if args.png else "heatmaps: --png FILE")
     return 0
 
 
@@ -457,8 +457,8 @@ def _add_patching(p: argparse.ArgumentParser) -> None:
                    help="queries to patch (default: train_inferred, as Wang et al.; or test_inferred_id / _ood)")
     p.add_argument("--queries", type=_count(1), default=300, help="number of queries (default: 300)")
     p.add_argument("--all", action="store_true", help="also patch queries the model answers wrongly")
-    p.add_argument("--png", default=None, help="heatmaps (default: patching_step<N>.png)")
-    p.add_argument("--out", default=None, help="flip-rate matrices as JSON (default: patching_step<N>.json)")
+    p.add_argument("--png", default=None, help="also draw the heatmaps here")
+    p.add_argument("--out", default=None, help="also write the flip-rate matrices here, as JSON")
     _add_tracking(p)
 
 
@@ -480,12 +480,10 @@ def _run_patching(args: argparse.Namespace) -> int:
                                  step=step)
     except ValueError as e:  # an unknown or atomic split
         raise UserError(f"--split: {str(e).splitlines()[0]}") from None
-    png = args.png or f"patching_step{step}.png"
-    out = args.out or f"patching_step{step}.json"
-    _check_output(png, "--png")
-    _check_output(out, "--out")
-    result.plot(png)
-    Path(out).write_text(result.to_json())
+    if args.png:
+        result.plot(args.png)
+    if args.out:
+        Path(args.out).write_text(result.to_json())
     print(f"causal patching at step {step} on {args.split}: {result.n_selected} queries "
           f"({'all' if args.all else 'answered correctly'}, clean accuracy {result.clean_acc:.3f})")
     print("flip rate by depth (rows) and patched position (h, r1, r2), per perturbed token:")
@@ -493,7 +491,9 @@ def _run_patching(args: argparse.Namespace) -> int:
         print(f"  perturbed {token} ({result.n_queries[token]} queries)")
         for name, row in zip(result.depth_names, mat):
             print(f"    {name:<28} " + "  ".join(f"{v:.2f}" for v in row))
-    print(f"heatmaps: {png}; matrices: {out}")
+    written = [f"heatmaps: {args.png}"] if args.png else []
+    written += [f"matrices: {args.out}"] if args.out else []
+    print("; ".join(written) if written else "heatmaps: --png FILE; matrices as JSON: --out FILE")
     return 0
 
 
@@ -705,7 +705,11 @@ def _print_map(record) -> None:
         print("phase map: on the parent run, phase_map/phase_map.png")
         return
     png = exp_dir_for(record.name, record.storage) / "phase_map.png"
-    plot_phase_map(df, str(png), x, y, facets=facets)
+    try:
+        plot_phase_map(df, str(png), x, y, facets=facets)
+    except OSError:   # the recorded storage is not here (a sweep resumed from a copy elsewhere)
+        print("phase map: on the parent run, phase_map/phase_map.png")
+        return
     print(f"phase map: {_short_path(png)} (and on the parent run: phase_map/phase_map.png)")
 
 
@@ -723,23 +727,25 @@ def _after_sweep(summary, no_map: bool) -> int:
           f"{_fmt_duration(summary.seconds)}")
     if not no_map:
         _print_map(rec)
-    print(_ui_hint(rec))
+    print(_ui_hint(rec.tracking_uri, rec.experiment_id, rec.name, rec.experiment, rec.parent_run_id))
     return 1 if summary.n_errors else 0
 
 
-def _ui_hint(rec) -> str:
+def _ui_hint(tracking_uri: str, experiment_id: str, sweep: str, experiment: str, parent_run_id: str) -> str:
     """How to open a sweep's trials in the MLflow UI: the command (a local store) and the link
     of the sweep's saved view, which also asks for the model-training view (the UI's default
     for a fresh browser is GenAI)."""
     from grokray import tracking
 
-    link = tracking.runs_view_link(rec.experiment_id, tracking.sweep_view_id(rec.name))
-    if tracking.sqlite_path(rec.tracking_uri) is not None:
-        return (f"inspect the runs: mlflow ui --backend-store-uri {rec.tracking_uri} --host 127.0.0.1 --workers 1\n"
-                f"  then open http://127.0.0.1:5000/{link}\n"
-                f"  (experiment {rec.experiment!r}, parent run {rec.parent_run_id})")
-    base = rec.tracking_uri.rstrip("/") if rec.tracking_uri.startswith("http") else rec.tracking_uri
-    return f"inspect the runs: {base}/{link}  (experiment {rec.experiment!r}, parent run {rec.parent_run_id})"
+    link = tracking.runs_view_link(experiment_id, tracking.sweep_view_id(sweep))
+    which = f"(experiment {experiment!r}, parent run {parent_run_id})"
+    if tracking.sqlite_path(tracking_uri) is not None:
+        return (f"inspect the runs: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --workers 1\n"
+                f"  then open http://127.0.0.1:5000/{link}\n  {which}")
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"inspect the runs: {tracking_uri.rstrip('/')}/{link}  {which}"
+    return (f"inspect the runs: open the MLflow UI of the server over {tracking_uri}, then <its address>/{link}  "
+            f"{which}")
 
 
 def _run_sweep_run(args: argparse.Namespace) -> int:
@@ -829,8 +835,8 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
               f"{t.get(Tag.STOP_REASON, '-'):<16} {t.get(Tag.LABEL, '-'):<14} "
               f"{t.get(Tag.DETAIL, '-'):<13} {t.get(Tag.CONFIDENCE, '-')}")
     print("  " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))
-    print(f"  MLflow UI (mlflow ui on {client.tracking_uri}): "
-          f"{tracking.runs_view_link(parent.info.experiment_id, tracking.sweep_view_id(name))}")
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    print(_ui_hint(client.tracking_uri, parent.info.experiment_id, name, experiment, parent.info.run_id))
     return 0
 
 

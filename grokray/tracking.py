@@ -82,6 +82,7 @@ class Tag:
     LABEL_LENS = "grokray.label_lens"          # the same decided by He et al.'s logit-lens rule
     LABEL_INTERCHANGE = "grokray.label_interchange"  # ... by the bridge interchange test
     CRITERION = "grokray.criterion"            # interchange | lens: which one drives grokray.label
+    EVIDENCE = "grokray.evidence"              # checkpoint (examined) | curves (labelled from curves + baselines)
     DETAIL = "grokray.detail"
     CONFIDENCE = "grokray.confidence"
     CLASSIFIER_VERSION = "grokray.classifier_version"
@@ -570,10 +571,12 @@ class LabelTags:
     label_lens: str | None = None
     label_interchange: str | None = None
     criterion: str | None = None
+    evidence: str | None = None
 
     _TAGS = {"label": Tag.LABEL, "detail": Tag.DETAIL, "confidence": Tag.CONFIDENCE,
              "classifier_version": Tag.CLASSIFIER_VERSION, "split": Tag.SPLIT, "censored": Tag.CENSORED,
-             "label_lens": Tag.LABEL_LENS, "label_interchange": Tag.LABEL_INTERCHANGE, "criterion": Tag.CRITERION}
+             "label_lens": Tag.LABEL_LENS, "label_interchange": Tag.LABEL_INTERCHANGE, "criterion": Tag.CRITERION,
+             "evidence": Tag.EVIDENCE}
 
     @classmethod
     def of(cls, tags: Mapping[str, str]) -> "LabelTags":

@@ -310,7 +310,8 @@ def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
               "sweep.swept": ",".join(spec.swept_keys), "sweep.max_steps": spec.budget,
               "sweep.max_concurrent": spec.max_concurrent,
               "sweep.resources": f"{spec.resources.cpu}cpu,{spec.resources.gpu}gpu",
-              "sweep.stopping": json.dumps(spec.stopping.to_dict()), "sweep.criterion": spec.classifier.criterion}
+              "sweep.stopping": json.dumps(spec.stopping.to_dict()), "sweep.criterion": spec.classifier.criterion,
+              "sweep.evidence": spec.classifier.evidence}
     params.update({f"base.{k}": v for k, v in spec.base.flat().items()})
     tracking.log_params(client, parent, params)
 
@@ -353,7 +354,8 @@ def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
             f"accuracy held 0.99 / {split} accuracy held its threshold; `verdict/delay_ratio` "
             "t_generalize / t_memorize. A column with no value in any trial is not shown. Click a trial for its "
             "evidence: its description is the verdict with its reasons, its Artifacts `verdict/` hold README.md, "
-            "curves.png, interchange.png, lens.png, patching.png. This run's Artifacts hold the phase map "
+            "curves.png and, where the classifier examined the checkpoint (runs that generalized; tag "
+            "grokray.evidence), interchange.png, lens.png, patching.png. This run's Artifacts hold the phase map "
             "(`phase_map/phase_map.png`, `.txt`, `.csv`): the labels over the swept values.")
     else:
         reading = (f"**Reading the results.** [Open this sweep's runs with its columns]({link}) (the runs page's "

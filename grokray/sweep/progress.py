@@ -79,7 +79,7 @@ class SweepProgress(Callback):
         self._finished: list[str] = []
         self._durations: list[float] = []
         self._started: dict[str, float] = {}
-        self._start_step: dict[str, int] = {}   # a restored trial resumes from its checkpoint's step
+        self._first: dict[str, tuple[float, int]] = {}   # trial -> (time, step) of its first report here
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -123,22 +123,29 @@ class SweepProgress(Callback):
     def _cells(self, r: dict) -> str:
         return "  ".join(f"{head} {_fmt(r.get(metric))}" for head, metric in self.columns)
 
+    def _budget(self, trial: Any) -> int:
+        """The trial's own step budget (``train.max_steps`` may be swept), else the sweep's."""
+        own = (getattr(trial, "config", None) or {}).get("train.max_steps")
+        return int(own) if isinstance(own, (int, float)) and own > 0 else self.max_steps
+
     def _eta(self, running: list, pending: int, now: float | None = None) -> str:
-        """Time left: each running trial's steps left at its own pace so far (to its budget: a
-        trial that stops early makes it shorter), then the pending ones at the mean duration of
-        the finished trials (or, before any finished, of a running trial's projected whole run),
-        shared among the running slots. ``-`` until a running trial has reported a step."""
+        """Time left: each running trial's steps left at its own pace (steps since its first
+        report in this process over the time since: a restored trial counts from where it
+        resumed, start-up is not counted), to its budget (a trial that stops early makes it
+        shorter); then the pending ones at the mean duration of the finished trials (before any
+        finished: a running trial's projected whole run), shared among the running slots; and
+        never less than the longest running trial's time left. ``-`` until a pace is known."""
         now = time.monotonic() if now is None else now
         left, whole = [], []
         for t in running:
-            step, started = (t.last_result or {}).get("step"), self._started.get(str(t))
-            if not step or started is None:
+            first = self._first.get(str(t))
+            step = (t.last_result or {}).get("step")
+            if first is None or not step or step <= first[1] or now <= first[0]:
                 continue
-            elapsed, done = now - started, step - self._start_step.get(str(t), 0)
-            if done <= 0:
-                continue
-            left.append(elapsed * max(0, self.max_steps - step) / done)
-            whole.append(elapsed * self.max_steps / done)
+            pace = (step - first[1]) / (now - first[0])          # steps per second
+            budget = self._budget(t)
+            left.append(max(0, budget - step) / pace)
+            whole.append(budget / pace)
         if not running and not pending:
             return "0s"
         per_trial = (sum(self._durations) / len(self._durations) if self._durations else
@@ -146,7 +153,7 @@ class SweepProgress(Callback):
         if per_trial is None or (running and not left):
             return "-"
         slots = max(len(running), 1)
-        return _duration((sum(left) + pending * per_trial) / slots)
+        return _duration(max(max(left, default=0.0), (sum(left) + pending * per_trial) / slots))
 
     def summary(self, trials: list) -> str:
         counts: dict[str, int] = {}
@@ -165,7 +172,7 @@ class SweepProgress(Callback):
         for t in shown:
             r = t.last_result or {}
             step = r.get("step")
-            lines.append(f"  running  {str(t):<{width}}  step {step if step is not None else '-':>6}/{self.max_steps}"
+            lines.append(f"  running  {str(t):<{width}}  step {step if step is not None else '-':>6}/{self._budget(t)}"
                          f"  train {_fmt(r.get('acc/train'))}  {self._cells(r)}")
         if len(shown) < running:
             lines.append(f"  ... and {running - len(shown)} more running (grokray sweep status NAME: every trial)")
@@ -181,7 +188,11 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._started[str(trial)] = time.monotonic()
-        self._start_step[str(trial)] = int((trial.last_result or {}).get("step") or 0)
+        self._first.pop(str(trial), None)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "step" in result and str(trial) not in self._first:
+            self._first[str(trial)] = (time.monotonic(), int(result["step"]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}

@@ -84,19 +84,35 @@ def test_classify_experiment_and_cli(trained_run, mlflow_uri, tmp_path):
 
 def test_evidence_auto_reads_the_checkpoint_only_for_runs_that_generalized(trained_run, mlflow_uri, tmp_path):
     """A 300-step tiny run does not generalize: under ``auto`` it is labelled from its curves and
-    the logged shortcut baseline, without the checkpoint; ``--evidence always`` adds the evidence."""
+    the logged shortcut baseline, without the checkpoint; asking for the evidence later relabels
+    it (no --force needed: the stored verdict lacks what was asked for); a relabelling without
+    the checkpoint leaves no stale evidence number current."""
+    import math
+
     client, run_id = trained_run
     auto = classify_run(run_id, mlflow_uri)
     assert auto.verdict.behaviour not in GENERALIZED and auto.verdict.label == "no_grokking"
-    assert auto.verdict.shortcut_best == client.get_run(run_id).data.metrics["shortcut/best/ood"]
+    run = client.get_run(run_id)
+    assert auto.verdict.shortcut_best == run.data.metrics["shortcut/best/ood"]
+    assert run.data.tags["grokray.evidence"] == "curves"
     artifacts = {f.path for f in client.list_artifacts(run_id, "verdict")}
     assert "verdict/verdict.json" in artifacts and "verdict/evidence.json" not in artifacts
+    assert auto.verdict.n_target and auto.verdict.n_target > 0   # the OOD probe's size, from dataset.json
 
-    out = grokray("classify", run_id, "--evidence", "always", "--force", "--tracking-uri", mlflow_uri, cwd=tmp_path)
+    out = grokray("classify", run_id, "--evidence", "always", "--tracking-uri", mlflow_uri, "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1])["action"] == "relabelled"
     artifacts = {f.path for f in client.list_artifacts(run_id, "verdict")}
     assert {"verdict/evidence.json", "verdict/interchange.png"} <= artifacts
-    assert client.get_run(run_id).data.tags["grokray.label"] == auto.verdict.label   # evidence cannot make it grok
+    run = client.get_run(run_id)
+    assert run.data.tags["grokray.evidence"] == "checkpoint" and run.data.tags["grokray.label"] == auto.verdict.label
+    assert math.isfinite(run.data.metrics["verdict/interchange_n"])
+    assert classify_run(run_id, mlflow_uri).action == "unchanged"           # auto is content with that
+
+    never = classify_run(run_id, mlflow_uri, evidence="never", force=True)
+    assert never.verdict.confidence == auto.verdict.confidence              # same numbers without the checkpoint
+    run = client.get_run(run_id)
+    assert run.data.tags["grokray.evidence"] == "curves" and math.isnan(run.data.metrics["verdict/interchange_n"])
 
     out = grokray("classify", run_id, "--evidence", "sometimes", "--tracking-uri", mlflow_uri, cwd=tmp_path)
     assert out.returncode == 2 and "--evidence" in out.stderr and "Traceback" not in out.stderr

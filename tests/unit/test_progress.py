@@ -86,19 +86,29 @@ def test_a_resumed_driver_gets_fresh_clocks_and_keeps_labels():
 
 
 @pytest.mark.parametrize("running, durations, pending, eta", [
-    # (step, seconds since start) of each running trial; finished durations; pending count
-    ([(1000, 60.0)], [], 0, "3.0 min"),             # 3,000 steps left at 16.7 steps/s
-    ([(3000, 60.0)], [37.0], 0, "20s"),             # a short finished trial does not shorten a long one
-    ([(2000, 60.0), (2000, 60.0)], [120.0], 2, "3.0 min"),   # (60 + 60 + 2 x 120) / 2 slots
-    ([(2000, 60.0)], [], 1, "3.0 min"),             # before any finished: the running trial's pace (60 + 120)
-    ([(None, 5.0)], [], 3, "-"),                    # nothing reported yet
+    # running trials as (first reported step, seconds since then, step now); finished durations; pending
+    ([(0, 60.0, 1000)], [], 0, "3.0 min"),                 # 3,000 steps left at 16.7 steps/s
+    ([(0, 60.0, 3000)], [37.0], 0, "20s"),                 # a short finished trial does not shorten a long one
+    ([(0, 60.0, 2000), (0, 60.0, 2000)], [120.0], 2, "3.0 min"),   # (60 + 60 + 2 x 120) / 2 slots
+    ([(0, 60.0, 2000)], [], 1, "3.0 min"),                 # before any finished: the running trial's pace
+    ([(0, 60.0, 400), (0, 60.0, 3600)], [], 0, "9.0 min"),   # never less than the longest trial left (540 s)
+    ([(3000, 60.0, 3600)], [], 0, "40s"),                  # restored at 3,000: pace from there, 400 left
+    ([(500, 5.0, 500)], [], 3, "-"),                       # one report only: no pace yet
     ([], [], 0, "0s"),
 ])
 def test_eta_reads_the_pace_of_the_running_trials(running, durations, pending, eta):
     prog = SweepProgress(4000, interactive=False, stream=io.StringIO())
     trials = []
-    for i, (step, age) in enumerate(running):
-        trials.append(FakeTrial(f"t_{i}", "RUNNING", {"step": step} if step else {}))
-        prog._started[f"t_{i}"] = 1000.0 - age
+    for i, (first, age, step) in enumerate(running):
+        trials.append(FakeTrial(f"t_{i}", "RUNNING", {"step": step}))
+        prog._first[f"t_{i}"] = (1000.0 - age, first)
     prog._durations = list(durations)
     assert prog._eta(trials, pending, now=1000.0) == eta
+
+
+def test_a_trial_with_its_own_budget_is_measured_against_it():
+    prog = SweepProgress(12000, interactive=False, stream=io.StringIO())
+    t = FakeTrial("t_0", "RUNNING", {"step": 15000})
+    t.config = {"train.max_steps": 20000}
+    prog._first["t_0"] = (940.0, 14000)                    # 1,000 steps in 60 s
+    assert "step  15000/20000" in prog.summary([t]) and prog._eta([t], 0, now=1000.0) == "5.0 min"
