@@ -109,8 +109,8 @@ def rows(d: Path) -> list[tuple[str, str, str, str]]:
                  f"{100 * g['fraction']:.2f}% of its {g['training_seconds']:.0f} s") if g else ""
         auto = dd.get("classifier_seconds_evidence_auto")
         grown += f"; evidence=auto on the default trial: {auto['median']:.2f} s" if auto else ""
-        out.append(("classifier per trial (with the evidence)",
-                    f"default: {dd['classifier_seconds']['median']:.1f} s = {100 * dd['fraction_default_length']:.2f}% of "
+        out.append(("classifier per trial",
+                    f"with the evidence, default: {dd['classifier_seconds']['median']:.1f} s = {100 * dd['fraction_default_length']:.2f}% of "
                     f"{dd['training_seconds_extrapolated_to_default_length']:.0f} s (12k steps, extrapolated from "
                     f"{dd['steps_run']}); tiny: {tt['classifier_seconds']['median']:.1f} s = "
                     f"{100 * tt['fraction_measured']:.0f}% of {tt['training_seconds_measured']:.1f} s{grown}",

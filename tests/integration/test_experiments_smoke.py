@@ -67,15 +67,16 @@ def test_calibration_tabulates_labelled_runs(labelled_run, mlflow_uri, tmp_path)
     before = _files(RESULTS), _files(DOCS)
     plots, res = tmp_path / "plots", tmp_path / "res"
     out = run(["-m", "experiments.calibration", "--tracking-uri", mlflow_uri, "--sweep", "calib", "--out",
-               str(plots), "--results-dir", str(res), "--result", "calib",
-               "--compare-to", str(RESULTS / "calibration.json")], tmp_path)
+               str(plots), "--results-dir", str(res), "--result", "calib"], tmp_path)
     assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     assert (_files(RESULTS), _files(DOCS)) == before, "a tabulation with --out/--results-dir wrote into the repo"
 
     doc = json.loads((res / "calib.json").read_text())
     (row,) = doc["rows"]
     assert row["run_id"] == labelled_run
-    assert (row["regime"], row["model"], row["seed"]) == ("none", "1x2", 0)
+    # the regime is the augmentation plus what differs from the default trial (TINY shrinks the graph)
+    assert row["regime"].split()[0] == "none" and "n_entities=30" in row["regime"].split()
+    assert row["data"] == row["regime"] and (row["model"], row["seed"]) == ("1x2", 0)
     assert row["label"] in LABELS and row["label_lens"] in LABELS and row["label_interchange"] in LABELS
     assert row["classifier_version"] == CLASSIFIER_VERSION and row["split"] == "ood"
     assert row["criterion"] == "interchange" and row["stop_reason"] and row["steps_run"] == 300
@@ -88,15 +89,27 @@ def test_calibration_tabulates_labelled_runs(labelled_run, mlflow_uri, tmp_path)
     head = doc["table_markdown"].splitlines()[0]
     for column in ("label (lens)", "target held (max)", "shortcut best", "interchange"):
         assert f"| {column} |" in head, head
-    assert f"| {row['regime']} | 1x2 | **{row['label']}** | {row['label_lens']} |" in doc["table_markdown"]
+    assert f"| {row['regime']} | 1x2 | 0 | **{row['label']}** | {row['label_lens']} |" in doc["table_markdown"]
     assert f"classifier v{CLASSIFIER_VERSION}" in doc["classifier"]
 
     assert (plots / "ood_curves.png").stat().st_size > 0 and (plots / "phase_map_calib.png").stat().st_size > 0
-    assert "none-L1x2-s0_curves.png" in row["plots"] and "none-L1x2-s0_interchange.png" in row["plots"]
+    for name in ("curves", "interchange"):   # <regime as a file name>-L1x2-s0_<evidence>.png
+        assert any(p.startswith("none_n_entities=30") and p.endswith(f"-L1x2-s0_{name}.png") for p in row["plots"]), \
+            row["plots"]
     assert all((plots / p).exists() for p in row["plots"])
 
-    # an older reference (written before classifier v2: no label_lens / interchange) still compares
-    cmp_ = doc["comparison"]
+    # an older reference (written before classifier v2: no label_lens / interchange) still compares;
+    # the v1 table's row for this cell, renamed to the tiny graph's regime so the two pair up
+    ref = json.loads((RESULTS / "calibration.json").read_text())
+    (old,) = [r for r in ref["rows"] if (r["regime"], r["model"]) == ("none", "1x2")]
+    old["regime"] = row["regime"]
+    (tmp_path / "ref.json").write_text(json.dumps({**ref, "rows": [old]}))
+    out = run(["-m", "experiments.calibration", "--tracking-uri", mlflow_uri, "--sweep", "calib", "--out",
+               str(tmp_path / "plots2"), "--results-dir", str(res), "--result", "calib2",
+               "--compare-to", str(tmp_path / "ref.json")], tmp_path)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert "label (reference)" in out.stdout
+    cmp_ = json.loads((res / "calib2.json").read_text())["comparison"]
     assert cmp_["compared"] == 1 and cmp_["pairs"][0]["label_lens"][0] is None
     assert cmp_["pairs"][0]["label_lens"][1] == row["label_lens"]
 
