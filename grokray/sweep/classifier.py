@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from ray.tune import Callback
 
+from grokray import tracking
 from grokray.classify import RunNotClassifiable, classify_run
 
 NAMESPACE = "grokray"
@@ -95,6 +96,27 @@ class ClassifierCallback(Callback):
         if self._actor is None:
             self._actor = get_classifier(self.sweep, self.tracking_uri, self.settings, self.refresh)
         return self._actor
+
+    def setup(self, **info: Any) -> None:
+        """On a resume: the label counts start from the labels the sweep's runs already carry (the
+        restored progress display was pickled when the sweep began, with none), and finished runs
+        the interrupted driver did not label are submitted like any other."""
+        try:
+            client = tracking.get_client(self.tracking_uri)
+            parent = tracking.find_sweep_parent(client, self.sweep)
+            runs = tracking.sweep_runs(client, parent, status="FINISHED") if parent is not None else []
+        except Exception as e:   # labels then come as trials finish; this must not stop the sweep
+            print(f"[grokray] could not read the sweep's earlier runs: {e}", file=sys.stderr, flush=True)
+            return
+        labelled = [r.data.tags[tracking.Tag.LABEL] for r in runs if tracking.Tag.LABEL in r.data.tags]
+        if self.progress is not None:
+            self.progress.board.count_stored(labelled)
+        unlabelled = [r.info.run_id for r in runs if tracking.Tag.LABEL not in r.data.tags]
+        if unlabelled:
+            print(f"[grokray] labelling {len(unlabelled)} finished trial(s) the interrupted driver did not label",
+                  flush=True)
+        for run_id in unlabelled:
+            self.submit(run_id)
 
     def submit(self, run_id: str) -> None:
         if run_id and run_id not in self._pending:

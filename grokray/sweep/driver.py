@@ -420,8 +420,9 @@ def _callbacks(spec: SweepSpec, record: SweepRecord, refresher: MapRefresher, n_
     progress = SweepProgress(spec.budget, n_trials, columns=spec.kind_impl.progress_columns)
     callbacks: list = [progress]
     if spec.classifier.enabled:
-        callbacks.append(ClassifierCallback(record.name, record.tracking_uri, spec.classifier, refresh=refresher,
-                                            progress=progress))
+        # first: at the end it waits for the last labels, so the progress's final summary counts them
+        callbacks.insert(0, ClassifierCallback(record.name, record.tracking_uri, spec.classifier,
+                                               refresh=refresher, progress=progress))
     return callbacks
 
 
@@ -472,19 +473,10 @@ def _count_trials(spec: SweepSpec, space: dict[str, Any]) -> int:
     return spec.n_trials() * extra
 
 
-def unlabelled_finished_runs(record: SweepRecord) -> list[str]:
-    """Finished trial runs of the sweep without a label (their driver died before labelling)."""
-    client = tracking.get_client(record.tracking_uri)
-    parent = client.get_run(record.parent_run_id)
-    return [r.info.run_id for r in tracking.sweep_runs(client, parent, status="FINISHED")
-            if tracking.Tag.LABEL not in r.data.tags]
-
-
 def resume_sweep(name: str, storage: str | None = None, address: str | None = None, dashboard: bool = False,
                  tracking_uri: str | None = None, map_logger: MapLogger | None = None) -> SweepSummary:
     """Continue an interrupted sweep: finished trials are kept, running ones restart from their
     last checkpoint, finished-but-unlabelled ones are labelled."""
-    import ray
     from ray import tune
 
     started = time.time()
@@ -498,21 +490,13 @@ def resume_sweep(name: str, storage: str | None = None, address: str | None = No
     client = tracking.get_client(record.tracking_uri)
     client.update_run(record.parent_run_id, status="RUNNING")
     refresher = MapRefresher(record, map_logger)
-    backlog = []
     if spec.classifier.enabled:
-        actor = get_classifier(record.name, record.tracking_uri, spec.classifier, refresher)
-        pending = unlabelled_finished_runs(record)
-        if pending:
-            print(f"[grokray] labelling {len(pending)} finished trial(s) the interrupted driver did not label",
-                  flush=True)
-        backlog = [actor.classify.remote(run_id) for run_id in pending]
+        # the restored ClassifierCallback labels what the interrupted driver left unlabelled (its setup)
+        get_classifier(record.name, record.tracking_uri, spec.classifier, refresher)
     print(f"[grokray] resuming sweep {name!r} from {exp_dir}", flush=True)
     tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, record), resume_unfinished=True,
                                resume_errored=True)
     results = _fit(tuner, record)
-    for summary in ray.get(backlog):
-        line = summary.get("line") or summary.get("error")
-        print(f"[grokray] label: {line}", flush=True)
     return _finish(record, results, refresher, started)
 
 

@@ -57,6 +57,17 @@ class SweepBoard:
         self.labels[label] = self.labels.get(label, 0) + 1
         self.labelled = (self.labelled + [text])[-SHOWN:]
 
+    def count_stored(self, labels: list[str]) -> None:
+        """Start the counts from labels a store already holds (a resumed sweep's earlier trials).
+
+        >>> board = SweepBoard(); board.count_stored(["no_grokking", "true_grokking", "no_grokking"])
+        >>> board.labels
+        {'no_grokking': 2, 'true_grokking': 1}
+        """
+        self.labels = {}
+        for label in labels:
+            self.labels[label] = self.labels.get(label, 0) + 1
+
 
 class SweepProgress(Callback):
     """Tune callback: the summary (module docstring), in place on a terminal, as lines otherwise."""

@@ -6,6 +6,7 @@ so a test can kill it (or one of its trial workers) and resume.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -97,6 +98,9 @@ def test_kill_driver_and_resume(tmp_path, mlflow_uri):
     out = grokray("sweep", "resume", "resumable", "--storage", str(tmp_path / "results"), uri=mlflow_uri,
                   cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # the resumed driver's counts include the labels given before the kill ("labels: no 2, true 1")
+    counts = re.findall(r"labels: ([^|]+?) \|", out.stdout)[-1]
+    assert sum(int(c.split()[-1]) for c in counts.split(", ")) == 3, out.stdout[-2000:]
     runs = child_runs(mlflow_uri, "resumable")
     assert len(runs) == 3 and set(before) <= {r.info.run_id for r in runs}  # no run duplicated
     client = tracking.get_client(mlflow_uri)
