@@ -161,6 +161,16 @@ def calibration_row(client, frame_row: dict) -> tuple[dict, list[dict]]:
     return row, history
 
 
+def run_key(row: dict) -> str:
+    """``<regime>-L<layers x loops>-s<seed>``, the regime made a file name (and a markdown link).
+
+    >>> run_key({"regime": "hop2(1,18) phi=3.6", "model": "1x2", "seed": 0})
+    'hop2_1_18_phi=3.6-L1x2-s0'
+    """
+    regime = re.sub(r"[^A-Za-z0-9_.=-]+", "_", row["regime"]).strip("_")
+    return f"{regime}-L{row['model']}-s{row['seed']}"
+
+
 def regime_name(cfg) -> str:
     """The augmentation's name, plus every data / model setting that differs from the default
     trial's (``hop2(1,18) n_relations=200 phi=3.6``), so runs on other graphs never share a row name."""
@@ -205,6 +215,9 @@ def plot_ood_curves(curves: dict[str, list[dict]], models: list[str], path: Path
     from grokray.plots import plt
 
     fig, axes = plt.subplots(3, len(models), figsize=(6 * len(models), 10), dpi=110, squeeze=False, sharex=True)
+    # one colour per regime in every panel (keys are "<regime>-L<model>-s<seed>"); seed 1 dashed
+    regimes = list(dict.fromkeys(key.rsplit("-L", 1)[0] for key in curves))
+    colour = {r: f"C{i % 10}" for i, r in enumerate(regimes)}
     for col, L in enumerate(models):
         for key, hist in curves.items():
             if f"-L{L}-" not in key:
@@ -213,7 +226,7 @@ def plot_ood_curves(curves: dict[str, list[dict]], models: list[str], path: Path
             for row, metric in enumerate(("acc/train", "acc/test_inferred_ood", "lens/ood/bridge_found")):
                 vals = [h.get(metric, float("nan")) for h in hist if h["step"] > 0]
                 axes[row][col].plot(steps, vals, label=key.replace(f"-L{L}", ""), lw=1.4,
-                                     ls="--" if key.endswith("-s1") else "-")
+                                    color=colour[key.rsplit("-L", 1)[0]], ls="--" if key.endswith("-s1") else "-")
         for row, name in enumerate(("train accuracy", "OOD test accuracy", "OOD bridge found (lens)")):
             ax = axes[row][col]
             ax.set_xscale("log")
@@ -279,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {fr['run_name']}: {fr['status']}, not labelled yet", file=sys.stderr)
             continue
         row, history = calibration_row(client, fr.to_dict())
-        regime = re.sub(r"[^A-Za-z0-9_.=-]+", "_", row["regime"]).strip("_")   # a file name, and a markdown link
-        key = f"{regime}-L{row['model']}-s{row['seed']}"
+        key = run_key(row)
         curves[key] = history
         row["plots"] = copy_evidence(client, row, out, key)
         rows.append(row)
@@ -296,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{about}\n\n{md}")
 
     models = sorted({x["model"] for x in rows}, key=lambda m: (m != "1x2", m))
-    plot_ood_curves(curves, models, out / "ood_curves.png")
+    plot_ood_curves({run_key(x): curves[run_key(x)] for x in rows}, models, out / "ood_curves.png")
     for sweep, frame in zip(args.sweep, frames):
         if len(frame):
             plot_phase_map(frame, out / f"phase_map_{sweep}.png")
