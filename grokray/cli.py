@@ -723,6 +723,12 @@ def _short_path(path: Path) -> str:
 
 def _after_sweep(summary, no_map: bool) -> int:
     rec = summary.record
+    if summary.n_unfinished:
+        print(f"[grokray] sweep {rec.name!r} interrupted after {_fmt_duration(summary.seconds)}: "
+              f"{summary.n_trials - summary.n_unfinished} trial(s) ended, {summary.n_unfinished} not; continue "
+              f"with `grokray sweep resume {rec.name}`", file=sys.stderr)
+        print(_ui_hint(rec.tracking_uri, rec.experiment_id, rec.name, rec.experiment, rec.parent_run_id))
+        return 130
     print(f"[grokray] sweep {rec.name!r} done: {summary.n_trials} trial(s), {summary.n_errors} failed, "
           f"{_fmt_duration(summary.seconds)}")
     if not no_map:

@@ -404,16 +404,26 @@ class SweepSummary:
     n_trials: int
     n_errors: int
     seconds: float
+    n_unfinished: int = 0     # > 0: the sweep was interrupted (Ctrl-C / SIGINT); `resume` continues it
 
 
-def _finish(record: SweepRecord, results: Any, refresher: MapRefresher, started: float) -> SweepSummary:
+def _finish(record: SweepRecord, results: Any, refresher: MapRefresher, started: float,
+            expected: int | None = None) -> SweepSummary:
+    """Mark the parent run and count what ran. Ray Tune ends ``fit()`` normally on SIGINT (it saves its
+    state first), so an interrupted sweep is told by trials that neither finished nor failed, or by
+    fewer trials than the spec makes (``expected``, where it is known)."""
     client = tracking.get_client(record.tracking_uri)
     refresher(force=True)
-    errors = [r for r in results if r.error is not None] if results is not None else []
-    status = "FAILED" if results is not None and errors and len(errors) == len(results) else "FINISHED"
+    n = len(results) if results is not None else 0
+    n_errors = results.num_errors if results is not None else 0
+    unfinished = (n - results.num_terminated - n_errors if results is not None else 0) + max(0, (expected or 0) - n)
+    if unfinished:
+        status = "KILLED"
+    else:
+        status = "FAILED" if n and n_errors == n else "FINISHED"
     client.set_terminated(record.parent_run_id, status=status)
-    return SweepSummary(record=record, n_trials=len(results) if results is not None else 0, n_errors=len(errors),
-                        seconds=time.time() - started)
+    return SweepSummary(record=record, n_trials=n, n_errors=n_errors, seconds=time.time() - started,
+                        n_unfinished=unfinished)
 
 
 def _callbacks(spec: SweepSpec, record: SweepRecord, refresher: MapRefresher, n_trials: int | None) -> list:
@@ -461,7 +471,7 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
         print(f"[grokray] {line}", flush=True)
     tuner = tune.Tuner(_trainable(spec, record), param_space=space, tune_config=_tune_config(spec),
                        run_config=_run_config(record, spec, _callbacks(spec, record, refresher, n_trials)))
-    return _finish(record, _fit(tuner, record), refresher, started)
+    return _finish(record, _fit(tuner, record), refresher, started, expected=n_trials)
 
 
 def _count_trials(spec: SweepSpec, space: dict[str, Any]) -> int:

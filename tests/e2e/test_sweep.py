@@ -119,6 +119,36 @@ def test_kill_driver_and_resume(tmp_path, mlflow_uri):
     assert parent_run(mlflow_uri, "resumable").info.status == "FINISHED"
 
 
+def test_ctrl_c_says_interrupted_and_resume_finishes(tmp_path, mlflow_uri):
+    """Ctrl-C (SIGINT to the driver's process group): Ray Tune saves its state and returns normally,
+    so the driver must tell an interrupted sweep from a finished one (it said "done" before)."""
+    spec = write_spec(tmp_path, "ctrlc", parameters={"seed": {"values": [0, 1, 2]}}, max_concurrent=1,
+                      max_steps=400)
+    log = tmp_path / "driver.log"
+    proc = start("sweep", "run", str(spec), "--no-map", uri=mlflow_uri, cwd=tmp_path, log=log)
+    try:
+        wait_for(lambda: any(r.info.status == "FINISHED" for r in child_runs(mlflow_uri, "ctrlc")), 300,
+                 "a finished trial", proc, log)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    (line,) = [ln for ln in text.splitlines() if "interrupted after" in ln]
+    assert "not; continue with `grokray sweep resume ctrlc`" in line and "done:" not in text
+    assert parent_run(mlflow_uri, "ctrlc").info.status == "KILLED"
+    time.sleep(2)   # let the interrupted Ray release its ports
+
+    out = grokray("sweep", "resume", "ctrlc", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 0 and "sweep 'ctrlc' done: 3 trial(s), 0 failed" in out.stdout, \
+        out.stdout[-3000:] + out.stderr[-3000:]
+    runs = child_runs(mlflow_uri, "ctrlc")
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" and "grokray.label" in r.data.tags for r in runs)
+    assert parent_run(mlflow_uri, "ctrlc").info.status == "FINISHED"
+
+
 def test_killed_trial_worker_restarts_from_checkpoint(tmp_path, mlflow_uri):
     spec = write_spec(tmp_path, "faulty", parameters={"seed": {"values": [0]}}, max_steps=700, max_failures=2)
     log = tmp_path / "driver.log"
