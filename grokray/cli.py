@@ -446,7 +446,7 @@ def _run_paths(args: argparse.Namespace) -> int:
         print(f"  patching, perturbed {token:<3} {sim:.3f}")
     if cmp.note:
         print(f"  note: {cmp.note}")
-    print(f"heatmaps: {args.png}" if args.png else "heatmaps: --png FILE")
+    _say_written([("heatmaps", args.png)], "heatmaps: --png FILE")
     return 0
 
 
@@ -491,9 +491,8 @@ def _run_patching(args: argparse.Namespace) -> int:
         print(f"  perturbed {token} ({result.n_queries[token]} queries)")
         for name, row in zip(result.depth_names, mat):
             print(f"    {name:<28} " + "  ".join(f"{v:.2f}" for v in row))
-    written = [f"heatmaps: {args.png}"] if args.png else []
-    written += [f"matrices: {args.out}"] if args.out else []
-    print("; ".join(written) if written else "heatmaps: --png FILE; matrices as JSON: --out FILE")
+    _say_written([("heatmaps", args.png), ("matrices", args.out)],
+                 "heatmaps: --png FILE; matrices as JSON: --out FILE")
     return 0
 
 
@@ -532,9 +531,8 @@ def _run_phase_map(args: argparse.Namespace) -> int:
     print(f"{args.name}: {len(df)} run(s), {n_lab} labelled")
     if len(df):
         print(format_table(df, x, y, facets=facets))
-    written = [f"phase diagram: {args.png}"] if args.png else []
-    written += [f"runs: {args.csv}"] if args.csv else []
-    print("; ".join(written) if written else "the picture: --png FILE (or the sweep's parent run, phase_map/)")
+    _say_written([("phase diagram", args.png), ("runs", args.csv)],
+                 "the picture: --png FILE (or the sweep's parent run, phase_map/)")
     return 0
 
 
@@ -573,9 +571,7 @@ def _run_transfer_map(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.name}: {len(df)} finetune run(s)")
     print(format_transfer_table(df))
-    written = [f"transfer curves: {args.png}"] if args.png else []
-    written += [f"runs: {args.csv}"] if args.csv else []
-    print("; ".join(written) if written else "the curves: --png FILE")
+    _say_written([("transfer curves", args.png), ("runs", args.csv)], "the curves: --png FILE")
     return 0
 
 
@@ -711,6 +707,12 @@ def _print_map(record) -> None:
         print("phase map: on the parent run, phase_map/phase_map.png")
         return
     print(f"phase map: {_short_path(png)} (and on the parent run: phase_map/phase_map.png)")
+
+
+def _say_written(files: list[tuple[str, str | None]], hint: str) -> None:
+    """One line naming the files written where asked (``what: path``), else how to ask for them."""
+    written = [f"{what}: {path}" for what, path in files if path]
+    print("; ".join(written) if written else hint)
 
 
 def _short_path(path: Path) -> str:

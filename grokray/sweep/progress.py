@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +65,7 @@ class SweepBoard:
         >>> board.labels
         {'no_grokking': 2, 'true_grokking': 1}
         """
-        self.labels = {}
-        for label in labels:
-            self.labels[label] = self.labels.get(label, 0) + 1
+        self.labels = dict(Counter(labels))
 
 
 class SweepProgress(Callback):
