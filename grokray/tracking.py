@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import re
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from grokray.version import __version__
 from grokray.config import ConfigError, TrialConfig, check_tracking_uri, trial_config_from_dict
+from grokray import sqlite_store
 from grokray.locks import file_lock
 from grokray.plots import plot_curves
 
@@ -151,7 +151,7 @@ def artifact_root(uri: str) -> str | None:
     return str(db.parent.resolve() / "mlruns") if db is not None else None
 
 
-#: How long :func:`get_client` waits out another process migrating the same fresh sqlite store.
+#: How long :func:`get_client` waits out another process migrating the same sqlite store.
 STORE_RETRY_S = 60.0
 #: Words of the errors a concurrent migration by another process causes. The last is alembic's
 #: check that its version row moved as expected; it fails when the other process moved it first
@@ -171,20 +171,13 @@ def _is_migration_race(error: BaseException) -> bool:
     return False
 
 
-#: How long an "out-of-date database schema" is taken for another process still migrating.
-OUTDATED_RETRY_S = 15.0
-
-
-def _is_outdated_schema(error: BaseException) -> bool:
-    return "out-of-date database schema" in str(error).lower()
-
-
 def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
-    """A client on a local sqlite store, creating / migrating it under ``<db>.lock``.
+    """A client on a local sqlite store, made whole first under ``<db>.lock``.
 
-    grokray processes take turns on the lock; a process that is not grokray's may still be
-    migrating the same file, which shows up as "table ... already exists" or "database is
-    locked": wait and retry until :data:`STORE_RETRY_S`.
+    grokray processes take turns on the lock; :func:`grokray.sqlite_store.ensure_store` creates a
+    missing store whole (never migrated in place), waits on one another process is migrating, and
+    replaces one left half-created. A residual race ("database is locked") is retried until
+    :data:`STORE_RETRY_S`.
     """
     from mlflow.tracking import MlflowClient
 
@@ -195,29 +188,27 @@ def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
     except OSError as e:
         raise ConfigError(f"cannot create the directory of the MLflow store: {e.strerror}", key="tracking URI",
                           value=uri) from None
-    started = time.monotonic()
-    deadline = started + STORE_RETRY_S
+    deadline = time.monotonic() + STORE_RETRY_S
     delay = 0.2
-    # MLflow logs its schema migrations at INFO on a fresh store ("Creating initial MLflow database
-    # tables..."): routine, not for a user's terminal. Real problems still raise, below.
+    # MLflow logs its schema migrations at INFO ("Creating initial MLflow database tables..."):
+    # routine, not for a user's terminal. Real problems still raise, below.
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
     with file_lock(db.with_name(db.name + ".lock")):
+        try:
+            sqlite_store.ensure_store(db, artifact_root(uri), timeout_s=STORE_RETRY_S)
+        except sqlite_store.StoreError as e:
+            raise ConfigError(str(e), key="tracking URI", value=uri) from None
+        except Exception as e:  # noqa: BLE001 - an unusable path or file: one line naming the store
+            reason = (getattr(e, "strerror", None) or str(e).strip().splitlines()[0] if str(e).strip()
+                      else type(e).__name__)
+            raise ConfigError(f"cannot create the MLflow store: {reason[:300]}", key="tracking URI",
+                              value=uri) from None
         while True:
             try:
-                if not db.exists():
-                    # WAL lets readers proceed during a write; persistent once set on the file.
-                    con = sqlite3.connect(db, timeout=30)
-                    con.execute("PRAGMA journal_mode=WAL")
-                    con.close()
-                return MlflowClient(tracking_uri=uri)   # runs MLflow's migrations on a fresh store
+                return MlflowClient(tracking_uri=uri)   # a whole store at head: no migration runs here
             except Exception as e:  # noqa: BLE001 - classified below, re-raised as one line
-                now = time.monotonic()
-                # Another process half-way through MLflow's migrations leaves a schema that reads as
-                # out of date for a few seconds (~6 s here for all of them); a store really left at an
-                # old version is reported once that window has passed.
-                if now < deadline and (_is_migration_race(e)
-                                       or (_is_outdated_schema(e) and now < started + OUTDATED_RETRY_S)):
+                if _is_migration_race(e) and time.monotonic() < deadline:
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue

@@ -5,20 +5,27 @@ Each round starts, at the same moment, on a store that does not exist yet: grokr
 (``grokray train``, which creates the store and logs a run) and processes that are not grokray's
 (a plain MLflow client polling ``search_experiments``, as a notebook or ``mlflow ui`` would).
 Every grokray command must succeed in every round: grokray's processes take turns on the lock
-beside the database, and a migration that loses the race with the plain client is retried.
+beside the database and build a missing store whole before linking it into place; the two plain
+clients race each other's migrations and can leave the file half-migrated (``duplicate column``,
+``_alembic_tmp_* already exists``), which grokray waits on, then replaces (it holds no runs).
 """
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from grokray import tracking
+import pytest
+
+from grokray import sqlite_store, tracking
+from grokray.config import ConfigError
 from helpers import TINY
 
 ROUNDS = 4
 GROKRAY_PROCESSES = 3
+PLAIN_CLIENTS = 2
 
 PLAIN_CLIENT = """
 import sys, time
@@ -43,7 +50,7 @@ def test_grokray_commands_and_a_plain_client_on_one_fresh_store(tmp_path):
         db = tmp_path / f"round{r}" / "mlflow.db"
         uri = f"sqlite:///{db}"
         procs = [subprocess.Popen([sys.executable, "-c", PLAIN_CLIENT, uri], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, env=env)]
+                                  stderr=subprocess.DEVNULL, env=env) for _ in range(PLAIN_CLIENTS)]
         grok = [subprocess.Popen([sys.executable, "-m", "grokray", "train", *sets, "--quiet", "--experiment",
                                   f"e{i % 2}", "--tracking-uri", uri], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -72,3 +79,50 @@ def test_an_unusable_store_is_one_line_and_leaves_nothing_half_created(tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("grokray: error: tracking URI: cannot ") and str(blocker) in out.stderr
     assert blocker.read_text().startswith("a file")
+
+
+def _half_created(db: Path) -> None:
+    """What a process that died in MLflow's migrations leaves: the initial tables, no version row
+    past them, and one of alembic's batch-copy tables."""
+    import sqlalchemy
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    InitialBase.metadata.create_all(engine)
+    with engine.begin() as con:
+        con.exec_driver_sql("CREATE TABLE _alembic_tmp_params (key VARCHAR(250))")
+    engine.dispose()
+
+
+def test_a_store_left_half_created_is_replaced_when_it_holds_no_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "STALL_S", 0.5)
+    db = tmp_path / "mlflow.db"
+    _half_created(db)
+    assert sqlite_store.schema_version(db) is None and not sqlite_store.holds_data(db)
+    client = tracking.get_client(f"sqlite:///{db}")
+    assert sqlite_store.schema_version(db) == sqlite_store.head_revision()
+    run = client.create_run(client.create_experiment("after"))
+    client.log_metric(run.info.run_id, "acc", 0.5, step=1)
+    assert client.get_metric_history(run.info.run_id, "acc")[0].value == 0.5
+    assert not list(tmp_path.glob(".mlflow.db.creating-*"))
+
+
+def test_a_store_behind_with_runs_is_reported_in_one_line_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "STALL_S", 0.5)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    client = tracking.get_client(uri)
+    run_id = client.create_run(client.create_experiment("kept")).info.run_id
+    old = [r.revision for r in sqlite_store._script_directory().walk_revisions()][5]
+    con = sqlite3.connect(db)
+    con.execute("UPDATE alembic_version SET version_num = ?", (old,))
+    con.commit()
+    con.close()
+    with pytest.raises(ConfigError) as err:
+        tracking.get_client(uri)
+    line = str(err.value)
+    assert "\n" not in line and "holds runs" in line and old in line and "mlflow db upgrade" in line and str(db) in line
+    assert sqlite_store.schema_version(db) == old
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT run_uuid FROM runs").fetchall() == [(run_id,)]
+    con.close()

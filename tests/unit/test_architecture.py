@@ -20,7 +20,7 @@ LAYERS = [
     ("grokray.cli", "presentation"), ("grokray.__main__", "presentation"), ("grokray.phasemap", "presentation"),
     ("grokray.transfermap", "presentation"),
     # services: MLflow, the classifier service, the MLflow server, sweeps on Ray
-    ("grokray.tracking", "services"), ("grokray.classify", "services"), ("grokray.server", "services"),
+    ("grokray.tracking", "services"), ("grokray.sqlite_store", "services"), ("grokray.classify", "services"), ("grokray.server", "services"),
     ("grokray.sweep", "services"),
     # core: the science, plain config objects in, plain results out
     ("grokray", "core"),
