@@ -157,6 +157,12 @@ def ensure_store(db: Path, artifact_root: str, *, timeout_s: float = 60.0, stall
             return "created"
         except FileExistsError:
             pass
+        except OSError:
+            # A filesystem without hard links: a rename, which could clobber a file created in the
+            # last instant (grokray's own processes hold the lock; only others could).
+            if not db.exists():
+                os.rename(tmp, db)
+                return "created"
         finally:
             tmp.unlink(missing_ok=True)
     head = head_revision()
