@@ -11,9 +11,9 @@ summary (:meth:`SweepProgress.summary`):
 
 * attached to a terminal, the summary is redrawn in place every ``every_s`` seconds (a few
   lines, whatever the size of the sweep);
-* not attached (CI, a Ray Job's log, ``> file``), it is printed as plain lines every
-  ``every_s`` seconds (30 by default), and every trial that finishes or fails gets one line
-  of its own, so the log holds each trial once;
+* not attached (CI, a Ray Job's log, ``> file``), the status line and the running trials are
+  printed as plain lines every ``every_s`` seconds (30 by default), and every trial that
+  finishes, fails or is labelled gets one line of its own, so the log holds each trial once;
 * the full table is one command away: ``grokray sweep status NAME``.
 
 Labels arrive from the classifier callback (:class:`grokray.sweep.classifier.ClassifierCallback`),
@@ -165,7 +165,11 @@ class SweepProgress(Callback):
         slots = max(len(running), 1)
         return _duration(max(max(left, default=0.0), (sum(left) + pending * per_trial) / slots))
 
-    def summary(self, trials: list) -> str:
+    def summary(self, trials: list, recent: bool | None = None) -> str:
+        """The status line and the running trials; with ``recent`` (default: on a terminal) also the
+        last trials finished and labelled. Off a terminal those already have a line of their own
+        in the log, and repeating them at every tick would flood it."""
+        recent = self.interactive if recent is None else recent
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
@@ -186,8 +190,9 @@ class SweepProgress(Callback):
                          f"  train {_fmt(r.get('acc/train'))}  {self._cells(r)}")
         if len(shown) < running:
             lines.append(f"  ... and {running - len(shown)} more running (grokray sweep status NAME: every trial)")
-        lines += [f"  finished {line}" for line in self._finished[-SHOWN:]]
-        lines += [f"  labelled {line}" for line in self.board.labelled[-SHOWN:]]
+        if recent:
+            lines += [f"  finished {line}" for line in self._finished[-SHOWN:]]
+            lines += [f"  labelled {line}" for line in self.board.labelled[-SHOWN:]]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ Tune events

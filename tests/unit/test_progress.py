@@ -46,7 +46,7 @@ def test_running_rows_show_the_kind_s_columns_and_counts_labels():
                 "confidence": 0.5, "line": "seed=1 (def456)  no_grokking ..."})
     trial = FakeTrial("t_00000", "RUNNING", {"step": 300, "acc/train": 1.0, "acc/test_new_old": 0.5,
                                               "acc/test_old_new": 0.0})
-    text = prog.summary([trial])
+    text = prog.summary([trial], recent=True)
     assert "labels: no 1, true 1" in text
     for needle in ("new+old 0.500", "old+new 0.000", "step    300/4000", "labelled seed=1  no_grokking (censored"):
         assert needle in text, (needle, text)
@@ -62,6 +62,19 @@ def test_off_a_terminal_each_finished_trial_is_one_line():
     assert out.getvalue() == ("[grokray] finished t_00001 at step 800 (max_steps): train 1.000, "
                               "new+old 0.750, old+new 0.000\n")
     assert "\x1b[" not in out.getvalue()
+
+
+def test_off_a_terminal_the_log_holds_each_finished_and_labelled_trial_once():
+    out = io.StringIO()
+    prog = SweepProgress(4000, n_trials=4, stream=out, interactive=False, every_s=0.0)
+    prog.on_trial_complete(0, [], FakeTrial("t_00000", "TERMINATED", {"step": 4000, "stop_reason": "max_steps"}))
+    prog.label({"run_id": "r0", "run_name": "t_00000", "label": "no_grokking", "detail": "censored",
+                "confidence": 0.5, "line": "t_00000 (r0)  no_grokking"})
+    for i in range(5):                                          # five periodic summaries afterwards
+        prog.on_step_end(i, sweep(1, 2, 1))
+    text = out.getvalue()
+    assert text.count("t_00000") == 2, text                     # its finished line and its label line
+    assert text.count("labels: no 1") == 5 and text.count("  running  ") == 10
 
 
 def test_on_a_terminal_the_summary_is_redrawn_in_place():
