@@ -110,8 +110,11 @@ def _build_path(db: Path) -> Path:
     return db.with_name(f".{db.name}.creating-{os.getpid()}")
 
 
-def _remove_db_files(path: Path) -> None:
-    for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+def _remove_db_files(path: Path, main: bool = True) -> None:
+    """Remove a database's side files (write-ahead log, shared memory, rollback journal) and, with
+    ``main``, the database itself. A stale journal left beside a file would be replayed into it."""
+    sides = [path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal")]
+    for p in ([path] if main else []) + sides:
         p.unlink(missing_ok=True)
 
 
@@ -133,8 +136,7 @@ def build_store(db: Path, artifact_root: str) -> Path:
     except BaseException:
         _remove_db_files(tmp)
         raise
-    tmp.with_name(tmp.name + "-wal").unlink(missing_ok=True)
-    tmp.with_name(tmp.name + "-shm").unlink(missing_ok=True)
+    _remove_db_files(tmp, main=False)
     return tmp
 
 
@@ -181,7 +183,7 @@ def ensure_store(db: Path, artifact_root: str, *, timeout_s: float = 60.0, stall
             raise StoreError(f"not an MLflow sqlite store: {e}") from None
         if version == head:
             return "ready"
-        print_version = version or "none"
+        shown = version or "none"
         footprint = (version, _footprint(db))
         if footprint != last:
             last, last_change = footprint, now
@@ -191,14 +193,13 @@ def ensure_store(db: Path, artifact_root: str, *, timeout_s: float = 60.0, stall
                 raise StoreError(f"schema version {version} is not one this MLflow knows (expects {head}): "
                                  "made by a newer MLflow?")
             if holds_data(db):
-                raise StoreError(f"holds runs at schema version {print_version}, this MLflow expects {head}: "
+                raise StoreError(f"holds runs at schema version {shown}, this MLflow expects {head}: "
                                  "back it up, then run `mlflow db upgrade <uri>`")
             tmp = build_store(db, artifact_root)
-            for suffix in ("-wal", "-shm", "-journal"):   # a stale journal would be replayed into the new file
-                db.with_name(db.name + suffix).unlink(missing_ok=True)
+            _remove_db_files(db, main=False)
             os.replace(tmp, db)
             return "replaced"
         if now - started > timeout_s:
-            raise StoreError(f"still at schema version {print_version} after {timeout_s:.0f} s "
+            raise StoreError(f"still at schema version {shown} after {timeout_s:.0f} s "
                              f"(expects {head}): another process keeps migrating it")
         time.sleep(0.2)

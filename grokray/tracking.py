@@ -200,8 +200,7 @@ def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
         except sqlite_store.StoreError as e:
             raise ConfigError(str(e), key="tracking URI", value=uri) from None
         except Exception as e:  # noqa: BLE001 - an unusable path or file: one line naming the store
-            reason = (getattr(e, "strerror", None) or str(e).strip().splitlines()[0] if str(e).strip()
-                      else type(e).__name__)
+            reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"cannot create the MLflow store: {reason[:300]}", key="tracking URI",
                               value=uri) from None
         while True:
