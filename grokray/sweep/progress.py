@@ -33,6 +33,8 @@ from ray.tune import Callback
 TRIAL_COLUMNS = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
 #: How many running / finished / labelled trials the summary names.
 SHOWN = 3
+#: Seconds of a trial's reports before its pace is trusted for the ETA (:meth:`SweepProgress._eta`).
+MIN_PACE_S = 30.0
 
 
 def _fmt(v: Any) -> str:
@@ -144,13 +146,18 @@ class SweepProgress(Callback):
         resumed, start-up is not counted), to its budget (a trial that stops early makes it
         shorter); then the pending ones at the mean duration of the finished trials (before any
         finished: a running trial's projected whole run), shared among the running slots; and
-        never less than the longest running trial's time left. ``-`` until a pace is known."""
+        never less than the longest running trial's time left. A pace measured over less than
+        :data:`MIN_PACE_S` is not trusted (evaluations are log-spaced, so a trial's first steps
+        are its slowest: the quickstart's third trial read "ETA 59 min" a minute before the end);
+        such a trial counts as a whole finished trial's mean duration while one is known.
+        ``-`` until a pace is known."""
         now = time.monotonic() if now is None else now
-        left, whole = [], []
+        left, whole, young = [], [], 0
         for t in running:
             first = self._first.get(str(t))
             step = (t.last_result or {}).get("step")
-            if first is None or not step or step <= first[1] or now <= first[0]:
+            if first is None or not step or step <= first[1] or now - first[0] < MIN_PACE_S:
+                young += 1
                 continue
             pace = (step - first[1]) / (now - first[0])          # steps per second
             budget = self._budget(t)
@@ -160,6 +167,8 @@ class SweepProgress(Callback):
             return "0s"
         per_trial = (sum(self._durations) / len(self._durations) if self._durations else
                      sum(whole) / len(whole) if whole else None)
+        if self._durations:
+            left += [per_trial] * young
         if per_trial is None or (running and not left):
             return "-"
         slots = max(len(running), 1)

@@ -107,6 +107,8 @@ def test_a_resumed_driver_gets_fresh_clocks_and_keeps_labels():
     ([(0, 60.0, 400), (0, 60.0, 3600)], [], 0, "9.0 min"),   # never less than the longest trial left (540 s)
     ([(3000, 60.0, 3600)], [], 0, "40s"),                  # restored at 3,000: pace from there, 400 left
     ([(500, 5.0, 500)], [], 3, "-"),                       # one report only: no pace yet
+    ([(0, 10.0, 40)], [], 0, "-"),                         # 10 s of reports: too young to trust its pace
+    ([(0, 10.0, 40), (0, 60.0, 3700)], [390.0], 0, "6.5 min"),   # the young one as a whole trial (quickstart, 6.5 min)
     ([], [], 0, "0s"),
 ])
 def test_eta_reads_the_pace_of_the_running_trials(running, durations, pending, eta):
