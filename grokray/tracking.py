@@ -171,6 +171,11 @@ def _is_migration_race(error: BaseException) -> bool:
     return False
 
 
+def _first_line(error: BaseException) -> str:
+    """An error's first line for a one-line message; its type's name when it says nothing."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
     """A client on a local sqlite store, made whole first under ``<db>.lock``.
 
@@ -200,7 +205,7 @@ def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
         except sqlite_store.StoreError as e:
             raise ConfigError(str(e), key="tracking URI", value=uri) from None
         except Exception as e:  # noqa: BLE001 - an unusable path or file: one line naming the store
-            reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = getattr(e, "strerror", None) or _first_line(e)
             raise ConfigError(f"cannot create the MLflow store: {reason[:300]}", key="tracking URI",
                               value=uri) from None
         while True:
@@ -211,7 +216,7 @@ def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = _first_line(e)
                 raise ConfigError(f"cannot open the MLflow store: {reason[:300]}", key="tracking URI",
                                   value=uri) from None
 
