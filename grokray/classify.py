@@ -5,13 +5,14 @@ checkpoint and the trial config, computes the evidence (:mod:`grokray.circuits.e
 shortcut baselines, the interchange test, the lens, causal patching) and the verdict
 (:mod:`grokray.verdict`), and writes
 
-* tags ``grokray.label`` (by the chosen ``criterion``), ``grokray.label_interchange``,
-  ``grokray.label_lens`` (He et al.'s rule), ``grokray.criterion``, ``grokray.detail``,
-  ``grokray.confidence``, ``grokray.classifier_version``, ``grokray.censored``,
-  ``grokray.split``; the run's description (``mlflow.note.content``) is the verdict and its
-  reasons in one paragraph;
-* metrics ``verdict/*`` (t_memorize, t_generalize, delay_ratio, final_target_level,
-  shortcut_best, interchange, bridge_given_correct, causal_r1, ...);
+* tags ``grokray.label`` (by the chosen ``criterion``), ``grokray.label_<criterion>`` for every
+  criterion of :data:`grokray.criteria.REGISTRY` (``grokray.label_interchange``,
+  ``grokray.label_lens``), ``grokray.criterion``, ``grokray.detail``, ``grokray.phase`` (Liu et
+  al.'s), ``grokray.determined``, ``grokray.confidence``, ``grokray.classifier_version``,
+  ``grokray.censored``, ``grokray.split``; the run's description (``mlflow.note.content``) is
+  the verdict and its reasons in one paragraph;
+* metrics ``verdict/*`` (t_memorize, t_generalize, t_circuit, delay_ratio, final_target_level,
+  shortcut_best, each criterion's rate: interchange, bridge_given_correct; causal_r1, ...);
 * artifacts under ``verdict/``: ``README.md`` (the paragraph), ``verdict.json``,
   ``evidence.json``, ``curves.png`` (detected steps and the shortcut baseline marked),
   ``interchange.png``, ``lens.png``, ``patching.png`` + ``patching.json``.
@@ -39,6 +40,7 @@ from grokray import tracking
 from grokray.circuits.evidence import CircuitEvidence, circuit_evidence
 from grokray.circuits.patching import plot_patching
 from grokray.config import trial_config_from_dict
+from grokray.criteria import REGISTRY
 from grokray.data import load_dataset
 from grokray.model import load_checkpoint
 from grokray.plots import plot_curves
@@ -73,6 +75,9 @@ class Outcome:
             parts.append(f"label {old.label} -> {v.label}")
         if old.detail != v.detail:
             parts.append(f"detail {old.detail} -> {v.detail}")
+        for crit, label in v.labels.items():
+            if crit != v.criterion and old.labels.get(crit) not in (None, label):
+                parts.append(f"{crit} label {old.labels[crit]} -> {label}")
         return ", ".join(parts)
 
     def line(self) -> str:
@@ -138,22 +143,28 @@ def target_queries(client: "MlflowClient", run_id: str, split: str) -> int | Non
 def label_tags(v: Verdict, examined: bool) -> tracking.LabelTags:
     return tracking.LabelTags(label=v.label, detail=v.detail, confidence=f"{v.confidence:.3f}",
                               classifier_version=v.classifier_version, split=v.split,
-                              censored=str(v.censored).lower(), label_lens=v.label_lens,
-                              label_interchange=v.label_interchange, criterion=v.criterion,
-                              evidence="checkpoint" if examined else "curves")
+                              censored=str(v.censored).lower(), criterion=v.criterion,
+                              evidence="checkpoint" if examined else "curves", phase=v.phase,
+                              determined=str(v.determined).lower(), labels=dict(v.labels))
 
 
-#: Verdict fields logged as ``verdict/<name>`` metrics (sortable columns in the MLflow UI).
-VERDICT_METRICS = ("confidence", "final_target_level", "shortcut_best", "interchange", "interchange_control",
-                   "interchange_n", "t_memorize", "t_generalize", "t_transient", "delay_ratio", "log_step_gap",
-                   "bridge_given_correct", "bridge_found", "causal_r1", "final_train_acc", "final_target_acc",
+#: Verdict fields logged as ``verdict/<name>`` metrics (sortable columns in the MLflow UI); every
+#: criterion's rate (``verdict/interchange``, ``verdict/bridge_given_correct``) is added from the registry.
+VERDICT_METRICS = ("confidence", "final_target_level", "shortcut_best", "interchange_control",
+                   "interchange_n", "t_memorize", "t_generalize", "t_transient", "t_circuit", "delay_ratio",
+                   "log_step_gap", "bridge_found", "causal_r1", "final_train_acc", "final_target_acc",
                    "max_target_acc")
 
 
 def verdict_metrics(v: Verdict) -> dict[str, float]:
     out = {f"{tracking.VERDICT_PREFIX}{k}": float(getattr(v, k)) for k in VERDICT_METRICS
            if getattr(v, k) is not None}
+    for c in REGISTRY.values():
+        rate = getattr(v, c.rate, None)
+        if rate is not None:
+            out[f"{tracking.VERDICT_PREFIX}{c.rate}"] = float(rate)
     out[f"{tracking.VERDICT_PREFIX}censored"] = float(v.censored)
+    out[f"{tracking.VERDICT_PREFIX}determined"] = float(v.determined)
     out[f"{tracking.VERDICT_PREFIX}true_grokking"] = float(v.label == "true_grokking")
     return out
 
@@ -165,13 +176,15 @@ EVIDENCE_METRICS = ("interchange", "interchange_control", "interchange_n", "caus
 def verdict_readme(v: Verdict, title: str, examined: bool = True) -> str:
     """``verdict/README.md``: the verdict and its reasons, then the numbers, for the artifact viewer."""
     rows = [("label", v.label), ("detail", v.detail), ("confidence", f"{v.confidence:.2f}"),
-            ("label by the interchange test / by the logit lens", f"{v.label_interchange} / {v.label_lens}"),
+            ("Liu et al.'s phase", v.phase + ("" if v.determined else " (undetermined: the budget did not settle it)")),
+            *((f"label by the {c.name} criterion", v.labels.get(c.name, "-")) for c in REGISTRY.values()),
             (f"held {v.split.upper()} accuracy", v.final_target_level), ("best shortcut baseline", v.shortcut_best),
             ("interchange (answers follow a swapped bridge)", v.interchange),
             ("same-bridge control (answer kept)", v.interchange_control),
             ("lens: bridge found among correct answers", v.bridge_given_correct),
             ("t_memorize / t_generalize / delay ratio", f"{v.t_memorize} / {v.t_generalize} / "
-                                                        f"{'-' if v.delay_ratio is None else f'{v.delay_ratio:.1f}'}")]
+                                                        f"{'-' if v.delay_ratio is None else f'{v.delay_ratio:.1f}'}"),
+            ("t_circuit (the logged interchange curve held its threshold)", v.t_circuit)]
     fmt = lambda x: "-" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))  # noqa: E731
     table = "\n".join(f"| {k} | {fmt(x)} |" for k, x in rows)
     where = ("Evidence: `evidence.json`; pictures: `curves.png`, `interchange.png`, `lens.png`, `patching.png`."
@@ -192,7 +205,7 @@ def write_verdict(client: "MlflowClient", run_id: str, verdict: Verdict, evidenc
         plot_curves(history, d / "curves.png",
                     title=f"{title}: {verdict.label} / {verdict.detail} ({verdict.confidence:.2f})",
                     marks={"t_memorize": verdict.t_memorize, "t_generalize": verdict.t_generalize,
-                           "t_transient": verdict.t_transient},
+                           "t_transient": verdict.t_transient, "t_circuit": verdict.t_circuit},
                     baselines={f"{verdict.split.upper()} shortcut (best rule)": verdict.shortcut_best})
         if evidence is not None:
             (d / "evidence.json").write_text(json.dumps(evidence.to_dict()))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, NoReturn
 from urllib.parse import urlsplit
 
+from grokray.criteria import DEFAULT_CRITERION, REGISTRY
 from grokray.config import ConfigError
 
 
@@ -321,9 +322,10 @@ def _add_classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run id(s) to label")
     p.add_argument("--experiment", default=None, help="label every finished trial run of this experiment")
     p.add_argument("--split", choices=["ood", "id"], default="ood", help="target test split (default: ood)")
-    p.add_argument("--criterion", choices=["interchange", "lens"], default="interchange",
-                   help="what decides true vs fake for grokray.label: the bridge interchange test (default) or "
-                        "He et al.'s logit-lens rule; both are tagged whenever the evidence is computed")
+    p.add_argument("--criterion", choices=list(REGISTRY), default=DEFAULT_CRITERION,
+                   help="which criterion decides true vs fake for grokray.label (default: %(default)s): "
+                        + "; ".join(f"{c.name} = {c.summary}" for c in REGISTRY.values())
+                        + ". Every criterion is tagged (grokray.label_<criterion>) whenever the evidence is computed")
     p.add_argument("--evidence", choices=["auto", "always", "never"], default="auto",
                    help="when to load the checkpoint for circuit evidence (interchange, lens, patching): auto = "
                         "only for runs whose curves generalized, the only runs it can move between true and fake "

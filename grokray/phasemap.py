@@ -75,6 +75,7 @@ from grokray.plots import LABEL_COLORS as COLORS
 from grokray.plots import OTHER_COLOR
 from grokray.plots import plt
 from grokray.sweep.naming import value_label
+from grokray.criteria import REGISTRY
 from grokray.verdict import LABELS, label_name
 from grokray.verdict import SHORT_LABELS as SHORT
 
@@ -91,13 +92,16 @@ HATCH = "///"
 MAX_LEVELS = 12
 N_BINS = 6
 
+#: One label column per criterion of :data:`grokray.criteria.REGISTRY` (``label_interchange``, ``label_lens``).
+CRITERION_COLUMNS = tuple(c.column for c in REGISTRY.values())
 #: Columns after the parameters, in order.
-COLUMNS = ("label", "detail", "confidence", "t_memorize", "t_generalize", "delay_ratio", "final_train_acc",
-           "final_id_acc", "final_ood_acc", "final_target_level", "shortcut_best", "interchange", "bridge_rate",
-           "label_lens", "censored", "steps_run", "run_id", "run_name", "status", "classifier_version")
+COLUMNS = ("label", "detail", "phase", "determined", "confidence", "t_memorize", "t_generalize", "delay_ratio",
+           "t_circuit", "final_train_acc", "final_id_acc", "final_ood_acc", "final_target_level", "shortcut_best",
+           "interchange", "bridge_rate", *CRITERION_COLUMNS, "censored", "steps_run", "run_id", "run_name", "status",
+           "classifier_version")
 #: Float columns after the parameters.
-FLOAT_COLUMNS = ("confidence", "t_memorize", "t_generalize", "delay_ratio", "final_train_acc", "final_id_acc",
-                 "final_ood_acc", "final_target_level", "shortcut_best", "interchange", "bridge_rate")
+FLOAT_COLUMNS = ("confidence", "t_memorize", "t_generalize", "delay_ratio", "t_circuit", "final_train_acc",
+                 "final_id_acc", "final_ood_acc", "final_target_level", "shortcut_best", "interchange", "bridge_rate")
 #: Params logged on a trial run that are not trial-config knobs.
 NOT_CONFIG = ("model.n_params",)
 
@@ -228,10 +232,14 @@ def _run_columns(run: "Run") -> dict[str, Any]:
     return {
         "label": tags.get(Tag.LABEL),
         "detail": tags.get(Tag.DETAIL),
+        "phase": tags.get(Tag.PHASE),
+        # runs labelled before classifier v3 carry no grokray.determined: read as determined
+        "determined": (tags.get(Tag.DETERMINED) or "true").lower() == "true",
         "confidence": _float(confidence if confidence is not None else metrics.get(V + "confidence")),
         "t_memorize": _float(metrics.get(V + "t_memorize")),
         "t_generalize": _float(metrics.get(V + "t_generalize")),
         "delay_ratio": _float(metrics.get(V + "delay_ratio")),
+        "t_circuit": _float(metrics.get(V + "t_circuit")),
         "final_train_acc": _float(metrics.get("acc/train")),
         "final_id_acc": _float(metrics.get("acc/test_inferred_id")),
         "final_ood_acc": _float(metrics.get("acc/test_inferred_ood")),
@@ -239,7 +247,7 @@ def _run_columns(run: "Run") -> dict[str, Any]:
         "shortcut_best": _float(shortcut),
         "interchange": _float(metrics.get(V + "interchange")),
         "bridge_rate": _float(bridge),
-        "label_lens": tags.get(Tag.LABEL_LENS),
+        **{c.column: tags.get(c.tag) for c in REGISTRY.values()},
         "censored": (tags.get(Tag.CENSORED) or "").lower() == "true",
         "steps_run": int(_float(steps)) if math.isfinite(_float(steps)) else 0,
         "run_id": run.info.run_id,
@@ -257,8 +265,9 @@ def _finish_frame(rows: list[dict], params: list[str], attrs: dict) -> pd.DataFr
     for c in FLOAT_COLUMNS:
         df[c] = df[c].astype("float64")
     df["censored"] = df["censored"].astype(bool)
+    df["determined"] = df["determined"].astype(bool)
     df["steps_run"] = df["steps_run"].astype("int64")
-    for c in ("label", "detail", "label_lens", "classifier_version"):
+    for c in ("label", "detail", "phase", *CRITERION_COLUMNS, "classifier_version"):
         df[c] = df[c].astype(object).where(df[c].notna(), None)
     df.attrs.update(attrs, params=list(params))
     return df

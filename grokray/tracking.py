@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from grokray.version import __version__
 from grokray.config import ConfigError, TrialConfig, check_tracking_uri, trial_config_from_dict
+from grokray.criteria import LABEL_TAG_PREFIX, REGISTRY, labels_from_tags
 from grokray import sqlite_store
 from grokray.locks import file_lock
 from grokray.plots import plot_curves
@@ -79,9 +80,12 @@ class Tag:
     MAX_STEPS = "grokray.max_steps"
     # the verdict (grokray.classify)
     LABEL = "grokray.label"                    # true_grokking | fake_grokking | no_grokking (the chosen criterion)
-    LABEL_LENS = "grokray.label_lens"          # the same decided by He et al.'s logit-lens rule
-    LABEL_INTERCHANGE = "grokray.label_interchange"  # ... by the bridge interchange test
-    CRITERION = "grokray.criterion"            # interchange | lens: which one drives grokray.label
+    # grokray.label_<criterion>: the same decided by each criterion of grokray.criteria.REGISTRY
+    # (grokray.label_interchange, grokray.label_lens): Tag.label_by(name)
+    LABEL_BY_PREFIX = LABEL_TAG_PREFIX
+    CRITERION = "grokray.criterion"            # which criterion drives grokray.label
+    PHASE = "grokray.phase"                    # Liu et al.'s phase: grokking | comprehension | memorization | confusion
+    DETERMINED = "grokray.determined"          # false: the budget did not settle the outcome (semi, censored, rising)
     EVIDENCE = "grokray.evidence"              # checkpoint (examined) | curves (labelled from curves + baselines)
     DETAIL = "grokray.detail"
     CONFIDENCE = "grokray.confidence"
@@ -101,6 +105,11 @@ class Tag:
     PARENT = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"
     NOTE = "mlflow.note.content"               # the run's description in the UI
+
+    @staticmethod
+    def label_by(criterion: str) -> str:
+        """The tag holding the label decided by ``criterion`` (``grokray.label_interchange``, ...)."""
+        return REGISTRY[criterion].tag
 
 
 KIND_SWEEP, KIND_TRIAL, KIND_FINETUNE = "sweep", "trial", "finetune"
@@ -574,29 +583,34 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class LabelTags:
-    """A verdict as it is stored on its run: the ``grokray.label*`` tags."""
+    """A verdict as it is stored on its run: the ``grokray.label*`` tags.
+
+    ``labels`` holds the label by every criterion the run was labelled by
+    (``grokray.label_<criterion>``, :mod:`grokray.criteria`)."""
     label: str | None
     detail: str | None
     confidence: str | None
     classifier_version: str | None
     split: str | None
     censored: str | None = None
-    label_lens: str | None = None
-    label_interchange: str | None = None
     criterion: str | None = None
     evidence: str | None = None
+    phase: str | None = None
+    determined: str | None = None
+    labels: dict = field(default_factory=dict)
 
     _TAGS = {"label": Tag.LABEL, "detail": Tag.DETAIL, "confidence": Tag.CONFIDENCE,
              "classifier_version": Tag.CLASSIFIER_VERSION, "split": Tag.SPLIT, "censored": Tag.CENSORED,
-             "label_lens": Tag.LABEL_LENS, "label_interchange": Tag.LABEL_INTERCHANGE, "criterion": Tag.CRITERION,
-             "evidence": Tag.EVIDENCE}
+             "criterion": Tag.CRITERION, "evidence": Tag.EVIDENCE, "phase": Tag.PHASE, "determined": Tag.DETERMINED}
 
     @classmethod
     def of(cls, tags: Mapping[str, str]) -> "LabelTags":
-        return cls(**{name: tags.get(tag) for name, tag in cls._TAGS.items()})
+        return cls(**{name: tags.get(tag) for name, tag in cls._TAGS.items()}, labels=labels_from_tags(tags))
 
     def tags(self) -> dict[str, str]:
-        return {tag: getattr(self, name) for name, tag in self._TAGS.items() if getattr(self, name) is not None}
+        out = {tag: getattr(self, name) for name, tag in self._TAGS.items() if getattr(self, name) is not None}
+        out.update({Tag.label_by(c): label for c, label in self.labels.items()})
+        return out
 
 
 # =========================================================================== a trial run

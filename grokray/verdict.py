@@ -1,24 +1,33 @@
 """Run verdicts: one pure function from a run's metric history (+ circuit evidence) to a label.
 
 :func:`classify_history` reads what the trainer logs at every evaluation (``acc/train``,
-``acc/test_inferred_<split>``, ``train_loss``, ``param_norm``, the lens metrics) plus the
-end-of-run evidence (:mod:`grokray.circuits.evidence`) and returns a :class:`Verdict`:
+``acc/test_inferred_<split>``, ``train_loss``, ``param_norm``, the lens metrics, the circuit
+curves ``circuit/interchange/<split>``) plus the end-of-run evidence
+(:mod:`grokray.circuits.evidence`) and returns a :class:`Verdict`. The words mean what a
+grokking researcher reads in them:
 
-* ``label``: ``true_grokking`` (generalized, and the answers are mediated by the bridge),
-  ``fake_grokking`` (generalized, but the answers are not mediated by the bridge, or a
-  shortcut in the data explains the accuracy), ``no_grokking`` (did not generalize). Two
-  criteria decide true vs fake, both always computed: ``interchange`` (the default: the
-  bridge interchange test, :mod:`grokray.circuits.interchange`, basis-free) and ``lens``
-  (He et al.'s rule: the logit lens finds the bridge for most correct answers);
-  ``criterion`` picks the one that drives ``label``; ``label_lens`` and
-  ``label_interchange`` hold both;
-* ``behaviour``: ``grokking``, ``comprehension``, ``unmemorized``, ``transient``, ``semi``,
-  ``memorization``, ``censored``, ``confusion``, ``diverged``; ``detail`` is the behaviour,
-  plus ``lens-visible`` / ``lens-invisible`` for a run that generalized (is its bridge also
-  readable by the plain logit lens?);
-* ``censored``: did not generalize and ended on its step budget: not proof of "no
-  grokking", only of "not within this budget";
-* ``confidence`` in [0, 1], ``reasons`` (why, in words, with the numbers), the numbers.
+* ``true_grokking``: the run generalized **late** (``t_generalize / t_memorize >
+  grokking_delay``: Power et al., Liu et al.: grokking is generalization long after the training
+  set is fit), held it to the end, **above what the best shortcut explains**, and its answers
+  are **mediated by the bridge** (the criterion says so);
+* ``fake_grokking`` (He et al.): generalized late and held above the shortcut, but the answers
+  are **not** mediated by a bridge: the criterion's test fails at every depth and position
+  searched, or the model has no intermediate state (one block application);
+* ``no_grokking``: everything else; the detail says which: ``comprehension`` (generalized with
+  memorization, no delay: Liu et al.'s comprehension phase; its mechanism is still reported),
+  ``shortcut`` (held level within reach of the best shortcut: no generalization beyond the
+  data's prior, whatever the mechanism), ``unmemorized``, ``transient``, ``semi``,
+  ``memorization``, ``censored``, ``confusion``, ``diverged``.
+
+Criteria (:mod:`grokray.criteria`): every registered criterion labels the run
+(``Verdict.labels[name]``, mediation in ``Verdict.mediated[name]``); ``criterion`` picks the one
+that drives ``label`` (default ``interchange``, the basis-free test; ``lens`` is He et al.'s
+measurement with grokray's threshold).
+
+``phase`` is Liu et al.'s phase of the run (``grokking``, ``comprehension``, ``memorization``,
+``confusion``, or ``diverged``); ``determined`` is False for a run whose outcome its budget
+did not settle (``semi``, ``censored``, or a memorizing run whose target accuracy was still
+rising at the end): its confidence is capped, the phase map marks it.
 
 The rule, step by step:
 
@@ -30,45 +39,52 @@ The rule, step by step:
 4. **Generalization must hold.** ``t_generalize`` is the start of the final stretch over
    which the smoothed target accuracy stays at or above ``generalize_acc_<split>`` to the
    end of the run (:func:`grokray.history.held_from`). A sustained crossing that falls back
-   is a ``transient`` (recorded as ``t_transient``), never generalization: a shortcut learned
-   before the facts makes OOD accuracy spike and fall back within the first hundred steps.
+   is a ``transient`` (recorded as ``t_transient``), never generalization.
 5. Behaviour: diverged -> ``diverged``; generalized -> ``unmemorized`` if train never held
    ``memorize_acc``, else ``comprehension`` if ``t_generalize / t_memorize <=
-   comprehension_ratio``, else ``grokking``; not generalized: a transient -> ``transient``;
+   grokking_delay``, else ``grokking``; not generalized: a transient -> ``transient``;
    never memorized -> ``confusion``; a late rise to ``semi_acc_<split>`` -> ``semi``; ran
    ``memorization_ratio x t_memorize`` -> ``memorization``; else ``censored``.
-6. Mechanism (generalized runs only). A shortcut explains the accuracy when the held level
-   is below ``shortcut_best + shortcut_margin`` (the best rule that never composes,
-   :mod:`grokray.data.shortcuts`): fake. A model with no intermediate state (one block
-   application) cannot route an answer through a bridge: never true. Otherwise, interchange
-   criterion: true when ``interchange >= interchange_min``; lens criterion: true when
-   ``bridge_given_correct >= circuit_bridge``. Evidence read from fewer than
-   ``min_evidence_n`` correct answers is *insufficient* (``None``), not a rate; a run that
-   generalized without sufficient evidence is ``true_grokking`` by behaviour only, its
-   confidence capped at ``no_circuit_cap`` (fake grokking is a claim that needs evidence).
-7. Confidence: every decisive comparison contributes the probability that the measured rate
+6. Shortcut (generalized runs). The best rule that never composes scores ``s``
+   (:mod:`grokray.data.shortcuts`); the held level must close at least ``shortcut_excess`` of
+   the shortcut's errors: ``level >= s + shortcut_excess x (1 - s)``. A bar on the remaining
+   headroom stays below 1.0 however good the shortcut is (an additive margin would call a
+   perfect model fake once ``s`` is near 1).
+7. Mechanism (generalized runs): every criterion judges mediation
+   (:func:`grokray.criteria.judge_all`). Evidence read from fewer than ``min_evidence_n``
+   correct answers is insufficient (``None``): a late, above-shortcut run without sufficient
+   evidence is ``true_grokking`` by behaviour only, its confidence capped at
+   ``no_circuit_cap`` (fake grokking is a claim that needs evidence).
+8. ``t_circuit``: the first step from which the logged interchange curve
+   (``circuit/interchange/<split>``, smoothed like the target) holds ``interchange_min`` for
+   ``sustain`` evaluations (when the bridge started to mediate answers), beside ``t_generalize``.
+9. Confidence: every decisive comparison contributes the probability that the measured rate
    is on its observed side of the threshold, ``Phi(|value - threshold| / se)`` with the
-   binomial ``se = sqrt(t (1 - t) / n)`` over the ``n`` queries it was measured on (a rate
-   from 20 answers is far less sure than one from 300); comparisons of train accuracy and of
-   step ratios use ``0.5 + 0.5 tanh(|margin| / scale)``. The verdict takes the minimum,
-   times ``n_evals / min_evals`` for a short curve; a censored verdict is capped at
-   ``censored_cap`` (it rests on a budget, not on evidence). ``Verdict.margins`` lists the
-   contributions. A ranking score, not a calibrated probability.
+   binomial ``se = sqrt(t (1 - t) / n)`` over the ``n`` queries it was measured on;
+   comparisons of train accuracy and of step ratios use ``0.5 + 0.5 tanh(|margin| / scale)``
+   (:mod:`grokray.confidence`). The verdict takes the minimum, times ``n_evals / min_evals``
+   for a short curve; an undetermined verdict is capped at ``undetermined_cap``.
+   ``Verdict.margins`` lists the contributions. A ranking score, not a calibrated probability.
 
 Example:
     >>> from grokray.verdict import classify_history
     >>> steps = [0, 100, 300, 1000, 2000, 3000, 5000, 10000, 20000, 30000]
     >>> history = [{"step": s, "acc/train": 1.0 if s >= 1000 else 0.1,
     ...             "acc/test_inferred_ood": 0.8 if s >= 10000 else 0.05} for s in steps]
-    >>> ev = {"interchange": 0.9, "interchange_n": 200, "bridge_given_correct": 0.97, "n_target": 300,
-    ...       "shortcut_best": 0.05}
+    >>> ev = {"interchange": 0.9, "interchange_n": 200, "bridge_given_correct": 0.97, "lens_n_correct": 200,
+    ...       "n_target": 300, "shortcut_best": 0.05}
     >>> v = classify_history(history, max_steps=30000, evidence=ev)
-    >>> v.label, v.detail, v.t_memorize, v.t_generalize, v.delay_ratio, v.censored
-    ('true_grokking', 'grokking, lens-visible', 1000, 10000, 10.0, False)
-    >>> v.label_lens, round(v.confidence, 2)
+    >>> v.label, v.detail, v.phase, v.t_memorize, v.t_generalize, v.delay_ratio, v.censored
+    ('true_grokking', 'grokking, lens-visible', 'grokking', 1000, 10000, 10.0, False)
+    >>> v.labels["lens"], round(v.confidence, 2)
     ('true_grokking', 0.98)
-    >>> classify_history(history[:4], max_steps=30000).behaviour   # memorized, then stopped: too short
-    'censored'
+    >>> fast = [{**h, "acc/test_inferred_ood": 0.8 if h["step"] >= 1000 else 0.05} for h in history]
+    >>> w = classify_history(fast, max_steps=30000, evidence=ev)   # generalized with memorization
+    >>> w.label, w.detail, w.phase
+    ('no_grokking', 'comprehension, lens-visible', 'comprehension')
+    >>> u = classify_history(history[:4], max_steps=30000)   # memorized, then stopped: too short
+    >>> u.behaviour, u.determined
+    ('censored', False)
 """
 from __future__ import annotations
 
@@ -79,37 +95,62 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
+from grokray.confidence import margin_confidence, rate_confidence
+from grokray.criteria import CRITERIA, DEFAULT_CRITERION, REGISTRY, criterion_evidence_keys, judge_all
 from grokray.history import (clean_history, divergence_step, first_sustained, held_from, is_number, metric_series,
                              running_median, step_ratio, sustained_level)
 from grokray.jsonsafe import plain
 
+__all__ = ["CLASSIFIER_VERSION", "LABELS", "SHORT_LABELS", "BEHAVIOURS", "GENERALIZED", "PHASES", "SPLITS",
+           "CRITERIA", "EVIDENCE_MODES", "EVIDENCE_KEYS", "Verdict", "VerdictParams", "classify_history",
+           "label_name", "margin_confidence", "rate_confidence", "liu_phase"]
+
 #: Bumped whenever a rule or a default changes what a history is labelled.
 #: 2: generalization must hold to the end; shortcut baselines; the interchange test decides
 #: true vs fake (the lens rule is kept as label_lens); binomial confidence.
-CLASSIFIER_VERSION = "2"
+#: 3: grokking must be late (t_generalize / t_memorize > grokking_delay), else no_grokking
+#: (comprehension); a level within reach of the shortcut is no_grokking (shortcut), not fake;
+#: the shortcut bar is on the remaining headroom; undetermined runs (semi, censored, still
+#: rising) capped; labels keyed by criterion (grokray.criteria); t_circuit.
+CLASSIFIER_VERSION = "3"
 #: The labels, in the order of the claim they make, strongest first.
 LABELS = ("true_grokking", "fake_grokking", "no_grokking")
 #: Short forms (tables, run names, ``--label true``); ``None`` (not labelled yet) reads ``?``.
 SHORT_LABELS = {"true_grokking": "true", "fake_grokking": "fake", "no_grokking": "no", None: "?"}
 BEHAVIOURS = ("grokking", "comprehension", "unmemorized", "transient", "semi", "memorization", "censored",
               "confusion", "diverged")
-#: Behaviours that mean "generalized".
+#: Behaviours that mean "generalized" (late or not): the runs whose mechanism is examined.
 GENERALIZED = ("grokking", "comprehension", "unmemorized")
-LENS_DETAILS = ("lens-visible", "lens-invisible")
+#: Liu et al.'s (2022) phases, and the behaviour that falls in each.
+PHASES = {"grokking": ("grokking",), "comprehension": ("comprehension", "unmemorized"),
+          "memorization": ("memorization", "semi", "censored", "transient"), "confusion": ("confusion",),
+          "diverged": ("diverged",)}
+#: Behaviours whose outcome the budget did not settle (always; ``memorization`` too while still rising).
+UNDETERMINED = ("semi", "censored")
 SPLITS = ("ood", "id")
-CRITERIA = ("interchange", "lens")
 #: When the classifier examines a checkpoint: ``auto`` only for runs whose curves generalized (the
 #: only runs the circuit evidence can move between true and fake), ``always`` or ``never``.
 EVIDENCE_MODES = ("auto", "always", "never")
 #: Target accuracy metric per split.
 TARGET_ACC = {"ood": "acc/test_inferred_ood", "id": "acc/test_inferred_id"}
 TRAIN_ACC = "acc/train"
+#: The interchange curve logged during training (:mod:`grokray.circuits.formation`), per split.
+CIRCUIT_CURVE = {"ood": "circuit/interchange/ood", "id": "circuit/interchange/id"}
 #: ``stop_reason`` values meaning "ran to its budget".
 BUDGET_STOPS = (None, "max_steps")
+#: Evidence keys every verdict may use beside the criteria's own.
+COMMON_EVIDENCE = ("n_intermediate", "bridge_found", "causal_r1", "shortcut_best", "shortcut_rule", "n_target")
 #: Keys accepted in ``evidence`` (all optional; None / NaN mean "absent").
-EVIDENCE_KEYS = ("interchange", "interchange_control", "interchange_n", "interchange_note", "n_intermediate",
-                 "bridge_given_correct", "bridge_found", "lens_n_correct", "causal_r1", "shortcut_best",
-                 "shortcut_rule", "n_target")
+EVIDENCE_KEYS = tuple(dict.fromkeys((*criterion_evidence_keys(), *COMMON_EVIDENCE)))
+
+
+def liu_phase(behaviour: str) -> str:
+    """Liu et al.'s phase of a behaviour.
+
+    >>> liu_phase("unmemorized"), liu_phase("censored")
+    ('comprehension', 'memorization')
+    """
+    return next(phase for phase, kinds in PHASES.items() if behaviour in kinds)
 
 
 def label_name(label: str | None) -> str | None:
@@ -160,17 +201,21 @@ class VerdictParams:
     semi_acc_ood: float = 0.2
     #: ID counterpart of ``semi_acc_ood``.
     semi_acc_id: float = 0.5
-    #: ``t_generalize / t_memorize`` at or below which the rise is ``comprehension``
-    #: (test rose with train) rather than delayed ``grokking``. 1.5 ~ 0.18 decades: about
-    #: four of the trainer's log-spaced evaluations (24 per decade).
-    comprehension_ratio: float = 1.5
+    #: ``t_generalize / t_memorize`` above which generalization is late (``grokking``); at or
+    #: below it the test rose with train (``comprehension``, Liu et al.'s phase: no grokking).
+    #: Liu et al. call a gap of >= 1e3 steps grokking where memorization takes ~1e3 steps: a factor
+    #: ~2. 2 = 0.3 decades = ~7 of the trainer's log-spaced evaluations (24 per decade), well past
+    #: the lag of the smoothing (median of 3) and of ``sustain``.
+    grokking_delay: float = 2.0
     #: A run that went ``memorization_ratio x t_memorize`` steps without a rise is
     #: ``memorization``; shorter is ``censored``. Wang et al.'s ID grokking took ~10-20x
     #: the memorization time at small phi, so 20x is where "no rise yet" starts to mean something.
     memorization_ratio: float = 20.0
-    #: The held accuracy must beat the best shortcut baseline by this much to count as evidence
-    #: of composition: 0.1 is ~3 binomial standard errors of a ~300-query test set at 0.5.
-    shortcut_margin: float = 0.1
+    #: The held accuracy must close this share of the best shortcut's errors to count as
+    #: generalization beyond the data's prior: ``level >= s + shortcut_excess x (1 - s)``. At
+    #: s = 0.05 the bar (0.29) is below ``generalize_acc_ood``; at the shortcut regime's s = 0.72
+    #: it is 0.79 (held 0.59-0.62: shortcut); at s = 0.95 it is 0.96, never above 1.
+    shortcut_excess: float = 0.25
     #: Interchange success at or above which the answers are mediated by the bridge: most
     #: correct answers follow a swapped bridge. Calibration: delayed OOD grokking 0.86, ID
     #: composition 0.97; a rule that reads r2 alone scores ~0 by construction.
@@ -194,6 +239,12 @@ class VerdictParams:
     censored_cap: float = 0.5
     #: Confidence cap of a generalized run labelled without sufficient circuit evidence.
     no_circuit_cap: float = 0.5
+    #: Confidence cap of an undetermined run (``semi``, ``censored``, or still rising at its end):
+    #: its "no" rests on where the budget ended, not on what the run would do.
+    undetermined_cap: float = 0.5
+    #: A memorizing run is still rising when its smoothed target accuracy over the last
+    #: evaluations is at least this much above its level at half the steps run.
+    rising_delta: float = 0.05
 
     def __post_init__(self) -> None:
         def name(f: str) -> str:
@@ -213,17 +264,19 @@ class VerdictParams:
                   "interchange_min", "circuit_bridge"):
             if not 0 < getattr(self, f) <= 1:
                 _fail(name(f), "must be in (0, 1]", getattr(self, f))
-        if not 0 <= self.shortcut_margin < 1:
-            _fail(name("shortcut_margin"), "must be in [0, 1)", self.shortcut_margin)
+        if not 0 <= self.shortcut_excess < 1:
+            _fail(name("shortcut_excess"), "must be in [0, 1)", self.shortcut_excess)
+        if not 0 < self.rising_delta < 1:
+            _fail(name("rising_delta"), "must be in (0, 1)", self.rising_delta)
         for s in SPLITS:
             if self.semi_acc(s) >= self.generalize_acc(s):
                 raise ValueError(f"{name(f'semi_acc_{s}')}: must be below generalize_acc_{s} (got semi_acc_{s}="
                                  f"{self.semi_acc(s)!r}, generalize_acc_{s}={self.generalize_acc(s)!r})")
-        for f in ("no_circuit_cap", "censored_cap"):
+        for f in ("no_circuit_cap", "censored_cap", "undetermined_cap"):
             if not 0 < getattr(self, f) <= 1:
                 _fail(name(f), "must be in (0, 1]", getattr(self, f))
-        if self.comprehension_ratio < 1:
-            _fail(name("comprehension_ratio"), "must be >= 1", self.comprehension_ratio)
+        if self.grokking_delay < 1:
+            _fail(name("grokking_delay"), "must be >= 1", self.grokking_delay)
         if self.memorization_ratio <= 1:
             _fail(name("memorization_ratio"), "must be > 1", self.memorization_ratio)
         for f in ("acc_scale", "train_acc_scale", "log_scale"):
@@ -235,6 +288,15 @@ class VerdictParams:
 
     def semi_acc(self, split: str) -> float:
         return self.semi_acc_ood if split == "ood" else self.semi_acc_id
+
+    def shortcut_bar(self, shortcut: float) -> float:
+        """The held level a run needs to count as beyond a shortcut scoring ``shortcut``.
+
+        >>> p = VerdictParams()
+        >>> round(p.shortcut_bar(0.05), 4), round(p.shortcut_bar(0.72), 2), round(p.shortcut_bar(0.95), 4)
+        (0.2875, 0.79, 0.9625)
+        """
+        return shortcut + self.shortcut_excess * (1.0 - shortcut)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python numbers (JSON-safe), e.g. for a run's logged params."""
@@ -260,8 +322,6 @@ class Verdict:
     confidence: float
     split: str
     criterion: str
-    label_lens: str
-    label_interchange: str
     t_memorize: int | None
     t_generalize: int | None
     t_transient: int | None
@@ -285,18 +345,33 @@ class Verdict:
     causal_r1: float | None
     n_target: int | None
     lens_visible: bool | None
+    #: The label by every criterion of :data:`grokray.criteria.REGISTRY` (``label`` is ``labels[criterion]``).
+    labels: dict[str, str] = field(default_factory=dict)
+    #: Whether each criterion found the answers mediated by the bridge (None: no sufficient evidence;
+    #: absent: the run did not generalize, so mechanism was not asked).
+    mediated: dict[str, bool | None] = field(default_factory=dict)
+    #: False when the budget did not settle the outcome (``semi``, ``censored``, still rising).
+    determined: bool = True
+    #: First step from which the logged interchange curve held ``interchange_min`` (None: never or not logged).
+    t_circuit: int | None = None
     margins: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     classifier_version: str = CLASSIFIER_VERSION
     params: dict[str, Any] = field(default_factory=lambda: VerdictParams().to_dict())
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("label", self.label, LABELS), ("label_lens", self.label_lens, LABELS),
-                                     ("label_interchange", self.label_interchange, LABELS),
-                                     ("behaviour", self.behaviour, BEHAVIOURS), ("split", self.split, SPLITS),
-                                     ("criterion", self.criterion, CRITERIA)):
+        for name, value, allowed in (("label", self.label, LABELS), ("behaviour", self.behaviour, BEHAVIOURS),
+                                     ("split", self.split, SPLITS), ("criterion", self.criterion, tuple(REGISTRY))):
             if value not in allowed:
                 _fail(f"Verdict.{name}", f"must be one of {allowed}", value)
+        for crit, value in self.labels.items():
+            if value not in LABELS:
+                _fail(f"Verdict.labels[{crit!r}]", f"must be one of {LABELS}", value)
+
+    @property
+    def phase(self) -> str:
+        """Liu et al.'s phase: grokking, comprehension, memorization, confusion (or diverged)."""
+        return liu_phase(self.behaviour)
 
     @property
     def grokked(self) -> bool:
@@ -315,7 +390,7 @@ class Verdict:
     def from_dict(cls, data: Mapping[str, Any]) -> "Verdict":
         """Inverse of :meth:`to_dict`; unknown or missing keys are a one-line ValueError."""
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
+        unknown = sorted(set(data) - set(names) - {"label_lens", "label_interchange"})
         if unknown:
             _fail("Verdict.from_dict", "unknown keys", unknown)
         required = [f.name for f in dataclasses.fields(cls)
@@ -324,43 +399,16 @@ class Verdict:
         if missing:
             _fail("Verdict.from_dict", "missing keys", missing)
         kwargs = dict(data)
-        for key in ("margins", "params"):
+        # Verdicts stored before classifier v3 kept one field per criterion.
+        legacy = {c: kwargs.pop(f"label_{c}") for c in ("lens", "interchange") if f"label_{c}" in kwargs}
+        if legacy and "labels" not in kwargs:
+            kwargs["labels"] = {c: v for c, v in legacy.items() if v is not None}
+        for key in ("margins", "params", "labels", "mediated"):
             if key in kwargs:
                 kwargs[key] = dict(kwargs[key])
         if "reasons" in kwargs:
             kwargs["reasons"] = list(kwargs["reasons"])
         return cls(**kwargs)
-
-
-# --------------------------------------------------------------------------- confidence
-
-def margin_confidence(value: float | None, threshold: float, scale: float) -> float:
-    """``0.5 + 0.5 * tanh(|value - threshold| / scale)``: 0.5 at the threshold (or when the
-    value is unknown), towards 1 far from it. Monotone in the margin.
-
-    >>> round(margin_confidence(0.6, 0.5, 0.1), 3), margin_confidence(None, 0.5, 0.1)
-    (0.881, 0.5)
-    """
-    if value is None:
-        return 0.5
-    return 0.5 + 0.5 * math.tanh(abs(value - threshold) / scale)
-
-
-def rate_confidence(value: float | None, threshold: float, n: int | None, scale: float) -> float:
-    """How sure a rate measured on ``n`` queries is to lie on its side of ``threshold``:
-    ``Phi(|value - threshold| / se)``, ``se = sqrt(t (1 - t) / n)`` (``t`` the threshold, kept
-    inside [0.01, 0.99]). Without ``n``: :func:`margin_confidence` with ``scale``.
-
-    >>> round(rate_confidence(0.6, 0.5, 300, 0.1), 3), round(rate_confidence(0.6, 0.5, 20, 0.1), 3)
-    (1.0, 0.814)
-    """
-    if value is None:
-        return 0.5
-    if not n:
-        return margin_confidence(value, threshold, scale)
-    t = min(max(threshold, 0.01), 0.99)
-    z = abs(value - threshold) / math.sqrt(t * (1 - t) / n)
-    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -407,14 +455,14 @@ def behaviour(facts: _Facts, p: VerdictParams) -> tuple[str, dict[str, float], l
                            f"but train acc never held >= {p.memorize_acc:g} for {p.sustain} evaluations")
             return "unmemorized", margins, reasons
         ratio = step_ratio(t_gen, facts.t_memorize)
-        margins["delay_ratio"] = margin_confidence(math.log10(ratio), math.log10(p.comprehension_ratio),
-                                                   p.log_scale)
+        margins["delay_ratio"] = margin_confidence(math.log10(ratio), math.log10(p.grokking_delay), p.log_scale)
         reasons.append(f"{name} acc >= {g_acc:g} from step {t_gen} to the end (smoothed, final {final}), "
                        f"{ratio:.1f}x after memorization at {facts.t_memorize}")
-        if ratio <= p.comprehension_ratio:
-            reasons.append(f"delay ratio {ratio:.2f} <= {p.comprehension_ratio:g}: test rose with train")
+        if ratio <= p.grokking_delay:
+            reasons.append(f"delay ratio {ratio:.2f} <= {p.grokking_delay:g}: test rose with train "
+                           f"(comprehension, not grokking: grokking is late)")
             return "comprehension", margins, reasons
-        reasons.append(f"delay ratio {ratio:.2f} > {p.comprehension_ratio:g}: delayed generalization")
+        reasons.append(f"delay ratio {ratio:.2f} > {p.grokking_delay:g}: generalized late")
         return "grokking", margins, reasons
     if facts.t_transient is not None:
         # Reached the threshold, then fell back: a transient (e.g. a shortcut learned before the
@@ -447,92 +495,72 @@ def behaviour(facts: _Facts, p: VerdictParams) -> tuple[str, dict[str, float], l
 
 # --------------------------------------------------------------------------- mechanism
 
-class _Evidence(NamedTuple):
-    interchange: float | None
-    interchange_control: float | None
-    interchange_n: int | None
-    interchange_note: str | None
-    n_intermediate: int | None
-    bridge_given_correct: float | None
-    bridge_found: float | None
-    lens_n_correct: int | None
-    causal_r1: float | None
-    shortcut_best: float | None
-    shortcut_rule: str | None
-    n_target: int | None
+class _Mechanism(NamedTuple):
+    labels: dict[str, str]                # criterion -> label
+    mediated: dict[str, bool | None]      # criterion -> mediated (None: insufficient evidence)
+    margins: dict[str, dict[str, float]]  # criterion -> its decisive comparisons
+    reasons: list[str]
+    capped: dict[str, bool]               # criterion -> labelled by behaviour only
+    shortcut_level: bool                  # the held level is within reach of the best shortcut
+    detail_words: list[str]               # words the criteria add to the detail (lens-visible, ...)
 
 
-def mechanism(final_level: float | None, ev: _Evidence, split: str, p: VerdictParams
-              ) -> tuple[str, str, dict[str, dict[str, float]], list[str], bool, bool | None]:
-    """True vs fake for a generalized run, by both criteria.
+def mechanism(kind: str, final_level: float | None, ev: Mapping[str, Any], split: str, p: VerdictParams
+              ) -> _Mechanism:
+    """The label of a generalized run by every criterion (see the module docstring, steps 6-7).
 
-    Returns ``(label_interchange, label_lens, {criterion: margins}, reasons, evidence_missing,
-    lens_visible)``; ``evidence_missing[criterion]`` means that criterion's label rests on
-    behaviour only.
+    Late (``grokking``), above the shortcut bar, mediated -> true; late, above the bar, not
+    mediated -> fake; not late or at the shortcut's level -> no_grokking (its mechanism still
+    judged and reported). Insufficient evidence on a late, above-shortcut run -> true, capped.
     """
     name = split.upper()
     reasons: list[str] = []
-    margins: dict[str, dict[str, float]] = {"interchange": {}, "lens": {}}
-    shortcut_fake = False
-    if ev.shortcut_best is not None and final_level is not None:
-        bar = ev.shortcut_best + p.shortcut_margin
-        c = rate_confidence(final_level, bar, ev.n_target, p.acc_scale)
-        margins["interchange"]["shortcut"] = c
-        rule = f" ({ev.shortcut_rule} rule)" if ev.shortcut_rule else ""
+    common: dict[str, float] = {}
+    shortcut_level = False
+    s = ev.get("shortcut_best")
+    if s is not None and final_level is not None:
+        bar = p.shortcut_bar(s)
+        common["shortcut"] = rate_confidence(final_level, bar, ev.get("n_target"), p.acc_scale)
+        rule = f" ({ev['shortcut_rule']} rule)" if ev.get("shortcut_rule") else ""
+        gained = (final_level - s) / (1.0 - s) if s < 1 else float("-inf")
         if final_level < bar:
-            shortcut_fake = True
-            reasons.append(f"a shortcut explains the accuracy: held {name} acc {final_level:.2f} < best shortcut "
-                           f"baseline {ev.shortcut_best:.2f}{rule} + {p.shortcut_margin:g}")
+            shortcut_level = True
+            reasons.append(f"within reach of a shortcut: held {name} acc {final_level:.2f} closes {gained:.2f} of "
+                           f"the best shortcut's errors ({s:.2f}{rule}; needs >= {p.shortcut_excess:g}: level "
+                           f">= {bar:.2f}): no generalization beyond the data's prior")
         else:
-            reasons.append(f"held {name} acc {final_level:.2f} >= best shortcut baseline {ev.shortcut_best:.2f}{rule} "
-                           f"+ {p.shortcut_margin:g}: beyond what answers without composing")
-    # interchange
-    missing_interchange = False
-    if ev.n_intermediate == 0:
-        label_i = "fake_grokking"
-        margins["interchange"]["no_intermediate_state"] = 1.0
-        reasons.append("no intermediate state (one block application): the answers cannot be mediated by a "
-                       "bridge state")
-    elif ev.interchange is not None:
-        n = ev.interchange_n
-        c = rate_confidence(ev.interchange, p.interchange_min, n, p.acc_scale)
-        margins["interchange"]["interchange"] = c
-        ctl = f", same-bridge control keeps {ev.interchange_control:.2f}" if ev.interchange_control is not None else ""
-        if ev.interchange >= p.interchange_min:
-            label_i = "true_grokking"
-            reasons.append(f"interchange {ev.interchange:.2f} >= {p.interchange_min:g} over {n} correct answers"
-                           f"{ctl}: swapping the bridge swaps the answer")
+            reasons.append(f"held {name} acc {final_level:.2f} >= {bar:.2f} (best shortcut {s:.2f}{rule} + "
+                           f"{p.shortcut_excess:g} of its errors): beyond what answers without composing")
+    judgements = judge_all(ev, p)
+    late = kind == "grokking"
+    labels, mediated, margins, capped, words = {}, {}, {}, {}, []
+    for crit, j in judgements.items():
+        mediated[crit] = j.mediated
+        m = dict(common)
+        if not late:
+            labels[crit] = "no_grokking"
+        elif shortcut_level:
+            labels[crit] = "no_grokking"
         else:
-            label_i = "fake_grokking"
-            reasons.append(f"interchange {ev.interchange:.2f} < {p.interchange_min:g} over {n} correct answers"
-                           f"{ctl}: the answers do not follow the bridge")
-    else:
-        label_i = "true_grokking"
-        missing_interchange = True
-        note = ev.interchange_note or "no interchange test"
-        reasons.append(f"{note}: labelled by behaviour only (fake grokking needs evidence); confidence capped "
-                       f"at {p.no_circuit_cap:g}")
-    if shortcut_fake:
-        label_i = "fake_grokking"
-        missing_interchange = False
-    # He et al.'s lens rule (kept as its own label)
-    lens_visible = None
-    missing_lens = False
-    if ev.bridge_given_correct is not None:
-        n = ev.lens_n_correct
-        lens_visible = ev.bridge_given_correct >= p.circuit_bridge
-        margins["lens"]["bridge_given_correct"] = rate_confidence(ev.bridge_given_correct, p.circuit_bridge, n,
-                                                                  p.acc_scale)
-        label_l = "true_grokking" if lens_visible else "fake_grokking"
-        reasons.append(f"lens: bridge found for {ev.bridge_given_correct:.2f} of correct answers "
-                       f"({'>=' if lens_visible else '<'} {p.circuit_bridge:g}): lens-"
-                       f"{'visible' if lens_visible else 'invisible'}; He et al.'s rule says {label_l}")
-    else:
-        label_l = "true_grokking"
-        missing_lens = True
-    if ev.causal_r1 is not None:
-        reasons.append(f"causal patching: r1-state flip rate {ev.causal_r1:.2f} (supporting)")
-    return label_i, label_l, margins, reasons, {"interchange": missing_interchange, "lens": missing_lens}, lens_visible
+            if j.mediated is not None:
+                m[crit] = j.confidence
+            labels[crit] = "fake_grokking" if j.mediated is False else "true_grokking"
+        capped[crit] = late and not shortcut_level and j.mediated is None
+        margins[crit] = m if (late or shortcut_level) else {}
+        reasons.append(j.reason)
+        if j.detail:
+            words.append(j.detail)
+    if ev.get("causal_r1") is not None:
+        reasons.append(f"causal patching: r1-state flip rate {ev['causal_r1']:.2f} (supporting)")
+    return _Mechanism(labels, mediated, margins, reasons, capped, shortcut_level, words)
+
+
+def _rising(steps: np.ndarray, smoothed: np.ndarray, final_level: float | None, p: VerdictParams) -> bool:
+    """Is the smoothed target accuracy at the end clearly above its level at half the steps run?"""
+    if final_level is None or len(steps) < 2:
+        return False
+    half = smoothed[steps <= steps[-1] / 2]
+    return len(half) > 0 and final_level - float(half[-1]) >= p.rising_delta
 
 
 # --------------------------------------------------------------------------- entry point
@@ -540,8 +568,8 @@ def mechanism(final_level: float | None, ev: _Evidence, split: str, p: VerdictPa
 def _check_inputs(split: Any, max_steps: Any, stop_reason: Any, criterion: Any, params: Any) -> VerdictParams:
     if split not in SPLITS:
         _fail("split", f"must be one of {SPLITS}", split)
-    if criterion not in CRITERIA:
-        _fail("criterion", f"must be one of {CRITERIA}", criterion)
+    if criterion not in REGISTRY:
+        _fail("criterion", f"must be one of {tuple(REGISTRY)}", criterion)
     if not isinstance(max_steps, (int, np.integer)) or isinstance(max_steps, (bool, np.bool_)) or max_steps < 1:
         _fail("max_steps", "must be an integer >= 1", max_steps)
     if stop_reason is not None and not isinstance(stop_reason, str):
@@ -557,8 +585,9 @@ def _check_inputs(split: Any, max_steps: Any, stop_reason: Any, criterion: Any, 
     raise AssertionError  # unreachable
 
 
-_INT_KEYS = ("interchange_n", "n_intermediate", "lens_n_correct", "n_target")
-_TEXT_KEYS = ("interchange_note", "shortcut_rule")
+#: Counts among the evidence keys (every criterion's ``n`` too); text keys (notes, a rule's name).
+_INT_KEYS = (*(c.n for c in REGISTRY.values()), "n_intermediate", "n_target")
+_TEXT_KEYS = (*(k for k in EVIDENCE_KEYS if k.endswith("_note")), "shortcut_rule")
 
 
 def _check_evidence(evidence: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -587,18 +616,9 @@ def _check_evidence(evidence: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _sufficient(ev: dict[str, Any], rate: str, n_key: str, p: VerdictParams, what: str) -> str | None:
-    """Drop a rate measured on too few answers (it is insufficient, not a rate); the note why."""
-    n = ev.get(n_key)
-    if rate in ev and n is not None and n < p.min_evidence_n:
-        del ev[rate]
-        return f"insufficient: {what} on {n} correct answers (< {p.min_evidence_n})"
-    return None
-
-
 def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, stop_reason: str | None = None,
                      evidence: Mapping[str, Any] | None = None, split: str = "ood",
-                     criterion: str = "interchange",
+                     criterion: str = DEFAULT_CRITERION,
                      params: VerdictParams | Mapping[str, Any] = VerdictParams()) -> Verdict:
     """Label one run from its metric history and evidence (see the module docstring for the rule).
 
@@ -612,7 +632,7 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
         evidence: end-of-run evidence (:data:`EVIDENCE_KEYS`): the interchange test, the lens,
             causal patching, the shortcut baseline of the target split, ``n_target``.
         split: ``"ood"`` or ``"id"``: which test split is the target.
-        criterion: ``"interchange"`` or ``"lens"``: which evidence drives ``label``.
+        criterion: a name of :data:`grokray.criteria.REGISTRY`: which criterion drives ``label``.
         params: thresholds (:class:`VerdictParams` or a dict of its fields).
 
     Raises:
@@ -620,10 +640,6 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
     """
     p = _check_inputs(split, max_steps, stop_reason, criterion, params)
     ev = _check_evidence(evidence)
-    interchange_note = _sufficient(ev, "interchange", "interchange_n", p, "interchange")
-    if interchange_note:
-        ev.setdefault("interchange_note", interchange_note)
-    lens_note = _sufficient(ev, "bridge_given_correct", "lens_n_correct", p, "lens bridge given correct")
     entries, dropped = clean_history(history)
     train = metric_series(entries, TRAIN_ACC)
     target = metric_series(entries, TARGET_ACC[split])
@@ -643,33 +659,52 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
         max_after_memorize=float(after.max()) if len(after) else None, n_target=ev.get("n_target"))
 
     kind, margins, reasons = behaviour(facts, p)
-    if lens_note:
-        reasons.append(lens_note)
     lens = f"lens/{split}/"
     ev.setdefault("bridge_found", metric_series(entries, lens + "bridge_found").last())
-    if "bridge_given_correct" not in ev and "lens_n_correct" not in ev and not lens_note:
+    if "bridge_given_correct" not in ev and "lens_n_correct" not in ev:
         # No end-of-run lens reading: the last logged one (over the lens sample's correct answers).
         ev["bridge_given_correct"] = metric_series(entries, lens + "bridge_given_correct").last()
-    e = _Evidence(**{k: ev.get(k) for k in _Evidence._fields})
+    ev = {k: v for k, v in ev.items() if v is not None}
+    curve = metric_series(entries, CIRCUIT_CURVE[split])
+    # smoothed like the target: the rate can switch between its r1 and r1+r2 definitions from one evaluation
+    # to the next (grokray.circuits.formation); a median of 3 keeps an isolated flip from starting or ending it
+    t_circuit = (first_sustained(curve.steps, running_median(curve.values, p.smooth_window), p.interchange_min,
+                                 p.sustain) if len(curve.steps) else None)
 
-    label_i = label_l = "no_grokking"
-    lens_visible = None
+    labels = {c: "no_grokking" for c in REGISTRY}
+    mediated: dict[str, bool | None] = {}
+    words: list[str] = []
     cap = 1.0
+    shortcut_level = False
     if kind in GENERALIZED:
-        label_i, label_l, mech_margins, mech_reasons, missing, lens_visible = mechanism(final_level, e, split, p)
-        margins.update(mech_margins[criterion])
-        reasons += mech_reasons
-        if missing[criterion]:
+        mech = mechanism(kind, final_level, ev, split, p)
+        labels, mediated, words, shortcut_level = mech.labels, mech.mediated, mech.detail_words, mech.shortcut_level
+        margins.update(mech.margins[criterion])
+        reasons += mech.reasons
+        if mech.capped[criterion]:
             cap = p.no_circuit_cap
-    label = label_i if criterion == "interchange" else label_l
-    detail = kind if lens_visible is None else f"{kind}, lens-{'visible' if lens_visible else 'invisible'}"
+            reasons.append(f"{criterion}: labelled by behaviour only (fake grokking needs evidence); confidence "
+                           f"capped at {p.no_circuit_cap:g}")
+    label = labels[criterion]
+    if t_circuit is not None:
+        reasons.append(f"the bridge mediated answers (logged {CIRCUIT_CURVE[split]} >= {p.interchange_min:g}) "
+                       f"from step {t_circuit}" + (f"; {split.upper()} acc held from step {t_gen}"
+                                                   if t_gen is not None else ""))
+    head = "shortcut" if shortcut_level else kind
+    detail = ", ".join([head, *words])
+    lens_visible = {"lens-visible": True, "lens-invisible": False}.get(next(iter(words), ""), None)
 
-    generalized = label != "no_grokking"
     on_budget = stop_reason in BUDGET_STOPS or facts.steps_run >= max_steps
-    censored = not generalized and kind != "diverged" and on_budget
+    censored = kind not in GENERALIZED and kind != "diverged" and on_budget
     if censored:
         reasons.append(f"ended on its step budget ({facts.steps_run}/{max_steps}) without holding {g_acc:g}: "
                        "censored, not proof of no grokking")
+    rising = kind == "memorization" and _rising(target.steps, smoothed, final_level, p)
+    determined = not (kind in UNDETERMINED or rising)
+    if not determined:
+        why = "still rising at its end" if rising else f"{kind}: the budget did not settle it"
+        reasons.append(f"undetermined ({why}): confidence capped at {p.undetermined_cap:g}")
+        cap = min(cap, p.undetermined_cap)
     if kind == "censored":  # too short to say: the verdict rests on the budget, not on evidence
         cap = min(cap, p.censored_cap)
     if stop_reason not in BUDGET_STOPS and stop_reason != "diverged":
@@ -692,13 +727,22 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
     ratio = step_ratio(t_gen, t_mem) if t_gen is not None and t_mem is not None else None
     return Verdict(
         label=label, detail=detail, behaviour=kind, confidence=conf, split=split, criterion=criterion,
-        label_lens=label_l, label_interchange=label_i, t_memorize=t_mem, t_generalize=t_gen,
+        t_memorize=t_mem, t_generalize=t_gen,
         t_transient=facts.t_transient, delay_ratio=ratio, log_step_gap=math.log10(ratio) if ratio is not None else None,
         censored=censored, steps_run=facts.steps_run, max_steps=int(max_steps), stop_reason=stop_reason,
         n_evals=facts.n_evals, final_train_acc=train.last(), final_target_acc=target.last(),
         final_target_level=final_level, max_target_acc=float(smoothed.max()) if len(smoothed) else None,
-        shortcut_best=e.shortcut_best, interchange=e.interchange, interchange_control=e.interchange_control,
-        interchange_n=e.interchange_n, bridge_found=e.bridge_found, bridge_given_correct=e.bridge_given_correct,
-        causal_r1=e.causal_r1, n_target=e.n_target, lens_visible=lens_visible,
+        shortcut_best=ev.get("shortcut_best"), interchange=_usable(ev, "interchange", p),
+        interchange_control=ev.get("interchange_control"), interchange_n=ev.get("interchange_n"),
+        bridge_found=ev.get("bridge_found"), bridge_given_correct=_usable(ev, "lens", p),
+        causal_r1=ev.get("causal_r1"), n_target=ev.get("n_target"), lens_visible=lens_visible,
+        labels=labels, mediated=mediated, determined=determined, t_circuit=t_circuit,
         margins={k: float(v) for k, v in margins.items()}, reasons=reasons,
         classifier_version=CLASSIFIER_VERSION, params=p.to_dict())
+
+
+def _usable(ev: Mapping[str, Any], criterion: str, p: VerdictParams) -> float | None:
+    """A criterion's rate as the verdict reports it: None when measured on too few answers."""
+    c = REGISTRY[criterion]
+    n = ev.get(c.n)
+    return None if n is not None and n < p.min_evidence_n else ev.get(c.rate)

@@ -51,7 +51,8 @@ from grokray.sweep.kinds import KINDS, SweepKind
 from grokray.sweep.params import (Parameter, check_name, int_at_least, mapping, no_unknown, parse_parameter,
                                   without_name)
 from grokray.sweep.stopper import Scheduler, StopRule, parse_stopping
-from grokray.verdict import CRITERIA, EVIDENCE_MODES, SPLITS
+from grokray.criteria import CRITERIA, DEFAULT_CRITERION
+from grokray.verdict import EVIDENCE_MODES, SPLITS
 
 METHODS = ("grid", "random", "optuna")
 #: CPUs or GPUs one trial may ask for: beyond this a typo (1e30) that Tune would wait on forever.
@@ -73,9 +74,9 @@ class Resources:
 class ClassifierSpec:
     enabled: bool = True
     split: str = "ood"
-    #: Which evidence decides true vs fake: the bridge interchange test (default) or He et al.'s
-    #: logit-lens rule. Both are tagged (grokray.label_interchange / _lens) whenever the evidence is computed.
-    criterion: str = "interchange"
+    #: Which criterion (grokray.criteria.REGISTRY) decides true vs fake for grokray.label; every
+    #: criterion is tagged (grokray.label_<criterion>) whenever the evidence is computed.
+    criterion: str = DEFAULT_CRITERION
     patching_queries: int = 200
     #: When the checkpoint is examined: ``auto`` only for runs whose curves generalized (the only
     #: runs the evidence can move between true and fake), ``always`` or ``never``.
@@ -337,7 +338,7 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
 def _parse_classifier(raw: Mapping, labelled: bool) -> ClassifierSpec:
     no_unknown(raw, ("enabled", "split", "criterion", "patching_queries", "evidence"), "classifier")
     c = ClassifierSpec(enabled=coerce(raw.get("enabled", True), bool, "classifier.enabled") and labelled,
-                       split=raw.get("split", "ood"), criterion=raw.get("criterion", "interchange"),
+                       split=raw.get("split", "ood"), criterion=raw.get("criterion", DEFAULT_CRITERION),
                        patching_queries=int_at_least(raw.get("patching_queries", 200), 1,
                                                      "classifier.patching_queries", maximum=100_000),
                        evidence=raw.get("evidence", "auto"))

@@ -68,7 +68,9 @@ def test_label_once_then_unchanged_then_relabelled_on_a_new_version(trained_run,
     assert 0.0 <= metrics["shortcut/best/ood"] <= 1.0 and metrics["verdict/shortcut_best"] == metrics["shortcut/best/ood"]
     # the lens criterion relabels (another criterion is another labelling)
     fourth = classify_run(run_id, mlflow_uri, criterion="lens", evidence="always")
-    assert fourth.action == "relabelled" and fourth.verdict.label == fourth.verdict.label_lens
+    assert fourth.action == "relabelled" and fourth.verdict.label == fourth.verdict.labels["lens"]
+    tags = client.get_run(run_id).data.tags
+    assert tags["grokray.phase"] == fourth.verdict.phase and tags["grokray.determined"] in ("true", "false")
 
 
 def test_classify_experiment_and_cli(trained_run, mlflow_uri, tmp_path):

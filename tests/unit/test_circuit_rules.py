@@ -144,7 +144,7 @@ def test_an_answer_already_at_r2_is_not_counted_as_a_bridge(data):
     assert res.best == 0.0
 
 
-def test_an_r2_shortcut_scores_zero_and_is_fake_once_its_accuracy_passes_the_threshold():
+def test_an_r2_shortcut_scores_zero_interchange_and_is_never_called_grokking():
     # A graph with many relations per entity plus second-hop injection: r2 predicts most OOD answers.
     data = build_dataset(DataConfig(n_entities=100, n_relations=200, out_degree=20, ood_fraction=0.09, phi=3.6,
                                     augmentation={"hop2": {"ratio": 1.0, "k": 18}}))
@@ -162,8 +162,10 @@ def test_an_r2_shortcut_scores_zero_and_is_fake_once_its_accuracy_passes_the_thr
     history = [{"step": s, "acc/train": 1.0 if s >= 100 else 0.1, "acc/test_inferred_ood": ev.target_acc}
                for s in (0, 10, 100, 200, 400, 800, 1600)]
     v = classify_history(history, max_steps=1600, evidence=ev.for_verdict())
-    assert v.label == "fake_grokking" and v.label_interchange == "fake_grokking"
-    assert any("a shortcut explains the accuracy" in r for r in v.reasons)
+    # at the shortcut's own level: no generalization beyond the data's prior, whatever the timing
+    assert v.label == "no_grokking" and v.labels["interchange"] == "no_grokking" and v.detail.startswith("shortcut")
+    assert v.mediated["interchange"] is False
+    assert any("within reach of a shortcut" in r for r in v.reasons)
     assert any("interchange 0.00 < 0.5" in r for r in v.reasons)
 
 
@@ -171,10 +173,13 @@ def test_a_single_block_application_is_never_true(data):
     model = toy(data, "compose", n_loops=1)
     res = interchange_test(model, data, "test_inferred_ood", n=100)
     assert res.depth_names == [] and res.best is None and "one block application" in res.why_none()
-    history = [{"step": s, "acc/train": 1.0, "acc/test_inferred_ood": 0.9} for s in (0, 10, 100, 200, 400, 800)]
-    v = classify_history(history, max_steps=800, evidence={"n_intermediate": 0, "interchange_n": res.n_queries,
-                                                           "bridge_given_correct": 1.0, "lens_n_correct": 100})
-    assert v.label == "fake_grokking"
+    # late (memorized at 100, OOD from 800): one block cannot route through a bridge state -> fake
+    history = [{"step": s, "acc/train": 1.0 if s >= 100 else 0.1, "acc/test_inferred_ood": 0.9 if s >= 800 else 0.0}
+               for s in (0, 10, 100, 200, 400, 800, 1600, 3200)]
+    v = classify_history(history, max_steps=3200, evidence={"n_intermediate": 0, "interchange_n": res.n_queries,
+                                                            "bridge_given_correct": 1.0, "lens_n_correct": 100})
+    assert v.behaviour == "grokking" and v.label == "fake_grokking" and v.labels == {"interchange": "fake_grokking",
+                                                                                     "lens": "fake_grokking"}
 
 
 def test_hop1_positions_follow_the_mask(data):
