@@ -184,6 +184,9 @@ class TrainConfig:
     # steps whose weights are kept for later analysis: "log" (a few per decade + last), or a list
     checkpoint_steps: Any = "log"
     lens_sample: int = 256       # test queries per split the logit lens decodes at every evaluation
+    # test queries per split the bridge interchange test runs on at every evaluation (the same ones
+    # each time: circuit/interchange/<split>, when the bridge starts to mediate answers); 0 = off
+    circuit_sample: int = 128
 
 
 @dataclass
@@ -449,6 +452,7 @@ def validate(cfg: TrialConfig) -> TrialConfig:
            "train.eval_per_decade", t.eval_per_decade)
     _check(t.eval_max_interval >= 1, "must be >= 1", "train.eval_max_interval", t.eval_max_interval)
     _check(t.lens_sample >= 0, "must be >= 0", "train.lens_sample", t.lens_sample)
+    _check(t.circuit_sample >= 0, "must be >= 0", "train.circuit_sample", t.circuit_sample)
     cs = t.checkpoint_steps
     if isinstance(cs, str):
         _check(cs in ("log", "none"), "must be 'log', 'none' or a list of steps", "train.checkpoint_steps", cs)

@@ -64,12 +64,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from grokray.circuits.lens import lens_metrics
 from grokray.config import ModelConfig, TrialConfig, to_plain
 from grokray.data import PROBES, Batch, Dataset, load_dataset
 from grokray.device import choose_device, resolve_precision
 from grokray.model import LoopedTransformer
-from grokray.train import TrainResult, checkpoint_steps, eval_steps, evaluate, lr_at, param_norm
+from grokray.train import TrainResult, checkpoint_steps, circuit_readings, eval_steps, evaluate, lr_at, param_norm
 
 #: Keys outside the model section that fix a tensor shape or the shared program.
 #: Every ModelConfig field is part of the key too (see :func:`pack_key`).
@@ -800,9 +799,8 @@ class PackedTrainer:
                 metrics = packed[k]
                 metrics["param_norm"] = norms[k]                      # tied weights sit in flat once, as in parameters()
             metrics["lr"] = lr_at(self.member_step[k], cfg.train)
-            if cfg.train.lens_sample > 0:
-                metrics.update(lens_metrics(self.member_model(k), self.datasets[k], cfg.train.lens_sample,
-                                            precision=self.precision, device=self.device))
+            metrics.update(circuit_readings(self.member_model(k), self.datasets[k], cfg.train, self.precision,
+                                            self.device))
             out[k] = metrics
         return out
 

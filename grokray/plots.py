@@ -27,6 +27,12 @@ CURVES = (("acc/train", "train", "tab:blue", "-"),
           ("acc/test_inferred_id", "test ID", "tab:green", "-"),
           ("acc/test_inferred_ood", "test OOD", "tab:red", "-"),
           ("lens/ood/bridge_found", "OOD bridge found (lens)", "tab:purple", "--"))
+#: The circuit curves (grokray.circuits.formation), drawn in a panel under the accuracy curves.
+CIRCUIT_CURVES = (("circuit/interchange/ood", "OOD", "tab:red", "-"),
+                  ("circuit/interchange/id", "ID", "tab:green", "-"),
+                  # the r1 patch alone: on memorized compositions the r1+r2 rate switches definition with the
+                  # r2 state's answer leak from one evaluation to the next (grokray.circuits.formation)
+                  ("circuit/interchange_r1/train", "train compositions (r1 alone)", "tab:cyan", ":"))
 
 
 def _positive(history: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +48,29 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
                 baselines: Mapping[str, float | None] | None = None) -> str:
     """Accuracy curves against log step; ``marks`` draws labelled vertical lines (e.g. t_memorize)
     with their labels inside the plot, staggered so they never overlap each other or the title;
-    ``baselines`` draws labelled horizontal lines (e.g. the OOD shortcut baseline)."""
-    fig, ax = plt.subplots(figsize=(8, 4.6), dpi=110)
+    ``baselines`` draws labelled horizontal lines (e.g. the OOD shortcut baseline). When the history
+    holds the circuit curves (``circuit/interchange/<split>``), a second panel under the accuracy
+    shows them on the same steps: when the bridge started to mediate answers."""
+    circuit = [(c, _positive(history, c[0])) for c in CIRCUIT_CURVES]
+    circuit = [(c, xy) for c, xy in circuit if len(xy[0])]
+    if circuit:
+        fig, (ax, cax) = plt.subplots(2, 1, figsize=(8, 6.4), dpi=110, sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1.5]})
+        for (key, label, color, style), (x, y) in circuit:
+            cax.plot(x, y, style, color=color, label=label, lw=1.4, marker=".", ms=3)
+        cax.set_ylim(-0.02, 1.02)
+        cax.set_ylabel("interchange", fontsize=9)
+        cax.set_title("answers that follow a swapped bridge (fixed queries; gaps: too few correct answers)",
+                      fontsize=8)
+        cax.tick_params(labelsize=8)
+        cax.grid(alpha=0.3, which="both")
+        cax.legend(fontsize=7, loc="center left", framealpha=0.9)
+        cax.set_xlabel("step (log)", fontsize=9)
+        for name, step in (marks or {}).items():
+            if step is not None and step > 0 and math.isfinite(step):
+                cax.axvline(step, color="0.3", ls="--", lw=0.8)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.6), dpi=110)
     for key, label, color, style in curves:
         x, y = _positive(history, key)
         if len(x):
@@ -59,7 +86,8 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.6", alpha=0.9))
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("step (log)", fontsize=9)
+    if not circuit:
+        ax.set_xlabel("step (log)", fontsize=9)
     ax.set_ylabel("accuracy", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3, which="both")

@@ -10,8 +10,10 @@ Plain PyTorch, no Ray or MLflow: the caller observes a run through callbacks
 * Evaluation follows :func:`eval_steps`, which depends only on config keys, so every
   trial of a sweep is evaluated at the same steps: ``eval_per_decade`` log-spaced
   points per factor 10, never more than ``eval_max_interval`` steps apart.
-* Per evaluation: accuracy and loss on every probe, the parameter norm, the lr, and
-  the logit-lens bridge metrics (:mod:`grokray.circuits.lens`).
+* Per evaluation: accuracy and loss on every probe, the parameter norm, the lr, the
+  logit-lens bridge metrics (:mod:`grokray.circuits.lens`) and the circuit curves (the
+  interchange test on a fixed query set, :mod:`grokray.circuits.formation`):
+  :func:`circuit_readings`, shared with the packed trainer.
 * :meth:`Trainer.state_dict` is everything needed to resume bit-exactly on CPU.
 
 Example:
@@ -34,6 +36,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from grokray.circuits.formation import circuit_metrics
 from grokray.circuits.lens import lens_metrics
 from grokray.config import TrialConfig, TrainConfig, to_plain
 from grokray.data import PROBES, Batch, Dataset, load_dataset
@@ -122,6 +125,18 @@ def evaluate(model: LoopedTransformer, probes: dict[str, Batch], precision: str,
         out[f"acc/{name}"] = correct / len(batch)
         out[f"loss/{name}"] = loss_sum / len(batch)
     model.train(was_training)
+    return out
+
+
+def circuit_readings(model: LoopedTransformer, dataset: Dataset, cfg: TrainConfig, precision: str,
+                     device: torch.device) -> dict[str, float]:
+    """What one evaluation reads of the model's circuit: the lens metrics (``lens_sample``) and the
+    interchange curves (``circuit_sample``); each off at 0."""
+    out: dict[str, float] = {}
+    if cfg.lens_sample > 0:
+        out.update(lens_metrics(model, dataset, cfg.lens_sample, precision=precision, device=device))
+    if cfg.circuit_sample > 0:
+        out.update(circuit_metrics(model, dataset, cfg.circuit_sample, precision=precision, device=device))
     return out
 
 
@@ -227,9 +242,7 @@ class Trainer:
         metrics = evaluate(self.model, self.probes, self.precision, self.device)
         metrics["param_norm"] = param_norm(self.model)
         metrics["lr"] = lr_at(self.step, self.cfg.train)
-        if self.cfg.train.lens_sample > 0:
-            metrics.update(lens_metrics(self.model, self.dataset, self.cfg.train.lens_sample,
-                                        precision=self.precision, device=self.device))
+        metrics.update(circuit_readings(self.model, self.dataset, self.cfg.train, self.precision, self.device))
         return metrics
 
     def save_checkpoint(self) -> Path:

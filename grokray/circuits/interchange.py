@@ -204,16 +204,20 @@ def _rate(model: LoopedTransformer, clean: torch.Tensor, source: torch.Tensor, w
 @torch.no_grad()
 def interchange_test(model: LoopedTransformer, dataset: Dataset, split: str = "test_inferred_ood", n: int = 200,
                      *, seed: int = 0, precision: str = "fp32", device: torch.device | str | None = None,
-                     min_queries: int = MIN_QUERIES) -> InterchangeResult:
-    """The interchange test of ``model`` on up to ``n`` correctly answered queries of ``split``."""
+                     min_queries: int = MIN_QUERIES, rows: np.ndarray | None = None) -> InterchangeResult:
+    """The interchange test of ``model`` on up to ``n`` correctly answered queries of ``split``.
+
+    ``rows``: a fixed query set (``[N, 5]`` rows of ``split``) to draw both the clean queries and
+    the sources from, instead of the whole split: the same queries at every step of a run
+    (:mod:`grokray.circuits.formation`)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    clean, _, clean_acc = select_queries(model, dataset, split, n, seed, True, None, precision, device)
+    clean, _, clean_acc = select_queries(model, dataset, split, n, seed, True, rows, precision, device)
     depths = list(model.resid_names[1:-1])
     hop1 = hop1_positions(model)
     tail = dataset.tail
-    rows = dataset.rows[split]
+    rows = dataset.rows[split] if rows is None else np.asarray(rows, np.int64).reshape(-1, 5)
     answered = rows[predict_answers(model, dataset.encode(rows).tokens, precision, device).cpu().numpy()
                     == rows[:, TAIL]] if len(rows) else rows
     source, ok = choose_sources(clean, answered, tail, seed)

@@ -331,7 +331,7 @@ def test_packed_evaluation_gives_the_member_evaluation_numbers():
     for k in (0, 1):
         assert sorted(member[k]) == sorted(packed[k])
         for key, value in member[k].items():
-            if key.startswith(("acc/", "lens/")) or key == "lr":
+            if key.startswith(("acc/", "lens/", "circuit/")) or key == "lr":
                 assert packed[k][key] == value or (math.isnan(value) and math.isnan(packed[k][key])), key
             else:
                 assert packed[k][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
