@@ -128,6 +128,12 @@ class DataConfig:
     augmentation: Any = "none"
     probe_size: int = 1000       # max queries per evaluation probe (papers: 3000)
     seed: int = 0                # graph seed; separate from the trial seed so seeds share data
+    # NEGATIVE CONTROL, off by default (null). A step number: from that step on, the OOD test queries
+    # themselves (answers included) are trained, and the first-hop atomic facts of those queries are
+    # withheld from training all along. The model cannot know their bridges, so a right OOD answer
+    # is a memorized whole query, never a composition: a trained model whose OOD accuracy no
+    # bridge mediates (docs/calibration.md, "The negative control"). 0 = from the start.
+    memorize_ood_queries: Any = None
 
     def injections(self) -> tuple[HopInjection, HopInjection]:
         """The (hop1, hop2) injection this config asks for (preset resolved)."""
@@ -423,6 +429,9 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     _check(0.0 <= d.test_id_fraction < 1.0, "must be in [0, 1)", "data.test_id_fraction", d.test_id_fraction)
     _check(d.phi >= 0.0, "must be >= 0", "data.phi", d.phi)
     _check(d.probe_size >= 1, "must be >= 1", "data.probe_size", d.probe_size)
+    late = d.memorize_ood_queries
+    _check(late is None or (isinstance(late, int) and not isinstance(late, bool) and late >= 0),
+           "must be null (off) or a step number >= 0", "data.memorize_ood_queries", late)
     try:
         resolve_augmentation(d.augmentation, d.phi)
     except ConfigError as e:

@@ -654,9 +654,10 @@ class PackedTrainer:
         repeats its last batch without touching its generator."""
         B = self.batch_size
         for k in range(self.K):
-            if self.active[k] and self.cursors[k] + B > len(self.perms[k]):      # Trainer._next_indices
-                self.perms[k] = torch.randperm(self.n_train[k], generator=self.generators[k])
-                self._perm_rows[k, :self.n_train[k]] = self.perms[k]
+            n = self.datasets[k].rows_in_play(self.member_step[k])                # Trainer._next_indices
+            if self.active[k] and (self.cursors[k] + B > len(self.perms[k]) or len(self.perms[k]) != n):
+                self.perms[k] = torch.randperm(n, generator=self.generators[k])
+                self._perm_rows[k, :n] = self.perms[k]
                 self.cursors[k] = 0
         # A frozen member's cursor may sit at the end of its order: read row 0, then drop it below.
         cursor = torch.tensor([c if a else 0 for c, a in zip(self.cursors, self.active)])[:, None]   # [K, 1]

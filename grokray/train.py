@@ -214,9 +214,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ batches
     def _next_indices(self) -> torch.Tensor:
-        n, bs = len(self.train_data), self.cfg.train.batch_size
+        # The rows in play: all of them, except the negative control's OOD queries before their step
+        # (they sit last; the epoch in progress ends when they come in).
+        n, bs = self.dataset.rows_in_play(self.step), self.cfg.train.batch_size
         bs = min(bs, n)
-        if self.cursor + bs > len(self.perm):
+        if self.cursor + bs > len(self.perm) or len(self.perm) != n:
             self.perm = torch.randperm(n, generator=self.generator)
             self.cursor = 0
         idx = self.perm[self.cursor:self.cursor + bs]

@@ -52,6 +52,8 @@ def data_hash(cfg: DataConfig) -> str:
     """``ds-`` + 12 hex digits of a hash of everything that determines the data."""
     hop1, hop2 = cfg.injections()
     payload = to_plain(cfg)
+    if payload.get("memorize_ood_queries") is None:   # keys added later hash only when set: old names hold
+        payload.pop("memorize_ood_queries", None)
     payload["augmentation"] = {"hop1": to_plain(hop1), "hop2": to_plain(hop2)}
     payload["generator_version"] = GENERATOR_VERSION
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -124,15 +126,32 @@ class Dataset:
                      torch.from_numpy(rows[:, TAIL].copy()), torch.from_numpy(rows[:, BRIDGE].copy()))
 
     def train_rows(self) -> np.ndarray:
-        """Everything trained on: all atomic facts (ID and OOD), train_inferred, train_augmented."""
-        return np.concatenate([self.rows["id_atomic"], self.rows["ood_atomic"],
-                               self.rows["train_inferred"], self.rows["train_augmented"]])
+        """Everything trained on: all atomic facts (ID and OOD), train_inferred, train_augmented, and
+        last, the negative control's memorized OOD queries (``train_ood_queries``, when the data has
+        them: :meth:`late_rows` of them enter training only from ``config.memorize_ood_queries``)."""
+        return np.concatenate([self.rows[k] for k in TRAIN_SPLITS if k in self.rows])
+
+    def late_rows(self) -> int:
+        """How many of :meth:`train_rows` (the last ones) are the negative control's OOD queries."""
+        return int(len(self.rows.get("train_ood_queries", ())))
+
+    def rows_in_play(self, step: int) -> int:
+        """How many leading rows of :meth:`train_rows` batches draw from at ``step``.
+
+        >>> from grokray.config import DataConfig
+        >>> ds = build_dataset(DataConfig(n_entities=30, n_relations=6, out_degree=4, phi=2.0,
+        ...                               memorize_ood_queries=100))
+        >>> n = len(ds.train_rows()); ds.rows_in_play(99) == n - ds.late_rows(), ds.rows_in_play(100) == n
+        (True, True)
+        """
+        start = self.config.memorize_ood_queries
+        n = sum(len(self.rows[k]) for k in TRAIN_SPLITS if k in self.rows)
+        return n if start is None or step >= start else n - self.late_rows()
 
     def sizes(self) -> dict[str, int]:
         s = {k: int(len(v)) for k, v in self.rows.items()}
         s["atomic"] = int(len(self.atomic))
-        s["train"] = int(sum(len(self.rows[k]) for k in ("id_atomic", "ood_atomic", "train_inferred",
-                                                          "train_augmented")))
+        s["train"] = int(sum(len(self.rows[k]) for k in TRAIN_SPLITS if k in self.rows))
         s["inferred_pool"] = int(self.pool_size)
         return s
 
@@ -182,6 +201,21 @@ class Dataset:
                    shortcuts=meta.get("shortcuts"))
 
 
+#: The splits trained on, in the order of :meth:`Dataset.train_rows` (the late ones last).
+TRAIN_SPLITS = ("id_atomic", "ood_atomic", "train_inferred", "train_augmented", "train_ood_queries")
+
+
+def negative_control(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The negative control's splits (``data.memorize_ood_queries``): the OOD test queries as
+    training rows (``train_ood_queries``), and their first-hop atomic facts moved out of
+    ``ood_atomic`` into ``withheld_hop1`` (never trained: no bridge to compose through)."""
+    ood = rows["test_inferred_ood"]
+    first = {(h, r) for h, r in ood[:, [H, R1]].tolist()}
+    atomic = rows["ood_atomic"]
+    out = np.array([(h, r) in first for h, r in atomic[:, [H, R1]].tolist()], dtype=bool)
+    return {**rows, "ood_atomic": atomic[~out], "withheld_hop1": atomic[out], "train_ood_queries": ood.copy()}
+
+
 def atomic_rows(atomic: np.ndarray) -> np.ndarray:
     n = len(atomic)
     minus = np.full(n, -1, dtype=np.int64)
@@ -216,7 +250,11 @@ def build_dataset(cfg: DataConfig) -> Dataset:
         "test_inferred_id": comps[splits.test_inferred_id],
         "test_inferred_ood": comps[splits.test_inferred_ood],
     }
+    if cfg.memorize_ood_queries is not None:
+        rows = negative_control(rows)
     probe_rng = np.random.default_rng([cfg.seed, 1])  # probes never shift the splits
+    # The train probe is what memorization is read on: the negative control's late OOD queries are
+    # not in it (their accuracy is the test_inferred_ood curve itself).
     train_all = np.concatenate([rows["id_atomic"], rows["ood_atomic"], rows["train_inferred"],
                                 rows["train_augmented"]])
     probes = {"train": sample_rows(train_all, cfg.probe_size, probe_rng)}

@@ -173,3 +173,29 @@ def test_cache_generates_once_and_is_race_safe(tmp_path):
     assert files == [f"{results[0][0]}.lock", f"{results[0][0]}.npz"]  # no temp files left behind
     again = load_dataset(CFG, cache=tmp_path)
     assert int(again.rows["train_inferred"].sum()) == results[0][1]
+
+
+def test_the_negative_control_trains_the_ood_queries_without_their_first_hops():
+    from grokray.config import DataConfig
+    from grokray.data import build_dataset
+    from grokray.data.dataset import data_hash
+    from grokray.data.graph import H, R1
+
+    plain_cfg = DataConfig(n_entities=60, n_relations=10, out_degree=8, phi=3.0)
+    ctl = build_dataset(DataConfig(n_entities=60, n_relations=10, out_degree=8, phi=3.0, memorize_ood_queries=500))
+    plain = build_dataset(plain_cfg)
+    ood = ctl.rows["test_inferred_ood"]
+    assert len(ood) > 0 and (ctl.rows["train_ood_queries"] == ood).all()
+    firsts = {tuple(x) for x in ood[:, [H, R1]].tolist()}
+    trained = ctl.train_rows()
+    atomic = trained[trained[:, 2] < 0]
+    assert not firsts & {tuple(x) for x in atomic[:, [H, R1]].tolist()}      # no first hop is trained
+    assert {tuple(x) for x in ctl.rows["withheld_hop1"][:, [H, R1]].tolist()} == firsts
+    assert (trained[-len(ood):] == ood).all() and ctl.late_rows() == len(ood)   # last, so they can come late
+    assert ctl.rows_in_play(499) == len(trained) - len(ood) and ctl.rows_in_play(500) == len(trained)
+    # everything else is the plain dataset; its name is unchanged by the new (unset) key
+    for k in ("id_atomic", "train_inferred", "train_augmented", "test_inferred_id", "test_inferred_ood"):
+        assert (ctl.rows[k] == plain.rows[k]).all(), k
+    assert plain.late_rows() == 0 and plain.rows_in_play(0) == len(plain.train_rows())
+    assert data_hash(plain_cfg) == data_hash(DataConfig(n_entities=60, n_relations=10, out_degree=8, phi=3.0))
+    assert data_hash(plain_cfg) != ctl.name

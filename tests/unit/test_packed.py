@@ -375,3 +375,22 @@ def test_cuda_graph_replays_the_eager_step():
     for k in range(3):
         d = _metric_diffs(eager[k].history, res[k].history)
         assert d["acc"] == 0 and d["loss"] < 1e-5, d
+
+
+def test_the_negative_controls_late_rows_come_in_at_their_step_packed_as_solo():
+    """data.memorize_ood_queries: the OOD test queries enter the batches from their step on, in the
+    pack exactly as in the solo trainer."""
+    cfgs = [small("seed=0", "data.memorize_ood_queries=4"), small("seed=1")]
+    pack = PackedTrainer(cfgs)
+    solos = [Trainer(c) for c in cfgs]
+    late = pack.datasets[0].late_rows()
+    assert late > 0 and pack.datasets[1].late_rows() == 0
+    seen_late = []
+    for step in range(10):
+        pack.member_step = [step, step]
+        rows = pack._draw_indices().clone()
+        for k, solo in enumerate(solos):
+            solo.step = step
+            assert torch.equal(rows[k], solo._next_indices() + pack.row_offset[k]), (step, k)
+        seen_late.append(bool((rows[0] >= pack.n_train[0] - late).any()))
+    assert not any(seen_late[:4]) and any(seen_late[4:])
