@@ -231,7 +231,7 @@ def classify_run(run_id: str, tracking_uri: str | None = None, *, client: "Mlflo
                  split: str = "ood", criterion: str = "interchange", force: bool = False, n_queries: int = 200,
                  params: VerdictParams | None = None, evidence: str = "auto") -> Outcome:
     """Label one run (idempotent per classifier version, split and criterion); see the module docstring."""
-    client = client or tracking.get_client(tracking_uri)
+    client = client or tracking.existing_client(tracking_uri)
     try:
         run = client.get_run(run_id)
     except Exception as e:  # mlflow raises MlflowException(RESOURCE_DOES_NOT_EXIST)
@@ -275,7 +275,7 @@ def classify_experiment(experiment: str, tracking_uri: str | None = None, *, spl
                         criterion: str = "interchange", force: bool = False, n_queries: int = 200,
                         params: VerdictParams | None = None, progress=None, evidence: str = "auto") -> list[Outcome]:
     """Label every finished trial run of an experiment."""
-    client = tracking.get_client(tracking_uri)
+    client = tracking.existing_client(tracking_uri)
     outcomes = []
     for run in trial_runs(client, experiment):
         out = classify_run(run.info.run_id, client=client, split=split, criterion=criterion, force=force,

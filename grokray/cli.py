@@ -200,9 +200,49 @@ class Progress:
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("config", nargs=None if required else "?", metavar="CONFIG.yaml",
-                   help="trial config (data / model / train sections); defaults if omitted")
+                   help="trial config (data / model / train sections), or a sweep spec with --cell; defaults if "
+                        "omitted")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set data.phi=12.6 (repeatable)")
+    p.add_argument("--cell", type=int, default=None, metavar="K",
+                   help="CONFIG.yaml is a sweep spec (method grid): use its K-th trial (0-based, in the order "
+                        "`grokray sweep validate --cells` lists them)")
+
+
+def _is_sweep_spec(path: str | None) -> bool:
+    """Does ``path`` hold a sweep spec (a mapping with ``parameters`` or ``name``) rather than a trial config?"""
+    if path is None:
+        return False
+    from grokray.config import read_yaml
+
+    raw = read_yaml(path)
+    return isinstance(raw, dict) and ("parameters" in raw or "name" in raw)
+
+
+def _trial_config(args: argparse.Namespace):
+    """The trial config a trial command works on: CONFIG.yaml with --set, or one --cell of a sweep spec."""
+    from grokray.config import load_trial_config, parse_override
+
+    if args.cell is None:
+        if _is_sweep_spec(args.config):
+            raise ConfigError("is a sweep spec, not a trial config: add --cell K for one of its trials "
+                              "(`grokray sweep validate --cells SPEC` lists them)", key="CONFIG.yaml",
+                              value=args.config)
+        return load_trial_config(args.config, args.overrides)
+    spec = _load_spec(args.config) if args.config else None
+    if spec is None or spec.method != "grid":
+        raise ConfigError("needs a grid sweep spec as CONFIG.yaml", key="--cell", value=args.cell)
+    cells = spec.grid() * spec.num_samples
+    if not 0 <= args.cell < len(cells):
+        raise ConfigError(f"must be in 0..{len(cells) - 1} ({len(cells)} trials in {args.config})", key="--cell",
+                          value=args.cell)
+    values = dict(cells[args.cell])
+    for text in args.overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    print(f"{args.config}, cell {args.cell}: " + ", ".join(f"{k}={v}" for k, v in cells[args.cell].items()),
+          file=sys.stderr)
+    return spec.trial_config(values)
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -211,10 +251,9 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from grokray.config import load_trial_config
     from grokray.data import load_dataset
 
-    cfg = load_trial_config(args.config, args.overrides)
+    cfg = _trial_config(args)
     ds = load_dataset(cfg.data)
     summary = ds.summary()
     if args.json:
@@ -245,10 +284,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from grokray.config import load_trial_config
     from grokray.data import load_dataset
 
-    cfg = load_trial_config(args.config, args.overrides)
+    cfg = _trial_config(args)
     _check_dir(args.out, "--out")
     if not args.experiment.strip():
         raise UserError("--experiment: an MLflow experiment name cannot be empty")
@@ -315,7 +353,8 @@ def _existing_client(uri: str | None):
     """A client for an existing store: a missing local sqlite file is a user error, not a new store."""
     from grokray import tracking
 
-    return tracking.existing_client(_check_store(uri))
+    _check_store(uri)
+    return tracking.existing_client(uri)     # unresolved: its message says where the URI came from
 
 
 def _add_classify(p: argparse.ArgumentParser) -> None:
@@ -585,6 +624,7 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
 
     v = sub.add_parser("validate", help="check a sweep spec without running it")
     v.add_argument("spec", metavar="SPEC.yaml")
+    v.add_argument("--cells", action="store_true", help="list the grid's trials, numbered for --cell K")
     v.set_defaults(_run=_run_sweep_validate)
 
     def driver_args(q: argparse.ArgumentParser) -> None:
@@ -615,13 +655,19 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
     st.add_argument("--storage", default=None,
                     help="where the sweep's state lives (default: beside the MLflow store, see --tracking-uri)")
     st.add_argument("--address", default=None, help="Ray job server of a submitted sweep (http://HEAD:8265)")
+    st.add_argument("--follow", "-f", action="store_true",
+                    help="after the table, follow the sweep's progress (as `sweep run` prints it) until it ends")
     _add_tracking(st)
     st.set_defaults(_run=_run_sweep_status)
 
-    lg = sub.add_parser("logs", help="the driver log of a submitted sweep")
+    lg = sub.add_parser("logs", help="the driver's progress lines of a sweep (local, or submitted with --address)")
     lg.add_argument("name", metavar="NAME")
-    lg.add_argument("--address", required=True, help="Ray job server (http://HEAD:8265)")
+    lg.add_argument("--address", default=None, help="Ray job server of a submitted sweep (http://HEAD:8265); "
+                                                     "default: a sweep whose state is on this machine")
     lg.add_argument("--follow", "-f", action="store_true", help="stream until the sweep ends")
+    lg.add_argument("--storage", default=None,
+                    help="where the sweep's state lives (default: beside the MLflow store, see --tracking-uri)")
+    _add_tracking(lg)
     lg.set_defaults(_run=_run_sweep_logs)
 
     sb = sub.add_parser("submit", help="hand a sweep to a Ray cluster as a Ray Job (the driver runs on the head)")
@@ -651,6 +697,15 @@ def _run_sweep_validate(args: argparse.Namespace) -> int:
     print(f"{args.spec}: OK: sweep {spec.name!r}, method {spec.method}, {spec.n_trials()} trial(s){per} of at most "
           f"{spec.budget} steps; swept: {swept}; "
           f"resources per trial {spec.resources.cpu:g} cpu / {spec.resources.gpu:g} gpu")
+    filled = spec.filled_in()
+    if filled:
+        print("  filled in from defaults: " + "; ".join(filled))
+    if getattr(args, "cells", False):
+        if spec.method != "grid":
+            print(f"  (--cells: method {spec.method} draws its trials when it runs)")
+        else:
+            for i, cell in enumerate(spec.grid() * spec.num_samples):
+                print(f"  cell {i:>4}: " + ", ".join(f"{k}={v}" for k, v in cell.items()))
     pack = spec.resources.pack
     if pack == "auto":
         print("  pack: auto: 1 on CPU; with a GPU, the members that fit in its free memory, decided when the sweep "
@@ -729,7 +784,7 @@ def _after_sweep(summary, no_map: bool) -> int:
     rec = summary.record
     if summary.n_unfinished:
         print(f"[grokray] sweep {rec.name!r} interrupted after {_fmt_duration(summary.seconds)}: "
-              f"{summary.n_trials - summary.n_unfinished} trial(s) ended, {summary.n_unfinished} not; continue "
+              f"{summary.n_ended} trial(s) ended, {summary.n_unfinished} not; continue "
               f"with `grokray sweep resume {rec.name}`", file=sys.stderr)
         print(_ui_hint(rec.tracking_uri, rec.experiment_id, rec.name, rec.experiment, rec.parent_run_id))
         return 130
@@ -847,12 +902,72 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
     print("  " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))
     experiment = client.get_experiment(parent.info.experiment_id).name
     print(_ui_hint(client.tracking_uri, parent.info.experiment_id, name, experiment, parent.info.run_id))
+    if getattr(args, "follow", False):
+        if args.address:
+            from grokray.sweep import jobs
+
+            jobs.follow_logs(name, args.address, lambda chunk: print(chunk, end="", flush=True))
+        elif exp_dir is not None:
+            from grokray.sweep.driver import PROGRESS_LOG
+
+            log = exp_dir / PROGRESS_LOG
+            # from the last summary on: what is running now, then everything new
+            text = log.read_text() if log.exists() else ""
+            last = text.rfind("[grokray] ", 0, max(0, text.rfind("| trials:")) + 1)
+            _follow_progress(log, client, parent.info.run_id, start=len(text[:max(last, 0)].encode()))
+        else:
+            raise UserError(f"no local state of sweep {name!r} to follow (a sweep on a cluster: --address)")
     return 0
+
+
+def _follow_progress(log: Path, client, parent_run_id: str, start: int = 0, poll_s: float = 2.0) -> None:
+    """Print ``log`` from byte ``start`` and keep printing what the driver appends, until the sweep's
+    parent run is no longer RUNNING (done, interrupted or failed) and the file has stopped growing."""
+    pos, idle = start, 0
+    while True:
+        try:
+            with open(log, "r") as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+                pos = fh.tell()
+        except FileNotFoundError:
+            chunk = ""
+        if chunk:
+            print(chunk, end="", flush=True)
+            idle = 0
+        else:
+            idle += 1
+            if idle % 5 == 0 and client.get_run(parent_run_id).info.status != "RUNNING":
+                print(f"[grokray] the sweep is no longer running (parent run "
+                      f"{client.get_run(parent_run_id).info.status})", flush=True)
+                return
+        time.sleep(poll_s)
+
+
+def _local_progress(args: argparse.Namespace):
+    """``(progress log, client, parent run id)`` of a sweep whose state is on this machine."""
+    from grokray.sweep.driver import PROGRESS_LOG, SweepError, find_sweep
+
+    try:
+        record, exp_dir = find_sweep(args.name, args.storage, args.tracking_uri)
+    except SweepError as e:
+        raise UserError(f"{e} (a sweep on a cluster: --address)") from None
+    return exp_dir / PROGRESS_LOG, _existing_client(record.tracking_uri), record.parent_run_id
 
 
 def _run_sweep_logs(args: argparse.Namespace) -> int:
     from grokray.sweep import jobs
 
+    if not args.address:   # a sweep started on this machine (any terminal, or in the background)
+        log, client, parent = _local_progress(args)
+        if not log.exists():
+            raise UserError(f"no progress log at {log} (a sweep started before grokray kept one: "
+                            "`grokray sweep status NAME`)")
+        if args.follow:
+            _follow_progress(log, client, parent)
+        else:
+            print(log.read_text(), end="")
+        return 0
     try:
         if args.follow:
             jobs.follow_logs(args.name, args.address, lambda chunk: print(chunk, end="", flush=True))

@@ -134,6 +134,10 @@ class DataConfig:
     # is a memorized whole query, never a composition: a trained model whose OOD accuracy no
     # bridge mediates (docs/calibration.md, "The negative control"). 0 = from the start.
     memorize_ood_queries: Any = None
+    # With memorize_ood_queries: also withhold the SECOND-hop atomic facts of those queries, so that no
+    # entity the model knows reproduces their answers (withholding the first hops alone leaves the
+    # bridge inferable from the memorized compositions and its known second hops: docs/calibration.md).
+    withhold_hop2: bool = False
 
     def injections(self) -> tuple[HopInjection, HopInjection]:
         """The (hop1, hop2) injection this config asks for (preset resolved)."""
@@ -362,6 +366,13 @@ def _build_section(cls: type, raw: Any, prefix: str) -> Any:
     for k in raw:
         if k not in names:
             raise ConfigError(f"unknown key; known keys: {', '.join(names)}", key=f"{prefix}.{k}", value=raw[k])
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for k, v in raw.items():
+        if v is None and defaults.get(k) is not None:   # YAML's null (or `key:` with no value) is no value
+            default = defaults[k]
+            shown = default if default is not dataclasses.MISSING else "its default"
+            raise ConfigError(f"needs a value (null given); leave the key out to use the default ({shown!r})",
+                              key=f"{prefix}.{k}", value=v)
     kwargs = {k: coerce(v, hints[k], f"{prefix}.{k}") for k, v in raw.items()}
     return cls(**kwargs)
 
@@ -432,6 +443,8 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     late = d.memorize_ood_queries
     _check(late is None or (isinstance(late, int) and not isinstance(late, bool) and late >= 0),
            "must be null (off) or a step number >= 0", "data.memorize_ood_queries", late)
+    _check(not d.withhold_hop2 or late is not None, "needs data.memorize_ood_queries (it withholds the second "
+           "hops of the memorized OOD queries)", "data.withhold_hop2", d.withhold_hop2)
     try:
         resolve_augmentation(d.augmentation, d.phi)
     except ConfigError as e:
@@ -557,6 +570,15 @@ class UniqueKeyLoader(yaml.SafeLoader):
                         None, None, f"duplicate key {key!r} (first on line {earlier.start_mark.line + 1})",
                         key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads a float only with a dot: ``1e-2`` and ``3E4`` would stay strings, and a
+# weight-decay axis is exactly where people write 1e-2. The loader also takes YAML 1.2's floats with an
+# exponent and no dot (on its own copy of the resolvers: PyYAML's SafeLoader is left as it is).
+UniqueKeyLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def load_yaml_text(text: str) -> Any:

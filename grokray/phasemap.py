@@ -131,9 +131,11 @@ def phase_map(sweep_or_experiment: str, tracking_uri: str | None = None) -> pd.D
     ``kind`` (``sweep`` | ``experiment``), ``parent_run_id`` and ``tracking_uri``.
 
     Raises:
-        LookupError: the name is neither a sweep nor an experiment at the tracking URI.
+        ConfigError: no MLflow store at the tracking URI (none is created: a reader writes nothing).
+        LookupError: the name is neither a sweep nor an experiment at the tracking URI; the
+            message lists the sweeps and experiments that are there.
     """
-    client = tracking.get_client(tracking_uri)
+    client = tracking.existing_client(tracking_uri)
     experiments = tracking.all_experiments(client)
     parent = tracking.find_sweep_parent(client, sweep_or_experiment, [e.experiment_id for e in experiments])
     if parent is not None:
@@ -141,7 +143,11 @@ def phase_map(sweep_or_experiment: str, tracking_uri: str | None = None) -> pd.D
         return _sweep_frame(client, parent, sweep_or_experiment, exp_name)
     exp = next((e for e in experiments if e.name == sweep_or_experiment), None)
     if exp is None:
-        raise LookupError(f"no sweep or experiment named {sweep_or_experiment!r} at {client.tracking_uri}")
+        sweeps = tracking.sweep_names(client, [e.experiment_id for e in experiments])
+        names = [e.name for e in experiments if e.name != "Default"]
+        raise LookupError(f"no sweep or experiment named {sweep_or_experiment!r} at {client.tracking_uri}; "
+                          f"sweeps there: {', '.join(sweeps) or 'none'}; experiments: {', '.join(names) or 'none'}"
+                          f" (another store? {tracking.POINT_ELSEWHERE})")
     return _experiment_frame(tracking.experiment_runs(client, exp.experiment_id), exp.name, client.tracking_uri)
 
 

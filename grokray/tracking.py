@@ -251,14 +251,31 @@ def get_client(uri: str | None = None) -> "MlflowClient":
         raise ConfigError(f"cannot open the MLflow store: {reason}", key="tracking URI", value=uri) from None
 
 
+def where_from(uri: str | None = None) -> str:
+    """Where the tracking URI came from, in words (for "not found" messages)."""
+    if uri:
+        return "given"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "from $MLFLOW_TRACKING_URI"
+    return "the default: mlflow.db in the current directory"
+
+
+#: How a reader is pointed at another store, for one-line messages (notebook and command line).
+POINT_ELSEWHERE = ("pass tracking_uri='sqlite:///PATH/mlflow.db' (Python) or --tracking-uri (CLI), or set "
+                   "MLFLOW_TRACKING_URI")
+
+
 def existing_client(uri: str | None = None) -> "MlflowClient":
     """A client for a store that must already exist: a missing local sqlite file is a one-line
-    ConfigError (reading commands never create an empty store by mistake)."""
+    ConfigError saying where it looked and how to point elsewhere. Readers (the phase map, the
+    transfer map, the classifier, ``grokray phase-map``) never create an empty store by mistake:
+    nothing is written when the store is not there."""
+    given = uri
     uri = tracking_uri(uri)
     db = sqlite_path(uri)
     if db is not None and not db.exists():
-        raise ConfigError(f"no MLflow store at {db} (set --tracking-uri or run from the directory holding "
-                          "mlflow.db)", key="tracking URI", value=uri)
+        raise ConfigError(f"no MLflow store at {db} ({where_from(given)}); {POINT_ELSEWHERE}",
+                          key="tracking URI", value=uri)
     return get_client(uri)
 
 
@@ -374,6 +391,21 @@ def find_sweep_parent(client: "MlflowClient", name: str, experiment_ids: list[st
                                                   f"tags.`{Tag.SWEEP}` = '{name}'",
                                max_results=10, order_by=["attributes.start_time DESC"])
     return found[0] if found else None
+
+
+def sweep_names(client: "MlflowClient", experiment_ids: list[str] | None = None, limit: int = 20) -> list[str]:
+    """Names of the sweeps in a store (newest first, at most ``limit``), for "not found" messages."""
+    ids = experiment_ids if experiment_ids is not None else [e.experiment_id for e in all_experiments(client)]
+    if not ids:
+        return []
+    found = client.search_runs(ids, filter_string=f"tags.`{Tag.KIND}` = '{KIND_SWEEP}'", max_results=200,
+                               order_by=["attributes.start_time DESC"])
+    names: list[str] = []
+    for run in found:
+        name = run.data.tags.get(Tag.SWEEP)
+        if name and name not in names:
+            names.append(name)
+    return names[:limit]
 
 
 def sweep_runs(client: "MlflowClient", parent: "Run", kind: str | None = KIND_TRIAL,

@@ -78,7 +78,7 @@ def transfer_map(sweep: str, tracking_uri: str | None = None) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    client = tracking.get_client(tracking_uri)
+    client = tracking.existing_client(tracking_uri)
     parent, runs = _finetune_runs(client, sweep)
     params = [k for k in parent.data.params.get("sweep.swept", "").split(",") if k and k != "source_run"]
     rows = [_row(client, r, params) for r in runs]
@@ -138,7 +138,7 @@ def format_transfer_table(df: "pd.DataFrame") -> str:
 def transfer_histories(df: "pd.DataFrame", tracking_uri: str | None = None) -> dict[Any, list[list[dict]]]:
     """``{source label: [history, ...]}`` for the runs of a :func:`transfer_map` frame
     (each run's ``history.json``; its metric histories while it runs)."""
-    client = tracking.get_client(tracking_uri or df.attrs.get("tracking_uri"))
+    client = tracking.existing_client(tracking_uri or df.attrs.get("tracking_uri"))
     out: dict[Any, list[list[dict]]] = {}
     for rec in df.to_dict("records"):
         lab = rec["source_label"] if isinstance(rec["source_label"], str) else None

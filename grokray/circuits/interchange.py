@@ -28,7 +28,12 @@ unembedding's basis; a non-shared stack may hold ``b`` in another one).
   OOD on the OOD split, and one the model can compose: success then measures mediation, not
   the model's accuracy); if the split has none, any atomic fact ``(h', r1') -> b'`` of the graph
   with ``(b', r2)`` a fact (so a model that answers no such query, like a rule reading r2, is
-  still tested, and fails).
+  still tested, and fails). **Never a query trained as a whole** (``Dataset.trained_queries``):
+  patching in the hop-1 state of a query the model has memorized carries that query's identity,
+  and a memorizing model then answers the source's memorized answer, ``t'``, without any bridge.
+  Measured: the trained negative control (``data.memorize_ood_queries``: OOD test queries
+  memorized, their first hops never trained, so no bridge exists) scored interchange 1.00 with
+  same-split sources before this rule (docs/calibration.md, "The negative control").
 * **Control.** A source with the SAME bridge (another ``(h'', r1'')`` with
   ``tail(h'', r1'') = b``, the same ``r2``) must leave the answer at ``t``: the patch itself does
   not break the run. Sources and controls count only where the model answers them correctly.
@@ -131,12 +136,13 @@ def hop1_positions(model: LoopedTransformer) -> list[int]:
 
 
 def choose_sources(clean: np.ndarray, pool: np.ndarray, tail: np.ndarray, seed: int = 0,
-                   same_bridge: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   same_bridge: bool = False, trained=None) -> tuple[np.ndarray, np.ndarray]:
     """One source row ``(h', r1', r2, b', t')`` per clean row, and whether it has one.
 
     ``same_bridge=False``: ``b' != b`` and ``t' = tail(b', r2) != t``, from ``pool`` rows with the
     same ``r2`` first, else from the whole graph (any fact ``(h', r1') -> b'``).
     ``same_bridge=True`` (the control): ``b' = b`` from another ``(h', r1')``, so ``t' = t``.
+    ``trained(h, r1, r2) -> bool array``: queries trained as a whole, never taken as a source.
     The pick for a row depends only on ``seed``, its index and the row.
 
     >>> tail = np.array([[1, 2], [2, 0], [0, 1]])         # 3 entities, 2 relations
@@ -153,10 +159,13 @@ def choose_sources(clean: np.ndarray, pool: np.ndarray, tail: np.ndarray, seed: 
     rng = np.random.default_rng([seed, 11, int(same_bridge)])
     out = clean.copy()
     ok = np.zeros(len(clean), dtype=bool)
+    if trained is not None and len(pool):
+        pool = pool[~trained(pool[:, H], pool[:, R1], pool[:, R2])]
     for i, (h, r1, r2, b, t) in enumerate(clean.tolist()):
         u = rng.random()                                         # one draw per row, used or not
+        fresh = ~trained(heads, rels, np.full(len(heads), r2)) if trained is not None else True
         if same_bridge:
-            cand = np.flatnonzero((bridges == b) & ~((heads == h) & (rels == r1)))
+            cand = np.flatnonzero((bridges == b) & ~((heads == h) & (rels == r1)) & fresh)
             src_h, src_r, src_b = heads, rels, bridges
         else:
             in_pool = pool[(pool[:, R2] == r2) & (pool[:, BRIDGE] != b) & (pool[:, TAIL] != t)]
@@ -166,7 +175,7 @@ def choose_sources(clean: np.ndarray, pool: np.ndarray, tail: np.ndarray, seed: 
                 ok[i] = True
                 continue
             t2 = np.where(bridges >= 0, tail[np.clip(bridges, 0, None), r2], -1)
-            cand = np.flatnonzero((bridges != b) & (t2 >= 0) & (t2 != t))
+            cand = np.flatnonzero((bridges != b) & (t2 >= 0) & (t2 != t) & fresh)
             src_h, src_r, src_b = heads, rels, bridges
         if len(cand):
             j = cand[int(u * len(cand))]
@@ -220,8 +229,8 @@ def interchange_test(model: LoopedTransformer, dataset: Dataset, split: str = "t
     rows = dataset.rows[split] if rows is None else np.asarray(rows, np.int64).reshape(-1, 5)
     answered = rows[predict_answers(model, dataset.encode(rows).tokens, precision, device).cpu().numpy()
                     == rows[:, TAIL]] if len(rows) else rows
-    source, ok = choose_sources(clean, answered, tail, seed)
-    control, ok_c = choose_sources(clean, answered, tail, seed, same_bridge=True)
+    source, ok = choose_sources(clean, answered, tail, seed, trained=dataset.is_trained)
+    control, ok_c = choose_sources(clean, answered, tail, seed, same_bridge=True, trained=dataset.is_trained)
     enc = lambda r: dataset.encode(r).tokens.to(device)  # noqa: E731
     # A same-bridge control shows the patch is harmless only where the model answers the control
     # query itself. (Sources are taken among the queries it answers where the split has one: see

@@ -54,6 +54,8 @@ def data_hash(cfg: DataConfig) -> str:
     payload = to_plain(cfg)
     if payload.get("memorize_ood_queries") is None:   # keys added later hash only when set: old names hold
         payload.pop("memorize_ood_queries", None)
+    if not payload.get("withhold_hop2"):
+        payload.pop("withhold_hop2", None)
     payload["augmentation"] = {"hop1": to_plain(hop1), "hop2": to_plain(hop2)}
     payload["generator_version"] = GENERATOR_VERSION
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -93,6 +95,7 @@ class Dataset:
     #: stored with the dataset, recomputed only for a file written before they existed.
     shortcuts: dict | None = field(default=None, repr=False)
     _tail: np.ndarray | None = field(default=None, repr=False)
+    _trained_keys: np.ndarray | None = field(default=None, repr=False)
 
     # ---------------------------------------------------------------- vocabulary
     @property
@@ -114,6 +117,28 @@ class Dataset:
             t[self.atomic[:, 0], self.atomic[:, 1]] = self.atomic[:, 2]
             self._tail = t
         return self._tail
+
+    def query_keys(self, h: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
+        """One integer per two-hop query ``(h, r1, r2)`` (for set tests with numpy)."""
+        n_rel = self.n_relations
+        return (np.asarray(h, np.int64) * n_rel + np.asarray(r1, np.int64)) * n_rel + np.asarray(r2, np.int64)
+
+    def trained_queries(self) -> np.ndarray:
+        """Sorted keys (:meth:`query_keys`) of every two-hop query trained as a whole (train_inferred,
+        train_augmented, the negative control's train_ood_queries): a model may answer these by
+        memory, so a correct answer to one is no evidence of composing."""
+        if self._trained_keys is None:
+            rows = self.train_rows()
+            two_hop = rows[rows[:, R2] >= 0]
+            self._trained_keys = np.unique(self.query_keys(two_hop[:, H], two_hop[:, R1], two_hop[:, R2]))
+        return self._trained_keys
+
+    def is_trained(self, h: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
+        """Per query: was it trained as a whole? (bool array)"""
+        keys = self.trained_queries()
+        q = self.query_keys(h, r1, r2)
+        idx = np.clip(np.searchsorted(keys, q), 0, max(len(keys) - 1, 0))
+        return (keys[idx] == q) if len(keys) else np.zeros(q.shape, dtype=bool)
 
     # ---------------------------------------------------------------- tensors
     def encode(self, rows: np.ndarray) -> Batch:
@@ -205,15 +230,23 @@ class Dataset:
 TRAIN_SPLITS = ("id_atomic", "ood_atomic", "train_inferred", "train_augmented", "train_ood_queries")
 
 
-def negative_control(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def negative_control(rows: dict[str, np.ndarray], hop2: bool = False) -> dict[str, np.ndarray]:
     """The negative control's splits (``data.memorize_ood_queries``): the OOD test queries as
     training rows (``train_ood_queries``), and their first-hop atomic facts moved out of
-    ``ood_atomic`` into ``withheld_hop1`` (never trained: no bridge to compose through)."""
+    ``ood_atomic`` into ``withheld_hop1`` (never trained); with ``hop2`` (``data.withhold_hop2``)
+    their second-hop facts too (``withheld_hop2``)."""
     ood = rows["test_inferred_ood"]
     first = {(h, r) for h, r in ood[:, [H, R1]].tolist()}
+    second = {(b, r) for b, r in ood[:, [BRIDGE, R2]].tolist()} if hop2 else set()
     atomic = rows["ood_atomic"]
-    out = np.array([(h, r) in first for h, r in atomic[:, [H, R1]].tolist()], dtype=bool)
-    return {**rows, "ood_atomic": atomic[~out], "withheld_hop1": atomic[out], "train_ood_queries": ood.copy()}
+    pairs = atomic[:, [H, R1]].tolist()
+    out1 = np.array([(h, r) in first for h, r in pairs], dtype=bool)
+    out2 = np.array([(h, r) in second for h, r in pairs], dtype=bool) & ~out1
+    out = {**rows, "ood_atomic": atomic[~(out1 | out2)], "withheld_hop1": atomic[out1],
+           "train_ood_queries": ood.copy()}
+    if hop2:
+        out["withheld_hop2"] = atomic[out2]
+    return out
 
 
 def atomic_rows(atomic: np.ndarray) -> np.ndarray:
@@ -251,7 +284,7 @@ def build_dataset(cfg: DataConfig) -> Dataset:
         "test_inferred_ood": comps[splits.test_inferred_ood],
     }
     if cfg.memorize_ood_queries is not None:
-        rows = negative_control(rows)
+        rows = negative_control(rows, hop2=cfg.withhold_hop2)
     probe_rng = np.random.default_rng([cfg.seed, 1])  # probes never shift the splits
     # The train probe is what memorization is read on: the negative control's late OOD queries are
     # not in it (their accuracy is the test_inferred_ood curve itself).

@@ -38,6 +38,8 @@ from grokray.sweep.packing import describe, plan_packs, resolve_pack_size, run_p
 from grokray.sweep.trainable import TrialContext, run_trial, trial_label
 
 STATE_FILE = "grokray_sweep.json"
+#: The progress lines of a sweep's driver, kept beside its state (``grokray sweep logs NAME``, ``status --follow``).
+PROGRESS_LOG = "progress.log"
 #: Where sweeps lived before the default storage moved beside the store (still searched).
 LEGACY_STORAGE = "~/grokray_results"
 #: A map logger: ``(tracking_uri, parent_run_id, sweep, experiment)`` -> logs the sweep's report.
@@ -405,6 +407,8 @@ class SweepSummary:
     n_errors: int
     seconds: float
     n_unfinished: int = 0     # > 0: the sweep was interrupted (Ctrl-C / SIGINT); `resume` continues it
+    n_ended: int = 0          # trials that finished or failed (Tune creates a grid's trials lazily: n_trials
+                              # counts only those created so far)
 
 
 def _finish(record: SweepRecord, results: Any, refresher: MapRefresher, started: float,
@@ -422,12 +426,14 @@ def _finish(record: SweepRecord, results: Any, refresher: MapRefresher, started:
     else:
         status = "FAILED" if n and n_errors == n else "FINISHED"
     client.set_terminated(record.parent_run_id, status=status)
+    ended = results.num_terminated + n_errors if results is not None else 0
     return SweepSummary(record=record, n_trials=n, n_errors=n_errors, seconds=time.time() - started,
-                        n_unfinished=unfinished)
+                        n_unfinished=unfinished, n_ended=ended)
 
 
 def _callbacks(spec: SweepSpec, record: SweepRecord, refresher: MapRefresher, n_trials: int | None) -> list:
-    progress = SweepProgress(spec.budget, n_trials, columns=spec.kind_impl.progress_columns)
+    log = exp_dir_for(record.name, record.storage) / PROGRESS_LOG
+    progress = SweepProgress(spec.budget, n_trials, columns=spec.kind_impl.progress_columns, log_path=str(log))
     callbacks: list = [progress]
     if spec.classifier.enabled:
         # first: at the end it waits for the last labels, so the progress's final summary counts them

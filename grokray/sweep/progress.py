@@ -14,7 +14,10 @@ summary (:meth:`SweepProgress.summary`):
 * not attached (CI, a Ray Job's log, ``> file``), the status line and the running trials are
   printed as plain lines every ``every_s`` seconds (30 by default), and every trial that
   finishes, fails or is labelled gets one line of its own, so the log holds each trial once;
-* the full table is one command away: ``grokray sweep status NAME``.
+* the full table is one command away: ``grokray sweep status NAME``;
+* the same lines (the summary every 30 s) go to ``log_path`` (``progress.log`` in the sweep's state
+  folder) however the driver was started, so ``grokray sweep logs NAME`` and ``grokray sweep status
+  NAME --follow`` follow a sweep started in another terminal or in the background.
 
 Labels arrive from the classifier callback (:class:`grokray.sweep.classifier.ClassifierCallback`),
 which records them on the shared :class:`SweepBoard` this display reads.
@@ -33,6 +36,8 @@ from ray.tune import Callback
 TRIAL_COLUMNS = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
 #: How many running / finished / labelled trials the summary names.
 SHOWN = 3
+#: Seconds between two summaries in the progress log file.
+LOG_EVERY_S = 30.0
 #: Seconds of a trial's reports before its pace is trusted for the ETA (:meth:`SweepProgress._eta`).
 MIN_PACE_S = 30.0
 
@@ -75,8 +80,9 @@ class SweepProgress(Callback):
 
     def __init__(self, max_steps: int, n_trials: int | None = None, every_s: float | None = None,
                  stream: Any = None, columns: tuple = TRIAL_COLUMNS, board: SweepBoard | None = None,
-                 interactive: bool | None = None):
+                 interactive: bool | None = None, log_path: str | None = None):
         self.max_steps, self.n_trials = max_steps, n_trials
+        self.log_path = log_path
         self.columns = tuple(columns)
         self.stream = stream
         self.board = board if board is not None else SweepBoard()
@@ -88,6 +94,7 @@ class SweepProgress(Callback):
         self._last_print = 0.0
         self._t0 = time.monotonic()
         self._drawn = 0                # lines of the summary currently on screen (terminal mode)
+        self._last_logged = 0.0        # when the summary last went to log_path
         self._finished: list[str] = []
         self._durations: list[float] = []
         self._started: dict[str, float] = {}
@@ -114,14 +121,32 @@ class SweepProgress(Callback):
             return self._interactive
         return bool(getattr(self.out, "isatty", lambda: False)())
 
+    def _log(self, text: str, summary: bool = False) -> None:
+        """Append to ``log_path`` (a summary at most every LOG_EVERY_S); a log that cannot be written is
+        dropped silently: the terminal output is what the driver owes its user."""
+        if not self.log_path:
+            return
+        now = time.monotonic()
+        if summary and now - self._last_logged < LOG_EVERY_S:
+            return
+        if summary:
+            self._last_logged = now
+        try:
+            with open(self.log_path, "a") as fh:
+                fh.write(text + "\n")
+        except OSError:
+            self.log_path = None
+
     def _write(self, text: str) -> None:
         """A line (or block) that stays: in terminal mode, printed above the live summary."""
+        self._log(text)
         if self.interactive and self._drawn:
             self.out.write(f"\x1b[{self._drawn}F\x1b[J")   # up to the summary's first line, clear below
             self._drawn = 0
         print(text, file=self.out, flush=True)
 
-    def _draw(self, text: str) -> None:
+    def _draw(self, text: str, final: bool = False) -> None:
+        self._log(text, summary=not final)
         if not self.interactive:
             print(text, file=self.out, flush=True)
             return
@@ -243,5 +268,5 @@ class SweepProgress(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._drawn = self._drawn if self.interactive else 0
-        self._draw(self.summary(trials))
+        self._draw(self.summary(trials), final=True)
         self._drawn = 0

@@ -106,6 +106,7 @@ class SweepSpec:
     kind_spec: Any = None            # the kind's own section (a FinetuneSpec for kind finetune)
     source: str | None = None        # the file it came from
     raw: dict = field(default_factory=dict)  # the spec as written, base inlined (saved with the sweep for resume)
+    given: tuple[str, ...] = ()      # the top-level keys the spec wrote (the rest are defaults: filled_in)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -124,6 +125,31 @@ class SweepSpec:
     @property
     def budget(self) -> int:
         return self.base.train.max_steps
+
+    def filled_in(self) -> list[str]:
+        """What the spec as written leaves to defaults, in words (``grokray sweep validate`` says it)."""
+        written = set(self.given)
+        out = []
+        if "base" not in written:
+            out.append("base: grokray's built-in trial defaults (grokray/config.py; sweeps/trials/default.yaml is "
+                       "the calibrated trial)")
+        if "method" not in written:
+            out.append(f"method: {self.method}")
+        if "max_steps" not in written:
+            out.append(f"max_steps: {self.budget} (the base's train.max_steps)")
+        if "stopping" not in written:
+            out.append("stopping: none beyond the budget (no memorize_by; cleanup_window "
+                       f"{self.stopping.cleanup_window:g} once generalized)")
+        if "resources" not in written:
+            out.append(f"resources: {self.resources.cpu:g} cpu / {self.resources.gpu:g} gpu per trial")
+        if "max_concurrent" not in written:
+            out.append("max_concurrent: as many as the resources allow")
+        if "classifier" not in written:
+            c = self.classifier
+            out.append(f"classifier: on, split {c.split}, criterion {c.criterion}, evidence {c.evidence}")
+        if "tracking" not in written:
+            out.append("tracking: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+        return out
 
     def alternatives(self) -> dict[str, list]:
         """Each listed parameter's values (naming a grouped value by what differs needs them all)."""
@@ -233,7 +259,8 @@ def _base(raw: Mapping, source: str | os.PathLike | None) -> TrialConfig:
             return trial_config_from_dict(read_yaml(path), source=path)
         except ConfigError as e:
             if e.problem == "file not found":
-                raise ConfigError("base trial config not found", key="base", value=base_raw) from None
+                raise ConfigError(f"base trial config not found at {path.resolve()} (a path is relative to the spec's own "
+                                  "folder)", key="base", value=base_raw) from None
             raise
     if base_raw is not None and not isinstance(base_raw, Mapping):
         raise ConfigError("must be a path to a trial config or an inline mapping", key="base", value=base_raw)
@@ -329,7 +356,7 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
                      max_concurrent=max_concurrent, max_failures=max_failures, tracking_uri=tracking.get("uri"),
                      experiment=tracking.get("experiment"), storage=storage, classifier=classifier,
                      kind=kind_name, kind_spec=kind_spec, source=str(source) if source is not None else None,
-                     raw=written)
+                     raw=written, given=tuple(str(k) for k in raw))
     if kind.name == "trial":
         _check_phi_feasible(spec)  # a finetune sweep's data comes from its sources: checked at sweep start
     return spec

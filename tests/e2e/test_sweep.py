@@ -209,3 +209,26 @@ def test_resume_and_status_of_unknown_sweep(tmp_path, mlflow_uri):
     for cmd in (["sweep", "resume", "nope"], ["sweep", "status", "nope"]):
         out = grokray(*cmd, "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path, timeout=120)
         assert out.returncode == 2 and out.stderr.startswith("grokray: error: no sweep 'nope'")
+
+
+def test_a_sweep_started_elsewhere_is_followed_live(tmp_path, mlflow_uri):
+    """Issue 24: a sweep started in the background is followed with `sweep status NAME --follow` (the same
+    progress lines as `sweep run`) and its progress read back with `sweep logs NAME`, no --address."""
+    spec = write_spec(tmp_path, "followed", parameters={"seed": {"values": [0, 1]}}, max_concurrent=1,
+                      max_steps=300)
+    proc = start("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path, log=tmp_path / "driver.log")
+    try:
+        wait_for(lambda: (tmp_path / "results" / "followed" / "grokray_sweep.json").exists(), 120,
+                 "the sweep's state", proc, tmp_path / "driver.log")
+        followed = grokray("sweep", "status", "followed", "--follow", "--storage", str(tmp_path / "results"),
+                           uri=mlflow_uri, cwd=tmp_path, timeout=400)
+        assert followed.returncode == 0, followed.stderr[-2000:]
+        out = followed.stdout
+        assert "trial run(s)" in out and "| trials:" in out                        # the table, then the progress
+        assert out.count("[grokray] finished") >= 1 and "the sweep is no longer running" in out
+        proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+    logs = grokray("sweep", "logs", "followed", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
+    assert logs.returncode == 0 and logs.stdout.count("[grokray] finished") == 2, logs.stdout[-2000:]
+    assert logs.stdout.count("[grokray] label:") == 2 and "2 done" in logs.stdout
