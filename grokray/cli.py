@@ -543,6 +543,10 @@ def _add_phase_map(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="SWEEP", help="a sweep name (or an MLflow experiment name)")
     p.add_argument("--x", default=None, help="parameter for the columns (default: the one with most values)")
     p.add_argument("--y", default=None, help="parameter for the rows (default: the next one)")
+    p.add_argument("--by", action="append", default=[], metavar="PARAM",
+                   help="also split the map by this parameter, one table / panel per value (repeatable), e.g. "
+                        "--by data.seed: one map per graph (by default a cell shows each graph's label when the "
+                        "graphs disagree)")
     p.add_argument("--png", default=None, help="also write the phase diagram here (the sweep's parent run "
                                                "holds it as phase_map/phase_map.png)")
     p.add_argument("--csv", default=None, help="also write one row per run as CSV")
@@ -559,6 +563,8 @@ def _run_phase_map(args: argparse.Namespace) -> int:
     try:
         df = phase_map(args.name, client.tracking_uri)
         x, y, facets = resolve_axes(df, args.x, args.y)
+        if args.by:
+            x, y, facets = resolve_axes(df, x, y, facets=[*facets, *args.by])
     except (LookupError, ValueError) as e:
         raise UserError(str(e).strip("'\"")) from None
     if args.csv:

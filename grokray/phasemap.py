@@ -29,8 +29,14 @@ Rules shared by every view:
   ``no_grokking`` > ``fake_grokking`` > ``true_grokking`` (:data:`TIE_ORDER`): a cell
   claims grokking only when most of its runs do. A cell whose runs are all unlabelled
   has label ``None``.
-* **Censored** runs stopped at the step budget without generalizing (they might still
-  grok); a cell with at least one is starred in the table and hatched in the picture.
+* **Graphs are not replicates.** ``data.seed`` draws the graph and its split: a cell aggregates
+  over graphs but shows each graph's own majority when they disagree (``true|no``), never a
+  ``no 1/2`` that hides it; ``grokray phase-map NAME --by data.seed`` (``facets=[..., "data.seed"]``)
+  splits the map by graph.
+* **Undetermined** runs (censored at the step budget, ``semi``, or still rising at its end: they
+  might still grok); a cell with at least one is starred in the table and hatched in the picture.
+* **Liu et al.'s phase** (grokking / comprehension / memorization / confusion, the verdict's
+  ``phase``) is shown beside the label: ``G``/``C``/``M``/``X``.
 * **Default axes** (:func:`resolve_axes`): ``x`` is the non-replicate parameter with the
   most distinct values, ``y`` the next one (ties: the order the sweep lists them); the
   rest are facets. Replicates are an axis only when nothing else varies.
@@ -54,7 +60,7 @@ Example (a hand-made frame; :func:`phase_map` gives the real one):
     data.phi  3.6      7.2
               no* 2/2  true 2/3
     true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled;
-    k/n = runs with that label / runs; ...
+    ...
     >>> # df = phase_map("phi-by-augmentation")              # a sweep name, or an experiment name
     >>> # plot_phase_map(df, "phase_map.png")                # x / y / facets chosen as above
 """
@@ -108,7 +114,9 @@ NOT_CONFIG = ("model.n_params",)
 Tag = tracking.Tag
 V = tracking.VERDICT_PREFIX
 TABLE_LEGEND = ("true/fake/no = majority label (ties -> no > fake > true), ? = unlabelled;\n"
-                "k/n = runs with that label / runs; * = some runs censored (hit the step budget)")
+                "true|no = the graphs (data.seed) disagree: each graph's majority; k/n = runs with that label / runs;\n"
+                "* = some runs undetermined (censored, semi or still rising at the budget);\n"
+                "G/C/M/X = Liu et al.'s phase: grokking / comprehension / memorization / confusion")
 #: The terminal table's target width in characters (a table whose cells alone are wider stays wider).
 TABLE_WIDTH = 100
 #: A row label longer than this goes on continuation lines under its row.
@@ -409,6 +417,20 @@ def majority(labels: Iterable[str | None]) -> tuple[str | None, int, bool]:
     return winner, top, len(tied) > 1
 
 
+#: The parameter that draws the graph (and its ID/OOD split): runs on two graphs are not replicates of
+#: one experiment, so a cell shows each graph's own majority (:func:`_aggregate`), or ``--by`` splits them.
+GRAPH = "data.seed"
+#: One letter per Liu et al. phase in the terminal table.
+PHASE_LETTERS = {"grokking": "G", "comprehension": "C", "memorization": "M", "confusion": "X", "diverged": "D"}
+
+
+def _spread(group: pd.DataFrame, col: str) -> tuple[float, float, float]:
+    vals = group[col].astype(float).dropna() if col in group else pd.Series(dtype=float)
+    if not len(vals):
+        return math.nan, math.nan, math.nan
+    return float(vals.median()), float(vals.min()), float(vals.max())
+
+
 def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
     labels = [_key(v) for v in group["label"]] if "label" in group else [None] * len(group)
     label, k, tie = majority(labels)
@@ -417,13 +439,32 @@ def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
         out[f"n_{lab}"] = sum(1 for v in labels if v == lab)
     out["n_unlabelled"] = sum(1 for v in labels if v is None)
     out["n_censored"] = int(group["censored"].fillna(False).astype(bool).sum()) if "censored" in group else 0
-    tgen = group["t_generalize"].astype(float).dropna() if "t_generalize" in group else pd.Series(dtype=float)
-    out["median_t_generalize"] = float(tgen.median()) if len(tgen) else math.nan
+    undetermined = group["censored"].fillna(False).astype(bool) if "censored" in group else pd.Series(
+        False, index=group.index)
+    if "determined" in group:   # censored runs are undetermined too (runs labelled before v3 carry no flag)
+        undetermined = undetermined | ~group["determined"].fillna(True).astype(bool)
+    out["n_undetermined"] = int(undetermined.sum())
+    # per graph: its own majority; graphs that disagree are shown as such, never outvoted
+    graph_labels: dict[Any, Any] = {}
+    if GRAPH in group and group[GRAPH].nunique() > 1:
+        for g, sub in group.groupby(GRAPH, sort=True):
+            graph_labels[g] = majority([_key(v) for v in sub["label"]])[0]
+    out["graph_labels"] = graph_labels
+    votes = [v for v in graph_labels.values() if v is not None]
+    out["graphs_agree"] = (len(set(votes)) <= 1) if graph_labels else None
+    phases = [_key(v) for v in group["phase"]] if "phase" in group else []
+    counts = {ph: phases.count(ph) for ph in set(phases) if ph is not None}
+    out["phase"] = max(sorted(counts), key=counts.get) if counts else None
+    for col in ("t_generalize", "delay_ratio", "t_circuit", "final_target_level"):
+        med, lo, hi = _spread(group, col)
+        out[f"median_{col}"], out[f"min_{col}"], out[f"max_{col}"] = med, lo, hi
     return out
 
 
 PIVOT_COLUMNS = ("label", "n_label", "n", "tie", *(f"n_{lab}" for lab in LABELS), "n_unlabelled", "n_censored",
-                 "median_t_generalize")
+                 "n_undetermined", "graph_labels", "graphs_agree", "phase",
+                 *(f"{s}_{c}" for c in ("t_generalize", "delay_ratio", "t_circuit", "final_target_level")
+                   for s in ("median", "min", "max")))
 
 
 def pivot(df: pd.DataFrame, x: str | None, y: str | None = None, *,
@@ -472,10 +513,16 @@ def _short(label: str | None) -> str:
 
 
 def _cell_word(cell: dict | None) -> str:
+    """``true 2/2 G``: majority label, ``*`` if a run is undetermined, runs with the label / runs, Liu
+    et al.'s phase; graphs that disagree: ``true|no 2/4 G`` (each graph's majority, in graph order)."""
     if cell is None:
         return "."
-    star = "*" if cell["n_censored"] else ""
-    return f"{_short(cell['label'])}{star} {cell['n_label']}/{cell['n']}"
+    star = "*" if cell.get("n_undetermined", cell["n_censored"]) else ""
+    word = _short(cell["label"])
+    if cell.get("graphs_agree") is False:
+        word = "|".join(_short(v) for v in cell["graph_labels"].values())
+    phase = PHASE_LETTERS.get(cell.get("phase"), "")
+    return f"{word}{star} {cell['n_label']}/{cell['n']}" + (f" {phase}" if phase else "")
 
 
 def _grid(df: pd.DataFrame, x: str | None, y: str | None, facets: list[str]
@@ -525,8 +572,11 @@ def cells(df: pd.DataFrame, x: str | None = None, y: str | None = None,
                     color, hatch, text = EMPTY_COLOR, "", ""
                 else:
                     color = COLORS.get(agg["label"], OTHER_COLOR)
-                    hatch = HATCH if agg["n_censored"] else ""
-                    text = f"{_steps(agg['median_t_generalize'])}\n{agg['n_label']}/{agg['n']}"
+                    hatch = HATCH if agg["n_undetermined"] else ""
+                    graphs = ("\n" + "|".join(_short(v) for v in agg["graph_labels"].values())
+                              if agg["graphs_agree"] is False else "")
+                    phase = f" {PHASE_LETTERS.get(agg['phase'], '')}" if agg["phase"] else ""
+                    text = f"{_steps(agg['median_t_generalize'])}\n{agg['n_label']}/{agg['n']}{phase}{graphs}"
                 rows.append({"panel": title, "row": r, "col": c, "x_value": xv, "y_value": yv, **agg,
                              "color": color, "hatch": hatch, "text": text})
     out = pd.DataFrame(rows, columns=["panel", "row", "col", "x_value", "y_value", *PIVOT_COLUMNS, "color",
@@ -759,7 +809,7 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
     # ---- the legend and the title: sized for the figure's width
     handles = [Patch(facecolor=COLORS[lab], label=lab.replace("_", " ")) for lab in LABELS]
     handles.append(Patch(facecolor=COLORS[None], label="not labelled yet"))
-    handles.append(Patch(facecolor="white", edgecolor="0.15", hatch=HATCH, label="censored run(s)"))
+    handles.append(Patch(facecolor="white", edgecolor="0.15", hatch=HATCH, label="undetermined run(s)"))
     em = 8 * _PT
     entry_w = max(size(h.get_label(), fontsize=8)[0] for h in handles) + (2.0 + 0.8) * em
     fig_w = max(ncols * bw, 4.0) + 2 * _PAD
@@ -773,8 +823,9 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
     labelled = int(df["label"].notna().sum()) if "label" in df else 0
     runs = f"{len(df)} run{'' if len(df) == 1 else 's'}"
     head = title or f"phase map{': ' + name if name else ''} ({runs}, {labelled} labelled)"
-    note = ("cell: median steps to generalize (t_generalize); runs with the majority label / runs "
-            "(ties -> no > fake > true)")
+    note = ("cell: median steps to generalize (t_generalize); runs with the majority label / runs, Liu et al.'s "
+            "phase (G/C/M/X: grokking, comprehension, memorization, confusion); graphs that disagree: each "
+            "graph's label (true|no)")
     heading = size.fit(f"{head}\n{note}", fig_w - 2 * _PAD, sentence=True, fontsize=9)
     head_h = size(heading, fontsize=9)[1]
     fig_h = _PAD + head_h + _PAD + nrows * bh + leg_h + _PAD

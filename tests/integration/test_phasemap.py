@@ -268,8 +268,8 @@ def test_format_table(store):
     assert lines[:3] == ["data.augmentation \\ data.phi  3.6      7.2",
                          "both_full                     no 1/2   true 1/2",
                          "none                          no* 2/2  fake 1/2"]
-    assert len(lines) == 5 and "\n".join(lines[3:]) == phasemap.TABLE_LEGEND
-    assert "ties -> no > fake > true" in lines[3] and "*" in lines[4]
+    assert "\n".join(lines[3:]) == phasemap.TABLE_LEGEND
+    assert "ties -> no > fake > true" in lines[3] and "undetermined" in lines[5] and "Liu et al." in lines[6]
     single = format_table(df, "augmentation", facets=[]).splitlines()
     assert single[:2] == ["data.augmentation  both_full  none", "                   true 2/4   no* 2/4"]
     faceted = format_table(df, "augmentation").split("\n\n")                 # one table per phi
@@ -650,3 +650,29 @@ def test_cli_bad_axis_is_one_line(store, tmp_path):
     out = _cli(SWEEP, "--x", "data.nope", "--tracking-uri", store["uri"], cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("grokray: error: ") and "data.nope" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and list(tmp_path.glob("*.png")) == []
+
+
+def test_graphs_are_not_outvoted_and_the_phase_is_shown():
+    """Issue 20: two graphs that disagree read true|no (not `no 1/2`); Liu et al.'s phase beside the label;
+    an undetermined run stars its cell; per-cell spreads over seeds for a notebook."""
+    import pandas as pd
+
+    df = pd.DataFrame({"data.phi": [7.2] * 4 + [3.6] * 2, "data.seed": [0, 0, 1, 1, 0, 1], "seed": [0, 1] * 3,
+                       "label": ["true_grokking", "true_grokking", "no_grokking", "no_grokking", "no_grokking",
+                                 "no_grokking"],
+                       "phase": ["grokking", "grokking", "comprehension", "comprehension", "memorization",
+                                 "memorization"],
+                       "determined": [True, True, True, True, False, True], "censored": [False] * 6,
+                       "t_generalize": [4000.0, 6000.0, 900.0, 1100.0, float("nan"), float("nan")]})
+    df.attrs["params"] = ["data.phi", "data.seed", "seed"]
+    pv = pivot(df, "data.phi")
+    hi, lo = pv.loc[7.2], pv.loc[3.6]
+    assert hi["graph_labels"] == {0: "true_grokking", 1: "no_grokking"} and not hi["graphs_agree"]
+    assert lo["graphs_agree"] and lo["n_undetermined"] == 1
+    assert (hi["median_t_generalize"], hi["min_t_generalize"], hi["max_t_generalize"]) == (2550.0, 900.0, 6000.0)
+    table = format_table(df, "data.phi").splitlines()
+    assert table[1].split() == ["no*", "2/2", "M", "true|no", "2/4", "G"] or table[1].split() == [
+        "no*", "2/2", "M", "true|no", "2/4", "C"]
+    by_graph = format_table(df, "data.phi", facets=["data.seed"]).split("\n\n")
+    assert [b.splitlines()[0] for b in by_graph] == ["[data.seed=0]", "[data.seed=1]"]
+    assert by_graph[0].splitlines()[2].split()[3:5] == ["true", "2/2"]
