@@ -523,6 +523,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"invalid YAML value: {e.problem}", key=key, value=raw_value) from None
     except (yaml.YAMLError, RecursionError):
         value = raw_value  # not YAML: the string itself (the key's type check names it if wrong)
+    if isinstance(value, float) and not math.isfinite(value) and "inf" not in raw_value.lower() \
+            and "nan" not in raw_value.lower():
+        value = raw_value  # 1e400 overflowed: keep it as written, so the error names what the user typed
     return key, value
 
 

@@ -232,3 +232,14 @@ def test_a_sweep_started_elsewhere_is_followed_live(tmp_path, mlflow_uri):
     logs = grokray("sweep", "logs", "followed", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
     assert logs.returncode == 0 and logs.stdout.count("[grokray] finished") == 2, logs.stdout[-2000:]
     assert logs.stdout.count("[grokray] label:") == 2 and "2 done" in logs.stdout
+    # the example notebook (experiments/phase_map_notebook.py) runs top to bottom on this sweep
+    import subprocess
+    import sys
+    nb = subprocess.run([sys.executable, str(ROOT / "experiments" / "phase_map_notebook.py")], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "GROKRAY_STORE": mlflow_uri, "GROKRAY_SWEEP": "followed",
+                             "GROKRAY_NOTEBOOK_OUT": str(tmp_path)})
+    assert nb.returncode == 0, nb.stderr[-2000:]
+    assert "2 runs, 2 cells" in nb.stdout and "graph_labels" in nb.stdout
+    assert (tmp_path / "notebook_phase_map.png").stat().st_size > 1000
+    assert (tmp_path / "notebook_curves.png").stat().st_size > 1000
