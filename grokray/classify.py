@@ -42,6 +42,7 @@ from grokray.circuits.patching import plot_patching
 from grokray.config import trial_config_from_dict
 from grokray.criteria import REGISTRY
 from grokray.data import load_dataset
+from grokray.device import resolve_precision
 from grokray.model import load_checkpoint
 from grokray.plots import plot_curves
 from grokray.verdict import (CLASSIFIER_VERSION, EVIDENCE_MODES, GENERALIZED, Verdict, VerdictParams,
@@ -126,9 +127,12 @@ def compute_verdict(client: "MlflowClient", run_id: str, split: str = "ood", n_q
     if wanted and tracking.checkpoints(client, run_id):
         with tempfile.TemporaryDirectory(prefix="grokray-classify-") as tmp:
             model, meta = load_checkpoint(tracking.download_checkpoint(client, run_id, "last", tmp))
-        dataset = load_dataset(trial_config_from_dict(meta["trial_config"]).data)
+        trial = trial_config_from_dict(meta["trial_config"])
+        dataset = load_dataset(trial.data)
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        ev = circuit_evidence(model, dataset, split=split, n=n_queries, seed=0)
+        # run the model as it was trained: bf16 autocast for a bf16 trial (the trainer's default)
+        precision = resolve_precision(trial.train.precision, next(model.parameters()).device)
+        ev = circuit_evidence(model, dataset, split=split, n=n_queries, seed=0, precision=precision)
         verdict = classify_history(history, evidence={**ev.for_verdict(), **light}, **decide)
     return verdict, ev, history, run.info.run_name or run_id
 

@@ -18,11 +18,28 @@ import contextlib
 import torch
 
 
-def choose_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device (``cpu``, ``cuda:1``)."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+def resolve_auto(spec: str, gpus_assigned: bool | None, cuda_available: bool) -> str:
+    """The device name ``train.device`` means where it runs.
+
+    ``auto`` is CUDA only when CUDA is available AND the process was given a GPU: a Ray trial that
+    asked for ``gpu: 0`` sees every GPU of its node (Ray 2.60 no longer hides them from a worker
+    that asked for none, ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO``), and must not train on one outside
+    Ray's accounting. ``gpus_assigned=None``: not under a scheduler (a plain ``grokray train``).
+
+    >>> resolve_auto("auto", None, True), resolve_auto("auto", False, True), resolve_auto("auto", True, False)
+    ('cuda', 'cpu', 'cpu')
+    >>> resolve_auto("cuda:1", False, True)   # named explicitly: the user's choice
+    'cuda:1'
+    """
+    if spec != "auto":
+        return spec
+    return "cuda" if cuda_available and gpus_assigned is not False else "cpu"
+
+
+def choose_device(spec: str = "auto", gpus_assigned: bool | None = None) -> torch.device:
+    """``auto`` -> CUDA when available (and, under Ray, when a GPU was assigned), else CPU; otherwise
+    the named device (``cpu``, ``cuda:1``). See :func:`resolve_auto`."""
+    return torch.device(resolve_auto(spec, gpus_assigned, torch.cuda.is_available()))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -215,10 +215,12 @@ class LoopedTransformer(nn.Module):
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tuple[LoopedTransformer, dict]:
-    """Rebuild a model from a checkpoint written by the trainer (loaded with ``weights_only=True``)."""
+    """Rebuild a model from a checkpoint written by the trainer (loaded with ``weights_only=True``), on
+    ``map_location`` (the weights and the model: a CUDA run of the classifier gets a CUDA model)."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     cfg = ModelConfig(**ckpt["model_config"])
     model = LoopedTransformer(cfg, vocab_size=ckpt["vocab_size"], n_ctx=ckpt.get("n_ctx", 3))
-    model.load_state_dict(ckpt["model"])
+    model = model.to(map_location)
+    model.load_state_dict(ckpt["model"], assign=torch.device(map_location).type == "meta")
     model.eval()
     return model, ckpt

@@ -701,7 +701,8 @@ class PackedTrainer:
         idx_host = self._draw_indices()
         coef_host = self.optimizer.prepare(lrs, self.active)
         if self.device.type != "cuda":
-            losses = self._compute_step(idx_host, coef_host)
+            # the step's inputs go where the model is (a no-op on the CPU; the meta device in shape tests)
+            losses = self._compute_step(idx_host.to(self.device), coef_host.to(self.device))
         else:
             losses = self._cuda_step(idx_host, coef_host)
         for k in range(self.K):
@@ -716,6 +717,12 @@ class PackedTrainer:
         return losses
 
     def _cuda_step(self, idx_host: torch.Tensor, coef_host: torch.Tensor) -> torch.Tensor:
+        # Events, streams and graphs belong to a device: create them on the pack's (train.device cuda:1
+        # must not watch cuda:0's stream), whatever the current device is.
+        with torch.cuda.device(self.device):
+            return self._cuda_step_here(idx_host, coef_host)
+
+    def _cuda_step_here(self, idx_host: torch.Tensor, coef_host: torch.Tensor) -> torch.Tensor:
         # Stage the step's inputs through a ring of pinned buffers into the static device
         # buffers: the copy is async, and a slot is reused only after the GPU has read it.
         slot = self._ring_i % len(self._idx_pin)

@@ -38,6 +38,8 @@ from grokray.sweep.packing import describe, plan_packs, resolve_pack_size, run_p
 from grokray.sweep.trainable import TrialContext, run_trial, trial_label
 
 STATE_FILE = "grokray_sweep.json"
+#: Ray's switch that hides the GPUs from a worker that asked for none (set by :func:`init_ray`).
+ACCEL_OVERRIDE = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
 #: The progress lines of a sweep's driver, kept beside its state (``grokray sweep logs NAME``, ``status --follow``).
 PROGRESS_LOG = "progress.log"
 #: Where sweeps lived before the default storage moved beside the store (still searched).
@@ -170,8 +172,12 @@ def init_ray(address: str | None = None, dashboard: bool = False) -> None:
     if ray.is_initialized():
         return
     quiet_startup()
+    # Ray 2.60 no longer hides the GPUs from a worker that asked for none: ask it to (CPU trials must not
+    # land on GPU 0 outside Ray's accounting); trials also resolve `auto` from what Ray assigned them
+    # (grokray.sweep.trainable.trial_device).
+    os.environ.setdefault(ACCEL_OVERRIDE, "1")
     env = {k: os.environ[k] for k in ("GROKRAY_CACHE", "GROKRAY_CHECKPOINT_EVERY_S", "MLFLOW_DISABLE_TELEMETRY",
-                                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") if k in os.environ}
+                                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", ACCEL_OVERRIDE) if k in os.environ}
     job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if job:  # inside a Ray Job: its runtime_env sets these already, and Ray refuses to merge a repeat
         job_env = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}

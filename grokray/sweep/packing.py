@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,8 @@ from grokray import tracking
 from grokray.config import to_plain
 from grokray.packed import PackedTrainer, group_into_packs
 from grokray.sweep.stopper import StopCallback
-from grokray.sweep.trainable import CHECKPOINT_EVERY_S, TrialContext, find_or_create_run, restore_state
+from grokray.sweep.trainable import (CHECKPOINT_EVERY_S, TrialContext, find_or_create_run, restore_state,
+                                    trial_device)
 
 #: Largest pack ``pack: auto`` chooses (HFTA and our GPU benchmark: gains flatten out beyond it).
 MAX_AUTO_PACK = 64
@@ -47,21 +49,43 @@ def plan_packs(spec: Any, k: int) -> list[list[dict]]:
     return [[values[i] for i in pack] for pack in group_into_packs(configs, k)]
 
 
-def member_bytes(spec: Any) -> int:
-    """Device memory one member needs while training: weights, gradients and AdamW's two moments
-    in fp32 (16 bytes a parameter), plus activations of one batch (forward + backward, ~24 floats
-    per token, width and block application)."""
-    m, t = spec.base.model, spec.base.train
-    d = spec.base.data
+#: Bytes a parameter costs in a pack while it trains: fp32 weights, gradients, AdamW's two moments (16 B)
+#: plus the ~6 temporary [K, P] fp32 buffers :meth:`grokray.packed.PackedAdamW.update` holds at its peak.
+BYTES_PER_PARAM = 16 + 6 * 4
+#: The CUDA context and allocator slack of one process, counted once per pack (~0.5 GB measured on
+#: current drivers; more is safe: the pack is only smaller).
+CUDA_CONTEXT_BYTES = 768 * 2 ** 20
+#: How long ``pack: auto`` waits for a GPU to answer its memory probe (GPU nodes autoscale from zero
+#: and take minutes to set up); ``GROKRAY_PACK_PROBE_S`` overrides it.
+PACK_PROBE_S = 600.0
+
+
+def member_bytes(cfg: Any) -> int:
+    """Device memory one member of a pack needs while training ``cfg`` (a :class:`TrialConfig`, or a
+    spec: its base): :data:`BYTES_PER_PARAM` per parameter, plus the activations of one batch (forward
+    + backward, ~24 floats per token, width and block application). Packs are grouped by shape, so
+    :func:`resolve_pack_size` sizes them by their largest group."""
+    cfg = getattr(cfg, "base", cfg)
+    m, t, d = cfg.model, cfg.train, cfg.data
     vocab = d.n_entities + d.n_relations + 1
     params = vocab * m.d_model * (1 if m.tie_embeddings else 2) + m.n_layers * (
-        4 * m.d_model * m.d_model + 2 * m.d_model * m.d_mlp) + 3 * m.d_model
+        4 * m.d_model * m.d_model + 2 * m.d_model * m.d_mlp + 9 * m.d_model) + 3 * m.d_model
     activations = t.batch_size * 3 * (m.d_model * 8 + m.d_mlp * 2) * m.n_layers * m.n_loops * 4 * 3
-    return int(16 * params + activations)
+    return int(BYTES_PER_PARAM * params + activations)
 
 
-def _free_gpu_memory(gpu_share: float) -> int | None:
-    """Free memory of one GPU, probed by a task that holds the trial's GPU share (None: no GPU)."""
+def largest_member_bytes(spec: Any) -> int:
+    """:func:`member_bytes` of the most demanding trial of the grid (every shape group), else of the base."""
+    try:
+        configs = [spec.trial_config(v) for v in spec.grid()]
+    except Exception:  # noqa: BLE001 - a random / optuna spec has no grid: its base
+        configs = []
+    return max([member_bytes(c) for c in configs] or [member_bytes(spec)])
+
+
+def _free_gpu_memory(gpu_share: float, timeout_s: float | None = None) -> tuple[int | None, str]:
+    """Free memory of one GPU, probed by a task that holds the trial's GPU share: ``(bytes, "")``, or
+    ``(None, why)``. A probe still pending at ``timeout_s`` is cancelled, never left behind."""
     import ray
 
     @ray.remote(num_gpus=gpu_share, num_cpus=0)
@@ -73,24 +97,36 @@ def _free_gpu_memory(gpu_share: float) -> int | None:
         free, _ = torch.cuda.mem_get_info()
         return int(free)
 
+    timeout_s = float(os.environ.get("GROKRAY_PACK_PROBE_S", PACK_PROBE_S)) if timeout_s is None else timeout_s
+    ref = probe.remote()
+    ready, _ = ray.wait([ref], timeout=timeout_s)
+    if not ready:
+        ray.cancel(ref, force=True)
+        return None, (f"no GPU answered the memory probe within {timeout_s:g} s (GPU nodes may still be starting: "
+                      "GROKRAY_PACK_PROBE_S waits longer)")
     try:
-        return ray.get(probe.remote(), timeout=120)
-    except Exception:  # no GPU node answers: decide as on CPU
-        return None
+        free = ray.get(ref)
+    except Exception as e:  # noqa: BLE001 - the probe's worker died: say so, decide as on CPU
+        return None, f"the memory probe failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return (free, "") if free is not None else (None, "the probe's node has no CUDA device")
 
 
 def resolve_pack_size(spec: Any) -> int:
     """``resources.pack`` as a number: K as given; ``auto`` from the device (module docstring).
-    Needs Ray initialised for ``auto`` with a GPU."""
+    Needs Ray initialised for ``auto`` with a GPU. A probe that gets no answer is said in one warning
+    line (stderr) with its reason, and the sweep runs unpacked."""
     pack = spec.resources.pack
     if pack != "auto":
         return int(pack)
     if spec.resources.gpu <= 0:
         return 1
-    free = _free_gpu_memory(spec.resources.gpu)
+    free, why = _free_gpu_memory(spec.resources.gpu)
     if free is None:
+        print(f"[grokray] warning: pack: auto -> 1: {why}; set resources.pack: K to pack anyway", file=sys.stderr,
+              flush=True)
         return 1
-    return max(1, min(MAX_AUTO_PACK, int(0.8 * free * min(spec.resources.gpu, 1.0) // member_bytes(spec))))
+    usable = 0.8 * free * min(spec.resources.gpu, 1.0) - CUDA_CONTEXT_BYTES
+    return max(1, min(MAX_AUTO_PACK, int(usable // largest_member_bytes(spec))))
 
 
 def describe(packs: list[list[dict]], k: int | str) -> str:
@@ -149,8 +185,9 @@ def run_pack(config: dict, ctx: TrialContext) -> None:
     results = None
     try:
         with tempfile.TemporaryDirectory(prefix="grokray-pack-") as work:
-            pack = PackedTrainer([spec.trial_config(v) for v in members],
-                                 work_dirs=[Path(work) / str(slot) for slot in range(len(members))])
+            cfgs = [spec.trial_config(v) for v in members]
+            pack = PackedTrainer(cfgs, work_dirs=[Path(work) / str(slot) for slot in range(len(members))],
+                                 device=trial_device(cfgs[0].train.device))
             restore_state(pack)
             reporter = PackReporter(run_ids, spec.kind_impl.reported)
             draw = not spec.classifier.enabled   # the classifier draws curves.png

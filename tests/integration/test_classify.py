@@ -129,3 +129,20 @@ def test_bad_input_is_one_line(args, message, mlflow_uri, tmp_path):
     out = grokray(*[a.format(uri=mlflow_uri) for a in args], cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_evidence_is_computed_in_the_precision_the_trial_trained_in(tmp_path, mlflow_uri, monkeypatch):
+    """Issue 25: a bf16 trial (the trainer's default) is examined in bf16, an fp32 one in fp32."""
+    import grokray.classify as classify
+
+    seen = []
+    real = classify.circuit_evidence
+    monkeypatch.setattr(classify, "circuit_evidence", lambda *a, **kw: seen.append(kw["precision"]) or real(*a, **kw))
+    sets = [a for o in TINY for a in ("--set", o)]
+    for precision in ("bf16", "fp32"):
+        out = grokray("train", *sets, "--set", "train.max_steps=60", "--set", f"train.precision={precision}",
+                      "--experiment", f"prec-{precision}", "--tracking-uri", mlflow_uri, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert [o.action for o in classify_experiment(f"prec-{precision}", mlflow_uri, evidence="always")] == [
+            "labelled"]
+    assert seen == ["bf16", "fp32"]

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from grokray import tracking
 from grokray.sweep.kinds.base import Built
 from grokray.sweep.stopper import StopCallback
+from grokray.sweep.trainable import trial_device
 from grokray.train import Trainer
 
 REPORTED = ("acc/train", "loss/train", "train_loss", "acc/train_inferred", "acc/id_atomic", "acc/ood_atomic",
@@ -49,6 +50,6 @@ class TrialKind:
 
     def build(self, spec: Any, config: Mapping[str, Any], client: Any, run_id: str, work_dir: str) -> Built:
         cfg = spec.trial_config(config)
-        trainer = Trainer(cfg, work_dir=work_dir)
+        trainer = Trainer(cfg, work_dir=work_dir, device=trial_device(cfg.train.device))
         logger = tracking.RunLogger(client, run_id, draw_curves=not spec.classifier.enabled)
         return Built(trainer, [logger, StopCallback(spec.stopping)])
