@@ -20,8 +20,16 @@ In-process variants and the process pools are interleaved (A, B, C, ... rotating
 ratios are medians of per-round ratios against ``solo_eager``. Per variant: peak memory
 (``torch.cuda.max_memory_allocated`` above what was allocated before the variant was built;
 per process for the pools) and the mean GPU utilization while it ran (pynvml or nvidia-smi,
-when present). Before timing, a correctness check: packed vs solo forward on the GPU, and
-packed graph vs packed eager after the same steps.
+when present). Before timing, correctness checks, each with a pass/fail threshold
+(:data:`THRESHOLDS`, written into the JSON as ``check_results: [{name, value, threshold, rule,
+passed}]``; the raw measurements stay under ``checks``): packed vs solo forward on the device (fp32
+and the trial's precision), packed graph vs packed eager after the same steps, and packed vs solo
+TRAINING: K members trained packed for a few hundred steps against the same K configs trained solo
+by ``grokray.train.Trainer`` (fused AdamW), final loss on the training set per member, with both
+wall times and their ratio. The exit code is 1 when a check fails, so an unattended run says so.
+
+The process pools fail fast: a worker that dies without a word (killed, crashed in CUDA) is seen
+within ~2 s, and no wait on a worker exceeds ``--worker-timeout`` (120 s; in the JSON).
 
     python -m benchmarks.gpu_packing                 # CUDA: <= ~10 min, benchmarks/results/gpu_packing.json
     python -m benchmarks.gpu_packing --quick         # CUDA, fewer rounds and sizes (temp JSON)
@@ -31,6 +39,7 @@ Without CUDA and without ``--cpu-smoke`` it prints one line and exits 0.
 """
 from __future__ import annotations
 
+import math
 import queue as _queue
 import shutil
 import subprocess
@@ -46,6 +55,30 @@ NAME = "gpu_packing"
 #: Tiny shape for --cpu-smoke: exercises the code paths, measures nothing.
 SMOKE = ["data.n_entities=30", "data.n_relations=6", "data.out_degree=4", "data.phi=2.0", "model.d_model=32",
          "model.n_heads=2", "model.d_mlp=64", "train.batch_size=64", "train.lens_sample=0"]
+#: Seconds the driver waits on the process pool's workers at any one point (start-up, a round, the
+#: end) before it gives up on them; a worker that exits early is noticed within ~2 s regardless.
+WORKER_TIMEOUT_S = 120.0
+
+#: Pass/fail thresholds of the correctness checks (compared with ``<=``), and why these values.
+THRESHOLDS = {
+    # max |packed - solo| logit / max(1, max |logit|). fp32 (torch leaves TF32 off for matmuls): the same
+    # arithmetic per member in another kernel (baddbmm vs addmm), ~1e-6 expected; TF32 would give ~1e-3.
+    "forward_packed_vs_solo_fp32": 1e-4,
+    # bf16 autocast: another kernel may round an intermediate one bf16 ulp (2^-8 = 4e-3) apart, and that
+    # propagates through 2 loops; tests/unit/test_packed.py allows 2e-2 abs + 2e-2 rel on CPU.
+    "forward_packed_vs_solo_bf16": 5e-2,
+    # packed graph vs eager after 12 steps (trial precision): the same kernels replayed, so only a kernel
+    # that picks another algorithm under capture (cuBLAS) can differ, by rounding. Max |loss diff| ...
+    "graph_vs_eager_loss": 1e-3,
+    # ... and ||flat_graph - flat_eager|| / ||flat_eager||.
+    "graph_vs_eager_params": 1e-3,
+    # max over members of |loss/train packed - solo| / max(|solo|, 0.01) after a few hundred steps. Two
+    # bf16 kernels of the same step ended 1.1% apart in final loss/train after 1,000 steps
+    # (results/fastpath.json, fast_bf16 vs shipped_bf16): rounding noise grows along a trajectory. A
+    # packing bug (another member's lr or weight decay, an AdamW step off by one) moves it far more.
+    "train_packed_vs_solo_fp32": 0.05,
+    "train_packed_vs_solo_bf16": 0.10,
+}
 
 
 # --------------------------------------------------------------------------- configs
@@ -58,6 +91,21 @@ def trial_configs(n: int, smoke: bool, precision: str | None) -> list:
     for i in range(n):
         lr = 3e-3 if n == 1 else 1e-3 + 2e-3 * i / (n - 1)
         ov = (SMOKE if smoke else []) + [f"seed={i}", f"train.lr={lr:.6g}", "train.threads=0"]
+        out.append(default_config(*ov, precision=precision))
+    return out
+
+
+def training_configs(n: int, smoke: bool, precision: str | None) -> list:
+    """n default-trial configs for the packed-vs-solo training check: seeds 0..n-1, lr spread over
+    1e-3..3e-3 and weight decay over 1.0..0.1, so a member trained with another's hyper-parameters shows."""
+    from benchmarks.models import default_config
+
+    out = []
+    for i in range(n):
+        lr = 3e-3 if n == 1 else 1e-3 + 2e-3 * i / (n - 1)
+        wd = 1.0 if n == 1 else 1.0 - 0.9 * i / (n - 1)
+        ov = (SMOKE if smoke else []) + [f"seed={i}", f"train.lr={lr:.6g}", f"train.weight_decay={wd:.6g}",
+                                         "train.threads=0"]
         out.append(default_config(*ov, precision=precision))
     return out
 
@@ -211,7 +259,7 @@ class DeviceReference:
 
 def _proc_worker(rank: int, cfg_dict: dict, device: str, steps: int, rounds: int, warmup: int, barrier, out_q) -> None:
     """One solo trial in its own process: warm up, then ``rounds`` timed runs of ``steps`` steps,
-    each started at the shared barrier."""
+    each started at the shared barrier. A barrier the driver aborted (rounds it will not time) ends it."""
     try:
         import torch
         torch.set_num_threads(1)
@@ -225,9 +273,10 @@ def _proc_worker(rank: int, cfg_dict: dict, device: str, steps: int, rounds: int
             t.train_step()
         if cuda:
             torch.cuda.synchronize()
-        out_q.put(("ready", rank, None))
+        # Peak memory after the warm-up is the steady state: the driver may end the pool before "done".
+        out_q.put(("ready", rank, torch.cuda.max_memory_allocated() if cuda else None))
         for r in range(rounds):
-            barrier.wait(timeout=600)
+            barrier.wait(timeout=600)                                     # a safety net only: the driver aborts it
             t0 = time.time()
             for _ in range(steps):
                 loss = t.train_step()
@@ -235,38 +284,67 @@ def _proc_worker(rank: int, cfg_dict: dict, device: str, steps: int, rounds: int
             out_q.put(("round", rank, (r, t0, time.time())))
         peak = torch.cuda.max_memory_allocated() if cuda else None
         out_q.put(("done", rank, peak))
+    except threading.BrokenBarrierError:
+        return                                                            # released by the driver
     except BaseException:
         out_q.put(("error", rank, traceback.format_exc()))
 
 
 class ProcPool:
-    """N processes, one Trainer each, alive for the whole run; each call = one timed round."""
+    """N processes, one Trainer each, alive for the whole run; each call = one timed round.
 
-    def __init__(self, n: int, cfgs: list, device: str, steps: int, rounds: int, warmup: int):
+    Every wait on the workers is bounded by ``timeout_s`` and checks, once a second, that they are
+    alive: a worker killed by the OOM killer or a CUDA abort sends no "error" message, and used to
+    leave the driver waiting 600 s for it."""
+
+    def __init__(self, n: int, cfgs: list, device: str, steps: int, rounds: int, warmup: int,
+                 timeout_s: float = WORKER_TIMEOUT_S):
         import multiprocessing as mp
         ctx = mp.get_context("spawn")
-        self.n, self.steps, self.round = n, steps, 0
+        self.n, self.steps, self.rounds, self.round, self.timeout_s = n, steps, rounds, 0, timeout_s
         self.barrier = ctx.Barrier(n + 1)
         self.q = ctx.Queue()
         self._early: list = []
+        self.peak_bytes: list = []
         self.procs = [ctx.Process(target=_proc_worker, args=(i, cfgs[i].to_dict(), device, steps, rounds, warmup,
                                                              self.barrier, self.q), daemon=True)
                       for i in range(n)]
         for p in self.procs:
             p.start()
-        self._collect("ready", timeout=600)
-        self.peak_bytes: list = []
+        try:
+            self.peak_bytes = [m[2] for m in sorted(self._collect("ready"), key=lambda m: m[1])]
+        except BaseException:
+            self.close()
+            raise
 
-    def _collect(self, kind: str, timeout: float) -> list:
-        """n messages of ``kind``; others that arrive meanwhile (a fast worker's next one) are kept."""
+    def _dead(self) -> dict[int, int]:
+        """Workers that have exited: rank -> exit code."""
+        return {i: p.exitcode for i, p in enumerate(self.procs) if p.exitcode is not None}
+
+    def _collect(self, kind: str, timeout: float | None = None) -> list:
+        """n messages of ``kind``, one per worker; others that arrive meanwhile (a fast worker's next one)
+        are kept. Raises on a worker's error, on a worker that exited without sending ``kind``, and after
+        ``timeout`` seconds (default the per-worker timeout)."""
+        timeout = self.timeout_s if timeout is None else timeout
         got = [m for m in self._early if m[0] == kind][:self.n]
         self._early = [m for m in self._early if m not in got]
-        deadline = time.time() + timeout
+        deadline = time.monotonic() + timeout
+        grace = False                                                     # one more poll for a dead worker's last words
         while len(got) < self.n:
             try:
-                msg = self.q.get(timeout=max(1.0, deadline - time.time()))
+                msg = self.q.get(timeout=1.0)
             except _queue.Empty:
-                raise TimeoutError(f"process pool: waited {timeout:.0f} s for '{kind}'") from None
+                missing = set(range(self.n)) - {m[1] for m in got}
+                dead = {r: c for r, c in self._dead().items() if r in missing}
+                if dead:
+                    if grace:
+                        raise RuntimeError(f"process pool: worker(s) exited without sending '{kind}' "
+                                           f"(rank: exit code {dead}; negative = killed by that signal)") from None
+                    grace = True
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"process pool: waited {timeout:.0f} s (--worker-timeout) for '{kind}' "
+                                       f"from worker(s) {sorted(missing)}") from None
+                continue
             if msg[0] == "error":
                 raise RuntimeError(f"worker {msg[1]} failed:\n{msg[2]}")
             (got if msg[0] == kind else self._early).append(msg)
@@ -274,32 +352,46 @@ class ProcPool:
 
     def run_round(self) -> float:
         """Member-steps/s of one round: n x steps over the span from the first start to the last end."""
-        self.barrier.wait(timeout=600)
-        msgs = self._collect("round", timeout=600)
+        if dead := self._dead():
+            raise RuntimeError(f"process pool: worker(s) exited before round {self.round} (rank: exit code {dead})")
+        self.barrier.wait(timeout=self.timeout_s)
+        msgs = self._collect("round")
         t0 = min(m[2][1] for m in msgs)
         t1 = max(m[2][2] for m in msgs)
         self.round += 1
         return self.n * self.steps / (t1 - t0)
 
-    def close(self, rounds_left: int) -> None:
-        # Release the workers still waiting for rounds that will not be timed.
-        try:
-            for _ in range(rounds_left):
-                self.barrier.wait(timeout=60)
-                self._collect("round", timeout=600)
-            self.peak_bytes = [m[2] for m in self._collect("done", timeout=120)]
-        except Exception:
-            pass
+    def close(self) -> None:
+        """End the workers: after the last round collect their final peak memory; otherwise (budget
+        reached, a round failed) abort the barrier they wait at, so they exit at once."""
+        if self.round >= self.rounds and not self._dead():
+            try:
+                self.peak_bytes = [m[2] for m in sorted(self._collect("done"), key=lambda m: m[1])]
+            except Exception:
+                pass
+        self.barrier.abort()
         for p in self.procs:
-            p.join(timeout=30)
+            p.join(timeout=10)
             if p.is_alive():
                 p.terminate()                                            # only our own children
+                p.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- checks
 
-def correctness_checks(cfgs: list, device, cuda: bool) -> dict[str, Any]:
-    """Packed vs solo forward on this device; packed graph vs packed eager after the same steps."""
+def check(name: str, value: Any, threshold: Any, rule: str = "<=") -> dict[str, Any]:
+    """One pass/fail entry of the JSON's ``check_results``: ``value <= threshold`` (a NaN fails), or
+    ``value == threshold`` for ``rule="=="``."""
+    if rule == "<=":
+        passed = isinstance(value, (int, float)) and math.isfinite(value) and value <= threshold
+    else:
+        passed = value == threshold
+    return {"name": name, "value": value, "threshold": threshold, "rule": rule, "passed": bool(passed)}
+
+
+def correctness_checks(cfgs: list, device, cuda: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Packed vs solo forward on this device; packed graph vs packed eager after the same steps.
+    Returns the measurements and their pass/fail entries (:data:`THRESHOLDS`)."""
     import torch
 
     from grokray.data import load_dataset
@@ -308,6 +400,7 @@ def correctness_checks(cfgs: list, device, cuda: bool) -> dict[str, Any]:
     from grokray.packed import PackedLoopedTransformer, PackedTrainer
 
     out: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
     ds = load_dataset(cfgs[0].data)
     models = []
     for c in cfgs[:4]:
@@ -316,23 +409,93 @@ def correctness_checks(cfgs: list, device, cuda: bool) -> dict[str, Any]:
     packed = PackedLoopedTransformer.from_models(models, device=device)
     tokens = ds.encode(ds.probe_rows["train"]).tokens.to(device)[:256]
     toks = torch.stack([tokens] * len(models))
-    for prec in ("fp32", resolve_precision(cfgs[0].train.precision, torch.device(device))):
+    for prec in dict.fromkeys(("fp32", resolve_precision(cfgs[0].train.precision, torch.device(device)))):
         with torch.no_grad(), autocast(prec, torch.device(device)):
             a = packed(toks).float()
             b = torch.stack([m(tokens) for m in models]).float()
-        out[f"forward_max_abs_diff_packed_vs_solo_{prec}"] = float((a - b).abs().max())
-        out[f"forward_logit_scale_{prec}"] = float(b.abs().max())
+        diff, scale = float((a - b).abs().max()), float(b.abs().max())
+        out[f"forward_max_abs_diff_packed_vs_solo_{prec}"] = diff
+        out[f"forward_logit_scale_{prec}"] = scale
+        name = f"forward_packed_vs_solo_{prec}"
+        results.append(check(name, diff / max(1.0, scale), THRESHOLDS[name]))
     if cuda:
         n = min(8, len(cfgs))
         eager, graph = PackedTrainer(cfgs[:n], device=device), PackedTrainer(cfgs[:n], device=device, cuda_graph=True)
         for _ in range(12):
             le, lg = eager.train_step(), graph.train_step()
         torch.cuda.synchronize()
-        out["graph_vs_eager_after_12_steps"] = {
-            "graph_captured": graph._graph is not None,
+        ref = eager.model.flat.double()
+        g = out["graph_vs_eager_after_12_steps"] = {
+            "graph_captured": graph._graph is not None, "graph_error": graph.graph_error,
             "max_abs_param_diff": float((eager.model.flat - graph.model.flat).abs().max()),
+            "rel_param_diff": float((graph.model.flat.double() - ref).norm() / ref.norm()),
             "max_abs_loss_diff": float((le - lg).abs().max()), "losses_finite": bool(torch.isfinite(lg).all())}
-    return out
+        results += [check("graph_captured", g["graph_captured"], True, "=="),
+                    check("graph_losses_finite", g["losses_finite"], True, "=="),
+                    check("graph_vs_eager_loss", g["max_abs_loss_diff"], THRESHOLDS["graph_vs_eager_loss"]),
+                    check("graph_vs_eager_params", g["rel_param_diff"], THRESHOLDS["graph_vs_eager_params"])]
+    return out, results
+
+
+def training_comparison(k: int, steps: int, smoke: bool, precision: str | None, device, cuda: bool
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """K members trained packed (eager, as a packed sweep trial trains them) vs each config trained solo by
+    ``grokray.train.Trainer`` (fused AdamW, ``grokray.device.adamw_kernel``) for the same ``steps``, from the
+    same initializations and batch orders: the final loss on the whole training set per member, and the wall
+    times of the training steps (the first 5 of each run, with their one-off kernel loads, not timed).
+    Returns the measurements and the pass/fail entry (:data:`THRESHOLDS`)."""
+    import torch
+
+    from grokray.data import load_dataset
+    from grokray.packed import PackedTrainer
+    from grokray.train import Trainer, evaluate
+
+    cfgs = training_configs(k, smoke, precision)
+    ds = load_dataset(cfgs[0].data)
+    warm = min(5, steps)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def train_loss(model, probes, prec, dev) -> float:
+        return evaluate(model, {"train": probes["train"]}, prec, dev)["loss/train"]
+
+    pack = PackedTrainer(cfgs, datasets=[ds] * k, device=device)
+    for _ in range(warm):
+        pack.train_step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps - warm):
+        pack.train_step()
+    sync()
+    packed_s = time.perf_counter() - t0
+    prec = pack.precision
+    packed_loss = [train_loss(pack.member_model(i), pack.probes[i], prec, pack.device) for i in range(k)]
+    del pack
+    solo_loss, solo_s, kernel = [], 0.0, None
+    for cfg in cfgs:
+        t = Trainer(cfg, dataset=ds, device=device)
+        kernel = "fused" if t.optimizer.defaults.get("fused") else "foreach" if t.optimizer.defaults.get("foreach") \
+            else "for-loop"
+        for _ in range(warm):
+            t.train_step()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps - warm):
+            t.train_step()
+        sync()
+        solo_s += time.perf_counter() - t0
+        solo_loss.append(train_loss(t.model, t.probes, t.precision, t.device))
+        del t
+    rel = [abs(p - q) / max(abs(q), 0.01) for p, q in zip(packed_loss, solo_loss)]
+    out = {"members": k, "steps": steps, "timed_steps": steps - warm, "precision": prec, "solo_adamw": kernel,
+           "lr": [c.train.lr for c in cfgs], "weight_decay": [c.train.weight_decay for c in cfgs],
+           "loss_train_packed": packed_loss, "loss_train_solo": solo_loss, "rel_loss_diff": rel,
+           "packed_seconds": packed_s, "solo_seconds_total": solo_s,
+           "solo_over_packed_wall": solo_s / packed_s if packed_s > 0 else None}
+    name = f"train_packed_vs_solo_{prec}"
+    return out, check(name, max(rel), THRESHOLDS[name])
 
 
 # --------------------------------------------------------------------------- main
@@ -345,6 +508,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--seconds", type=float, default=None, help="target seconds per timed run of a variant")
     ap.add_argument("--budget", type=float, default=540.0, help="stop starting rounds after this many seconds")
+    ap.add_argument("--worker-timeout", type=float, default=WORKER_TIMEOUT_S,
+                    help="seconds to wait on the process pools' workers at any one point (default %(default)g)")
+    ap.add_argument("--train-steps", type=int, default=None,
+                    help="steps of the packed-vs-solo training check (default 400; --quick 200; --cpu-smoke 20)")
     args = ap.parse_args(argv)
     started, before = time.perf_counter(), C.snapshot()
 
@@ -443,11 +610,33 @@ def main(argv=None) -> int:
                                                           "(pip install -e '.[bench]')"}
 
     # ---- correctness before timing
+    check_results: list[dict[str, Any]] = []
     try:
-        checks = correctness_checks(cfgs, device, cuda)
+        checks, check_results = correctness_checks(cfgs, device, cuda)
     except Exception as e:
         checks = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
-    C.say(f"checks: {checks}")
+        check_results.append({**check("correctness_checks_ran", False, True, "=="), "error": checks["error"]})
+    train_steps = args.train_steps or (20 if smoke else 200 if args.quick else 400)
+    train_k = 2 if smoke else 4
+    checks["train_packed_vs_solo"] = {}
+    # fp32 (the arithmetic the tolerance is about) and, on CUDA, the trial's own precision (what sweeps run).
+    for prec in (["fp32"] if not cuda else ["fp32", None]):
+        try:
+            info, result = training_comparison(train_k, train_steps, smoke, prec, device, cuda)
+            checks["train_packed_vs_solo"][info["precision"]] = info
+            check_results.append(result)
+            C.say(f"trained {train_k} members {train_steps} steps ({info['precision']}): "
+                  f"packed {info['packed_seconds']:.2f} s, solo {info['solo_seconds_total']:.2f} s in all "
+                  f"(x{info['solo_over_packed_wall'] or 0:.2f}); "
+                  f"max relative loss/train difference {result['value']:.2e}")
+        except Exception as e:
+            key = prec or "trial"
+            checks["train_packed_vs_solo"][key] = {"error": f"{type(e).__name__}: {e}",
+                                                   "traceback": traceback.format_exc()[-3000:]}
+            check_results.append({**check(f"train_packed_vs_solo_{key}_ran", False, True, "=="),
+                                  "error": checks["train_packed_vs_solo"][key]["error"]})
+    for r in check_results:
+        C.say(f"check {r['name']}: {r['value']!r} {r['rule']} {r['threshold']!r}: {'pass' if r['passed'] else 'FAIL'}")
 
     # ---- the process pools (spawned once, one round per call)
     solo_steps = variants["solo_eager"].get("steps_per_run", 10)
@@ -456,7 +645,7 @@ def main(argv=None) -> int:
         name = f"procs{n}"
         variants[name] = {"members": n, "steps_per_run_per_process": solo_steps}
         try:
-            pools[name] = ProcPool(n, cfgs, str(device), solo_steps, rounds, warmup)
+            pools[name] = ProcPool(n, cfgs, str(device), solo_steps, rounds, warmup, args.worker_timeout)
             C.say(f"started {name}")
         except Exception as e:
             variants[name]["error"] = f"{type(e).__name__}: {e}"
@@ -507,7 +696,7 @@ def main(argv=None) -> int:
         done_rounds += 1
         C.say(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {raw[n][-1]:.4g}" for n in names if raw[n]))
     for name, pool in pools.items():
-        pool.close(rounds - pool.round)
+        pool.close()
         if pool.peak_bytes and pool.peak_bytes[0] is not None:
             variants[name]["peak_memory_mib_per_process"] = max(pool.peak_bytes) / 2 ** 20
 
@@ -536,11 +725,17 @@ def main(argv=None) -> int:
     payload = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "cpu_smoke": smoke,
                "config": {"trial": cfgs[0].to_dict(), "ks": ks, "processes": procs, "rounds": rounds,
                           "rounds_done": done_rounds, "target_seconds_per_run": target_s, "warmup_steps": warmup,
-                          "gpu_util_source": sampler.source if sampler else None},
+                          "gpu_util_source": sampler.source if sampler else None,
+                          "worker_timeout_s": args.worker_timeout, "train_check_steps": train_steps,
+                          "train_check_members": train_k,
+                          "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else None},
                "unit": "member-steps/s (trials x training steps per second)",
-               "variants": variants, "checks": checks, "notes": notes}
+               "variants": variants, "checks": checks, "check_results": check_results,
+               "checks_passed": all(r["passed"] for r in check_results), "notes": notes}
     C.write_result(NAME, args, payload, started, before)
-    return 0
+    failed = [r["name"] for r in check_results if not r["passed"]]
+    C.say(f"checks: {len(check_results) - len(failed)} passed" + (f", FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -163,8 +163,8 @@ VERDICT_METRICS = ("confidence", "final_target_level", "shortcut_best", "interch
 def verdict_metrics(v: Verdict) -> dict[str, float]:
     out = {f"{tracking.VERDICT_PREFIX}{k}": float(getattr(v, k)) for k in VERDICT_METRICS
            if getattr(v, k) is not None}
-    for c in REGISTRY.values():
-        rate = getattr(v, c.rate, None)
+    for name, c in REGISTRY.items():
+        rate = v.rates.get(name)
         if rate is not None:
             out[f"{tracking.VERDICT_PREFIX}{c.rate}"] = float(rate)
     out[f"{tracking.VERDICT_PREFIX}censored"] = float(v.censored)
@@ -174,7 +174,7 @@ def verdict_metrics(v: Verdict) -> dict[str, float]:
 
 
 #: Verdict metrics that only the checkpoint's evidence gives.
-EVIDENCE_METRICS = ("interchange", "interchange_control", "interchange_n", "causal_r1")
+EVIDENCE_METRICS = ("interchange", "interchange_control", "interchange_n", "carry", "causal_r1")
 
 
 def verdict_readme(v: Verdict, title: str, examined: bool = True) -> str:

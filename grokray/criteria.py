@@ -16,6 +16,12 @@ The registered criteria:
   (:mod:`grokray.circuits.interchange`, basis-free): the share of correct answers that follow a
   swapped bridge state, the best over the intermediate depths and positions searched;
   mediated when ``>= interchange_min``.
+* ``carry``: the bridge-carry test (:mod:`grokray.circuits.carry`): the share of correct answers
+  whose own hop-1 state, patched into another query with another second relation, makes it answer
+  with their bridge; mediated when ``>= carry_min``. The interchange test shows the second hop
+  *reads* the hop-1 state; this one that the clean answer's state *holds* its bridge: the trained
+  negative control (answers memorized whole) passes the first (0.64-0.71) and fails this one
+  (<= 0.06).
 * ``lens``: the plain logit lens reads the true bridge at an intermediate state for
   ``bridge_given_correct`` of the correct answers; mediated when ``>= circuit_bridge``. He et
   al. report the lens bridge rate over all OOD queries and set no threshold: conditioning on
@@ -34,7 +40,7 @@ Example:
     >>> REGISTRY["lens"].judge({"bridge_given_correct": 0.9, "lens_n_correct": 8}, VerdictParams()).mediated is None
     True
     >>> [c.tag for c in REGISTRY.values()]
-    ['grokray.label_interchange', 'grokray.label_lens']
+    ['grokray.label_interchange', 'grokray.label_carry', 'grokray.label_lens']
 """
 from __future__ import annotations
 
@@ -124,6 +130,15 @@ INTERCHANGE = Criterion(
     yes="swapping the bridge swaps the answer", no="the answers do not follow the bridge at any depth searched",
     extra_evidence=("interchange_control", "interchange_note"), context=_interchange_control)
 
+CARRY = Criterion(
+    name="carry",
+    summary="the bridge-carry test: does a correct answer's own hop-1 state hold its bridge, in a form another "
+            "query's second hop reads? (grokray's rule; passes the trained negative control)",
+    rate="carry", n="carry_n", threshold="carry_min",
+    measured="share of correct answers whose hop-1 state, put into another query, makes it answer with their bridge",
+    yes="the answer's own hop-1 state holds its bridge", no="the answer's hop-1 state holds no bridge the second "
+    "hop reads: answered without composing", extra_evidence=("carry_note",))
+
 LENS = Criterion(
     name="lens",
     summary="the logit lens reads the bridge at an intermediate state (He et al.'s measurement; "
@@ -134,7 +149,7 @@ LENS = Criterion(
     details=("lens-visible", "lens-invisible"))
 
 #: Every label criterion, by name; the first is the default.
-REGISTRY: dict[str, Criterion] = {c.name: c for c in (INTERCHANGE, LENS)}
+REGISTRY: dict[str, Criterion] = {c.name: c for c in (INTERCHANGE, CARRY, LENS)}
 #: Criterion names, in registry order.
 CRITERIA: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_CRITERION = CRITERIA[0]

@@ -28,8 +28,10 @@ CURVES = (("acc/train", "train", "tab:blue", "-"),
           ("acc/test_inferred_ood", "test OOD", "tab:red", "-"),
           ("lens/ood/bridge_found", "OOD bridge found (lens)", "tab:purple", "--"))
 #: The circuit curves (grokray.circuits.formation), drawn in a panel under the accuracy curves.
-CIRCUIT_CURVES = (("circuit/interchange/ood", "OOD", "tab:red", "-"),
-                  ("circuit/interchange/id", "ID", "tab:green", "-"),
+CIRCUIT_CURVES = (("circuit/interchange/ood", "OOD interchange", "tab:red", "-"),
+                  ("circuit/interchange/id", "ID interchange", "tab:green", "-"),
+                  ("circuit/carry/ood", "OOD carry", "tab:red", "--"),
+                  ("circuit/carry/id", "ID carry", "tab:green", "--"),
                   # the r1 patch alone: on memorized compositions the r1+r2 rate switches definition with the
                   # r2 state's answer leak from one evaluation to the next (grokray.circuits.formation)
                   ("circuit/interchange_r1/train", "train compositions (r1 alone)", "tab:cyan", ":"))
@@ -59,9 +61,9 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
         for (key, label, color, style), (x, y) in circuit:
             cax.plot(x, y, style, color=color, label=label, lw=1.4, marker=".", ms=3)
         cax.set_ylim(-0.02, 1.02)
-        cax.set_ylabel("interchange", fontsize=9)
-        cax.set_title("answers that follow a swapped bridge (fixed queries; gaps: too few correct answers)",
-                      fontsize=8)
+        cax.set_ylabel("bridge tests", fontsize=9)
+        cax.set_title("interchange: answers follow a swapped-in bridge; carry: an answer's own hop-1 state holds its "
+                      "bridge (fixed queries; gaps: too few correct answers)", fontsize=8)
         cax.tick_params(labelsize=8)
         cax.grid(alpha=0.3, which="both")
         cax.legend(fontsize=7, loc="center left", framealpha=0.9)

@@ -216,10 +216,16 @@ class VerdictParams:
     #: s = 0.05 the bar (0.29) is below ``generalize_acc_ood``; at the shortcut regime's s = 0.72
     #: it is 0.79 (held 0.59-0.62: shortcut); at s = 0.95 it is 0.96, never above 1.
     shortcut_excess: float = 0.25
-    #: Interchange success at or above which the answers are mediated by the bridge: most
-    #: correct answers follow a swapped bridge. Calibration: delayed OOD grokking 0.86, ID
-    #: composition 0.97; a rule that reads r2 alone scores ~0 by construction.
-    interchange_min: float = 0.5
+    #: Interchange success at or above which the answers are mediated by the bridge. Set from measured
+    #: distributions (docs/calibration.md, "The negative control"): the trained negative control (OOD
+    #: queries memorized whole, first hops never trained; 2 constructions x 2 graphs) scores 0.64-0.71,
+    #: because a composing model's second hop follows any bridge state it is handed; composing answers
+    #: score 0.86-1.00 (delayed OOD grokking 0.86-0.99, ID composition 0.99-1.00). 0.8 lies between.
+    interchange_min: float = 0.8
+    #: Bridge-carry success (grokray.circuits.carry) at or above which a correct answer's own hop-1 state
+    #: holds its bridge. Measured: negative control on its memorized OOD answers 0.005-0.055; the same
+    #: models' composed ID answers 0.78-0.92. 0.5 lies between (far from both).
+    carry_min: float = 0.5
     #: He et al.'s lens rule: ``bridge_given_correct`` at or above which the bridge counts as
     #: found (CPU probes: memorized-only 0.54-0.65, generalized ~1.0; He et al.'s fake run 0.65).
     circuit_bridge: float = 0.8
@@ -261,7 +267,7 @@ class VerdictParams:
             if getattr(self, f) < 1:
                 _fail(name(f), "must be >= 1", getattr(self, f))
         for f in ("memorize_acc", "generalize_acc_ood", "generalize_acc_id", "semi_acc_ood", "semi_acc_id",
-                  "interchange_min", "circuit_bridge"):
+                  "interchange_min", "carry_min", "circuit_bridge"):
             if not 0 < getattr(self, f) <= 1:
                 _fail(name(f), "must be in (0, 1]", getattr(self, f))
         if not 0 <= self.shortcut_excess < 1:
@@ -350,6 +356,8 @@ class Verdict:
     #: Whether each criterion found the answers mediated by the bridge (None: no sufficient evidence;
     #: absent: the run did not generalize, so mechanism was not asked).
     mediated: dict[str, bool | None] = field(default_factory=dict)
+    #: Each criterion's measured rate (None: not measured, or on too few answers), keyed by criterion.
+    rates: dict[str, float | None] = field(default_factory=dict)
     #: False when the budget did not settle the outcome (``semi``, ``censored``, still rising).
     determined: bool = True
     #: First step from which the logged interchange curve held ``interchange_min`` (None: never or not logged).
@@ -403,7 +411,7 @@ class Verdict:
         legacy = {c: kwargs.pop(f"label_{c}") for c in ("lens", "interchange") if f"label_{c}" in kwargs}
         if legacy and "labels" not in kwargs:
             kwargs["labels"] = {c: v for c, v in legacy.items() if v is not None}
-        for key in ("margins", "params", "labels", "mediated"):
+        for key in ("margins", "params", "labels", "mediated", "rates"):
             if key in kwargs:
                 kwargs[key] = dict(kwargs[key])
         if "reasons" in kwargs:
@@ -665,10 +673,13 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
         # No end-of-run lens reading: the last logged one (over the lens sample's correct answers).
         ev["bridge_given_correct"] = metric_series(entries, lens + "bridge_given_correct").last()
     ev = {k: v for k, v in ev.items() if v is not None}
-    curve = metric_series(entries, CIRCUIT_CURVE[split])
+    # the curve of the chosen criterion where the trainer logs one (interchange, carry), else the interchange's
+    curve_name = f"circuit/{criterion}/{split}" if criterion in ("interchange", "carry") else CIRCUIT_CURVE[split]
+    curve_bar = getattr(p, REGISTRY[criterion if criterion in ("interchange", "carry") else "interchange"].threshold)
+    curve = metric_series(entries, curve_name)
     # smoothed like the target: the rate can switch between its r1 and r1+r2 definitions from one evaluation
     # to the next (grokray.circuits.formation); a median of 3 keeps an isolated flip from starting or ending it
-    t_circuit = (first_sustained(curve.steps, running_median(curve.values, p.smooth_window), p.interchange_min,
+    t_circuit = (first_sustained(curve.steps, running_median(curve.values, p.smooth_window), curve_bar,
                                  p.sustain) if len(curve.steps) else None)
 
     labels = {c: "no_grokking" for c in REGISTRY}
@@ -687,7 +698,7 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
                            f"capped at {p.no_circuit_cap:g}")
     label = labels[criterion]
     if t_circuit is not None:
-        reasons.append(f"the bridge mediated answers (logged {CIRCUIT_CURVE[split]} >= {p.interchange_min:g}) "
+        reasons.append(f"the bridge mediated answers (logged {curve_name} >= {curve_bar:g}) "
                        f"from step {t_circuit}" + (f"; {split.upper()} acc held from step {t_gen}"
                                                    if t_gen is not None else ""))
     head = "shortcut" if shortcut_level else kind
@@ -737,6 +748,7 @@ def classify_history(history: Iterable[Mapping[str, Any]], *, max_steps: int, st
         bridge_found=ev.get("bridge_found"), bridge_given_correct=_usable(ev, "lens", p),
         causal_r1=ev.get("causal_r1"), n_target=ev.get("n_target"), lens_visible=lens_visible,
         labels=labels, mediated=mediated, determined=determined, t_circuit=t_circuit,
+        rates={name: _usable(ev, name, p) for name in REGISTRY},
         margins={k: float(v) for k, v in margins.items()}, reasons=reasons,
         classifier_version=CLASSIFIER_VERSION, params=p.to_dict())
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from grokray.circuits.carry import CarryResult, carry_test
 from grokray.circuits.interchange import InterchangeResult, interchange_test
 from grokray.circuits.lens import LENS_SPLITS, lens_profile
 from grokray.circuits.patching import PatchingResult, causal_patching, r1_dependence, short_depth_name
@@ -51,6 +52,7 @@ class CircuitEvidence:
     answer_top1: np.ndarray          # [D, 3]
     patching_target: PatchingResult | None
     patching_train: PatchingResult | None
+    carry: CarryResult | None = None             # on the target split (the bridge-carry test)
 
     @property
     def shortcut_best(self) -> tuple[float | None, str | None]:
@@ -70,7 +72,10 @@ class CircuitEvidence:
                       "interchange_note": ic.why_none() or None, "n_intermediate": len(ic.depth_names),
                       "bridge_given_correct": self.bridge_given_correct, "bridge_found": self.bridge_found,
                       "lens_n_correct": self.lens_n_correct, "causal_r1": self.causal_r1, "shortcut_best": best,
-                      "shortcut_rule": rule, "n_target": self.n_target})
+                      "shortcut_rule": rule, "n_target": self.n_target,
+                      "carry": self.carry.best if self.carry else None,
+                      "carry_n": self.carry.n_queries if self.carry else None,
+                      "carry_note": (self.carry.why_none() or None) if self.carry else None})
 
     def to_dict(self) -> dict[str, Any]:
         return plain({"split": self.split, "n_target": self.n_target, "target_acc": self.target_acc,
@@ -80,7 +85,8 @@ class CircuitEvidence:
                       "depth_names": self.depth_names, "lens_bridge_top1": self.bridge_top1,
                       "lens_answer_top1": self.answer_top1,
                       "patching_target": self.patching_target.to_dict() if self.patching_target else None,
-                      "patching_train": self.patching_train.to_dict() if self.patching_train else None})
+                      "patching_train": self.patching_train.to_dict() if self.patching_train else None,
+                      "carry_detail": self.carry.to_dict() if self.carry else None})
 
     def plot_lens(self, path: str, title: str = "") -> str:
         rows = [short_depth_name(n) for n in self.depth_names]
@@ -113,6 +119,7 @@ def circuit_evidence(model: LoopedTransformer, dataset: Dataset, split: str = "o
     if len(dataset.rows.get(LENS_SPLITS[other], ())):
         interchange_other = interchange_test(model, dataset, LENS_SPLITS[other], n=n, seed=seed,
                                              precision=precision, device=device)
+    carry = carry_test(model, dataset, target_split, n=n, seed=seed, precision=precision, device=device)
     patch_target = causal_patching(model, dataset, split=target_split, n=n, seed=seed, only_correct=True,
                                    tokens=("h", "r1", "r2"), precision=precision, device=device)
     causal = r1_dependence(patch_target, "h") if patch_target.n_queries.get("h", 0) else float("nan")
@@ -124,7 +131,7 @@ def circuit_evidence(model: LoopedTransformer, dataset: Dataset, split: str = "o
         bridge_given_correct=float(found[correct].mean()) if correct.any() else float("nan"),
         lens_n_correct=int(correct.sum()), causal_r1=float(causal), depth_names=list(profile.depth_names),
         bridge_top1=profile.bridge_top1, answer_top1=profile.answer_top1,
-        patching_target=patch_target, patching_train=patch_train)
+        patching_target=patch_target, patching_train=patch_train, carry=carry)
 
 
 __all__ = ["CircuitEvidence", "circuit_evidence"]

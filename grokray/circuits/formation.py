@@ -17,6 +17,8 @@ accuracy curves:
   ``min_queries`` of them are answered (the test is defined on correct answers only) or for a
   model with no intermediate state;
 * ``circuit/interchange_n/<split>``: how many queries that rate rests on;
+* ``circuit/carry/<split>`` (``ood``, ``id``): the bridge-carry test (:mod:`grokray.circuits.carry`)
+  on the same queries: does a correct answer's own hop-1 state hold its bridge?
 * ``circuit/interchange_r1/<split>``: the same with only hop 1's positions patched (r1 under
   causal attention), and ``circuit/answer_leak/<split>``: the share of answers the r2 state alone
   carries over. The interchange rate patches r1 and r2 together where the r2 state does not
@@ -38,7 +40,7 @@ Example:
     >>> m["circuit/interchange_n/ood"] < 20, m["circuit/interchange/ood"]   # too few correct answers: NaN
     (True, nan)
     >>> [k for k in sorted(m) if k.endswith("/ood")]
-    ['circuit/answer_leak/ood', 'circuit/interchange/ood', 'circuit/interchange_n/ood', 'circuit/interchange_r1/ood']
+    ['circuit/answer_leak/ood', 'circuit/carry/ood', 'circuit/interchange/ood', 'circuit/interchange_n/ood', 'circuit/interchange_r1/ood']
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ import math
 
 import torch
 
+from grokray.circuits.carry import carry_test
 from grokray.circuits.interchange import MIN_QUERIES, interchange_test
 from grokray.circuits.patching import patch_queries
 from grokray.data import Dataset
@@ -86,4 +89,8 @@ def circuit_metrics(model: LoopedTransformer, dataset: Dataset, sample: int, pre
         out[circuit_metric("interchange_r1", short)] = float(max(res.hop1_only)) if usable else math.nan
         leak = res.answer_leak[int(res.success.argmax())] if usable else math.nan
         out[circuit_metric("answer_leak", short)] = float(leak)
+        if short != "train":   # the bridge-carry test on the test splits (grokray.circuits.carry)
+            carry = carry_test(model, dataset, split, n=len(fixed), seed=seed, precision=precision, device=device,
+                               min_queries=CURVE_MIN_QUERIES, rows=fixed)
+            out[circuit_metric("carry", short)] = carry.best if carry.best is not None else math.nan
     return out

@@ -166,7 +166,7 @@ def test_an_r2_shortcut_scores_zero_interchange_and_is_never_called_grokking():
     assert v.label == "no_grokking" and v.labels["interchange"] == "no_grokking" and v.detail.startswith("shortcut")
     assert v.mediated["interchange"] is False
     assert any("within reach of a shortcut" in r for r in v.reasons)
-    assert any("interchange 0.00 < 0.5" in r for r in v.reasons)
+    assert any("interchange 0.00 < 0.8" in r for r in v.reasons)
 
 
 def test_a_single_block_application_is_never_true(data):
@@ -178,8 +178,8 @@ def test_a_single_block_application_is_never_true(data):
                for s in (0, 10, 100, 200, 400, 800, 1600, 3200)]
     v = classify_history(history, max_steps=3200, evidence={"n_intermediate": 0, "interchange_n": res.n_queries,
                                                             "bridge_given_correct": 1.0, "lens_n_correct": 100})
-    assert v.behaviour == "grokking" and v.label == "fake_grokking" and v.labels == {"interchange": "fake_grokking",
-                                                                                     "lens": "fake_grokking"}
+    assert v.behaviour == "grokking" and v.label == "fake_grokking" and v.labels == {
+        "interchange": "fake_grokking", "carry": "fake_grokking", "lens": "fake_grokking"}
 
 
 def test_hop1_positions_follow_the_mask(data):
