@@ -21,7 +21,7 @@ The registered criteria:
   with their bridge; mediated when ``>= carry_min``. The interchange test shows the second hop
   *reads* the hop-1 state; this one that the clean answer's state *holds* its bridge: the trained
   negative control (answers memorized whole) passes the first (0.64-0.71) and fails this one
-  (<= 0.06).
+  (<= 0.08).
 * ``lens``: the plain logit lens reads the true bridge at an intermediate state for
   ``bridge_given_correct`` of the correct answers; mediated when ``>= circuit_bridge``. He et
   al. report the lens bridge rate over all OOD queries and set no threshold: conditioning on
@@ -133,7 +133,7 @@ INTERCHANGE = Criterion(
 CARRY = Criterion(
     name="carry",
     summary="the bridge-carry test: does a correct answer's own hop-1 state hold its bridge, in a form another "
-            "query's second hop reads? (grokray's rule; passes the trained negative control)",
+            "query's second hop reads? (grokray's rule; the trained negative control fails it, as it should)",
     rate="carry", n="carry_n", threshold="carry_min",
     measured="share of correct answers whose hop-1 state, put into another query, makes it answer with their bridge",
     yes="the answer's own hop-1 state holds its bridge", no="the answer's hop-1 state holds no bridge the second "

@@ -18,7 +18,7 @@ CASES = [
      "interchange 0.90 >= 0.8 over 200 correct answers, same-bridge control keeps 0.97"),
     # the trained negative control: its second hop follows a swapped-in bridge, its own states hold none
     ("interchange", {"interchange": 0.71, "interchange_n": 200}, False, None, "interchange 0.71 < 0.8"),
-    ("carry", {"carry": 0.03, "carry_n": 200}, False, None, "carry 0.03 < 0.5 over 200 correct answers"),
+    ("carry", {"carry": 0.03, "carry_n": 200}, False, None, "carry 0.03 < 0.25 over 200 correct answers"),
     ("carry", {"carry": 0.9, "carry_n": 200}, True, None, "holds its bridge"),
     ("interchange", {"interchange": 0.2, "interchange_n": 200}, False, None, "at any depth searched"),
     ("interchange", {"interchange": 0.9, "interchange_n": 5}, None, None, "insufficient: measured on 5"),
