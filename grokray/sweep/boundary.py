@@ -1,0 +1,360 @@
+"""Adaptive phase-boundary search: label a grid's phase map with a fraction of its trials.
+
+A grid spends most of its trials deep inside a phase, where every neighbour has the same label.
+This search samples a coarse lattice of the grid first, then refines only the cells whose
+corners disagree (adaptive mesh refinement, as physics maps phase diagrams; level-set estimation,
+Gotovos et al. 2013), until every label boundary is resolved to one grid step or the trial budget
+is spent. The rule:
+
+1. **Coarse design.** Along each axis of ``n`` values take every ``stride``-th index and the last
+   (``stride``: the largest power of two leaving at least ``min_coarse`` values). The coarse
+   lattice cuts the grid into cells (boxes between neighbouring coarse indices).
+2. **Refine where labels disagree.** A cell whose corners carry more than one label (or a point
+   whose replicates disagree, :data:`MIXED`) is split in two along every axis it spans by more
+   than one step. Of the new points, those between corners that agree (the midpoint of an edge
+   whose two ends have one label) take that label without a trial, as a uniform cell's interior
+   does; the others (the centre, the midpoints of edges the boundary crosses) are the next points
+   to label. A cell whose
+   corners agree is settled as uniform; with ``island_probe`` its centre is labelled once when it
+   spans ``island_probe`` steps or more, so an island smaller than a coarse cell is not missed
+   for certain.
+3. **Order.** The largest mixed cells first (coarse to fine everywhere before fine anywhere), so a
+   budget that ends early leaves a map resolved evenly.
+4. **Stop** when the budget is spent or no mixed cell can be split (every boundary is between
+   neighbouring grid points).
+
+:meth:`BoundarySearch.predict` fills the map: each grid point takes the label of its nearest
+labelled point (ties: the lowest index). Categorical axes (augmentation) are facets: one search
+per facet value (:class:`FacetedSearch`). Pure Python and numpy, no Ray: the Tune searcher
+(``method: boundary``) and the replay benchmark (``python -m benchmarks.boundary_search``) drive it.
+
+Example: a 9 x 9 map whose label flips at x = 5 is found with 23 of its 81 points.
+
+    >>> truth = lambda p: "no" if p[0] < 5 else "true"
+    >>> s = BoundarySearch((9, 9))
+    >>> while (point := s.propose()) is not None:
+    ...     s.observe(point, truth(point))
+    >>> s.n_labelled, bool((s.predict() == [[truth((i, j)) for j in range(9)] for i in range(9)]).all())
+    (23, True)
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Iterable, Sequence
+
+import numpy as np
+
+#: The label of a point whose replicates disagree: every cell that has it as a corner is mixed.
+MIXED = "__mixed__"
+
+Point = tuple[int, ...]
+
+
+def coarse_indices(n: int, min_coarse: int = 3) -> tuple[list[int], int]:
+    """The coarse indices of an axis of ``n`` values and their stride.
+
+    >>> coarse_indices(20), coarse_indices(5), coarse_indices(2)
+    (([0, 8, 16, 19], 8), ([0, 2, 4], 2), ([0, 1], 1))
+    """
+    if n <= min_coarse:
+        return list(range(n)), 1
+    stride = 1
+    while len(range(0, n, stride * 2)) >= min_coarse:   # the doubled lattice still has enough points
+        stride *= 2
+    idx = sorted(set(range(0, n, stride)) | {n - 1})
+    return idx, stride
+
+
+@dataclass
+class BoundarySearch:
+    """The refinement of one facet's grid (``shape``: the number of values of each numeric axis)."""
+    shape: tuple[int, ...]
+    min_coarse: int = 3
+    island_probe: int = 0          # label the centre of a uniform cell spanning >= this many steps (0: never)
+    labels: dict[Point, Any] = field(default_factory=dict)
+    pending: set[Point] = field(default_factory=set)
+    reasons: dict[Point, str] = field(default_factory=dict)   # why each point was proposed
+    cells: list[tuple[Point, Point]] = field(default_factory=list)
+    probed: set[tuple[Point, Point]] = field(default_factory=set)
+    inferred: dict[Point, Any] = field(default_factory=dict)   # labels taken from agreeing corners, no trial
+    settled: list[tuple[Point, Point]] = field(default_factory=list)   # cells whose corners agree: uniform
+    #: Infer a new point's label from agreeing corners only across at most this many steps: a boundary can
+    #: dip across a long edge and back between two agreeing ends (measured on the replay maps).
+    infer_span: int = 4
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(n) for n in self.shape)
+        if not self.shape or min(self.shape) < 1:
+            raise ValueError(f"shape must have positive sizes (got {self.shape})")
+        if not self.cells:
+            axes = [coarse_indices(n, self.min_coarse)[0] for n in self.shape]
+            self.cells = [tuple(zip(*[(a[i], a[min(i + 1, len(a) - 1)]) for a, i in zip(axes, ix)]))
+                          for ix in itertools.product(*[range(max(len(a) - 1, 1)) for a in axes])]
+            self.cells = [(tuple(lo), tuple(hi)) for lo, hi in self.cells]
+            self._coarse = [p for p in itertools.product(*axes)]
+        else:
+            self._coarse = []
+
+    # ------------------------------------------------------------------ labels
+    @property
+    def n_labelled(self) -> int:
+        return len(self.labels)
+
+    def observe(self, point: Sequence[int], label: Hashable) -> None:
+        """A label for ``point``; a second, different label for the same point makes it :data:`MIXED`."""
+        p = tuple(int(i) for i in point)
+        self.pending.discard(p)
+        before = self.known(p)
+        if p in self.labels and self.labels[p] != label:
+            self.labels[p] = MIXED
+        else:
+            self.labels[p] = label
+        if before is not None and before != self.labels[p]:   # a settled cell with this corner is open again
+            reopened = [c for c in self.settled if p in self._corners(c)]
+            self.settled = [c for c in self.settled if c not in reopened]
+            self.cells += reopened
+
+    # ------------------------------------------------------------------ proposals
+    def known(self, p: Point) -> Any:
+        """A point's label: observed, else inferred from agreeing corners, else None."""
+        return self.labels.get(p, self.inferred.get(p))
+
+    def _split(self, cell: tuple[Point, Point]) -> list[tuple[Point, Point]]:
+        """The sub-cells of a cell cut in two along every axis it spans by more than one step; new
+        points lying between agreeing known corners inherit their label (:attr:`inferred`)."""
+        lo, hi = cell
+        mids = [sorted({a, (a + b) // 2, b}) for a, b in zip(lo, hi)]
+        for p in itertools.product(*mids):
+            if self.known(p) is not None:
+                continue
+            ends = set(itertools.product(*[[c] if c in (a, b) else [a, b] for c, a, b in zip(p, lo, hi)]))
+            if max(b - a for c, a, b in zip(p, lo, hi) if c not in (a, b)) > self.infer_span:
+                continue
+            labels = {self.known(e) for e in ends}
+            if len(labels) == 1 and None not in labels and MIXED not in labels:
+                self.inferred[p] = labels.pop()
+        return [(tuple(m[i] for m, i in zip(mids, ix)), tuple(m[min(i + 1, len(m) - 1)] for m, i in zip(mids, ix)))
+                for ix in itertools.product(*[range(max(len(m) - 1, 1)) for m in mids])]
+
+    def _corners(self, cell: tuple[Point, Point]) -> list[Point]:
+        lo, hi = cell
+        return sorted(set(itertools.product(*[sorted({a, b}) for a, b in zip(lo, hi)])))
+
+    def _refine(self) -> list[tuple[Point, str]]:
+        """Split every fully labelled mixed cell; the points the open cells still need, with reasons."""
+        need: list[tuple[int, Point, str]] = []
+        changed = True
+        while changed:
+            changed = False
+            kept: list[tuple[Point, Point]] = []
+            for cell in self.cells:
+                corners = self._corners(cell)
+                missing = [c for c in corners if self.known(c) is None]
+                lo, hi = cell
+                span = max(b - a for a, b in zip(lo, hi))
+                if missing:
+                    kept.append(cell)
+                    why = ("coarse design" if span and all(c in self._coarse for c in missing)
+                           else f"refine: corners of a {span}-step cell")
+                    need += [(span, c, why) for c in missing]
+                    continue
+                values = {self.known(c) for c in corners}
+                if len(values) > 1 or MIXED in values:
+                    if span <= 1:
+                        continue                      # resolved: the boundary is between neighbours
+                    kept += self._split(cell)
+                    changed = True
+                    continue
+                # uniform: settled, unless an island probe is due
+                if self.island_probe and span >= self.island_probe and cell not in self.probed:
+                    centre = tuple((a + b) // 2 for a, b in zip(lo, hi))
+                    self.probed.add(cell)
+                    if self.known(centre) is None or centre in self.inferred:
+                        need.append((span, centre, f"island probe: centre of a uniform {span}-step cell"))
+                    kept.append(cell)
+                elif cell not in self.probed or self.labels.get(tuple((a + b) // 2 for a, b in zip(lo, hi))) \
+                        in (None, self.known(corners[0])):
+                    self.settled.append(cell)
+            self.cells = kept
+        # open cells that are uniform and probed stay until the probe is labelled; then they split if it differs
+        out: dict[Point, tuple[int, str]] = {}
+        for span, p, why in need:
+            if p not in self.pending and p not in self.labels and (p not in out or out[p][0] < span):
+                if p in self.inferred and not why.startswith("island"):
+                    continue
+                out[p] = (span, why)
+        self._probe_splits()
+        return [(p, why) for p, (span, why) in sorted(out.items(), key=lambda kv: (-kv[1][0], kv[0]))]
+
+    def _probe_splits(self) -> None:
+        """A probed uniform cell whose centre came back with another label is split like a mixed cell."""
+        kept = []
+        for cell in self.cells:
+            lo, hi = cell
+            centre = tuple((a + b) // 2 for a, b in zip(lo, hi))
+            corners = self._corners(cell)
+            if (cell in self.probed and centre in self.labels and all(self.known(c) is not None for c in corners)
+                    and self.labels[centre] != self.known(corners[0])):
+                self.inferred = {p: lab for p, lab in self.inferred.items()      # the cell was not uniform after all
+                                 if not all(a <= c <= b for c, a, b in zip(p, lo, hi))}
+                kept += self._split(cell)
+            else:
+                kept.append(cell)
+        self.cells = kept
+
+    def propose(self) -> Point | None:
+        """The next point to label (marked pending), or None: nothing to do until a pending label
+        arrives, or nothing left (:attr:`finished`)."""
+        need = self._refine()
+        if not need:
+            return None
+        point, why = need[0]
+        self.pending.add(point)
+        self.reasons[point] = why
+        return point
+
+    @property
+    def finished(self) -> bool:
+        """No pending point and nothing to propose: every boundary is resolved to one step."""
+        return not self.pending and not self._refine()
+
+    # ------------------------------------------------------------------ the map
+    def predict(self) -> np.ndarray:
+        """Every grid point's label: its own (observed or inferred); else, inside a settled cell whose
+        corners agree, that label (the refinement's own assumption); else its nearest known point's
+        (squared index distance; ties to the lowest index). An object array of ``shape``."""
+        known = sorted({**self.inferred, **self.labels}.items())
+        out = np.empty(self.shape, dtype=object)
+        if not known:
+            return out
+        for cell in [*self.settled, *self.cells]:
+            values = {self.known(c) for c in self._corners(cell)}
+            if len(values) == 1 and None not in values and MIXED not in values:
+                lo, hi = cell
+                out[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = values.pop()
+        for p, lab in known:
+            out[p] = lab
+        pts = np.array([p for p, _ in known])
+        for p in itertools.product(*[range(n) for n in self.shape]):
+            if out[p] is None:
+                out[p] = known[int(np.argmin(((pts - np.array(p)) ** 2).sum(1)))][1]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "min_coarse": self.min_coarse, "island_probe": self.island_probe,
+                "infer_span": self.infer_span,
+                "labels": [[list(p), lab] for p, lab in self.labels.items()],
+                "pending": [list(p) for p in self.pending],
+                "reasons": [[list(p), r] for p, r in self.reasons.items()],
+                "cells": [[list(lo), list(hi)] for lo, hi in self.cells],
+                "probed": [[list(lo), list(hi)] for lo, hi in self.probed], "coarse": [list(p) for p in self._coarse],
+                "settled": [[list(lo), list(hi)] for lo, hi in self.settled],
+                "inferred": [[list(p), lab] for p, lab in self.inferred.items()]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "BoundarySearch":
+        s = cls(tuple(state["shape"]), state["min_coarse"], state["island_probe"], infer_span=state.get("infer_span", 4),
+                labels={tuple(p): lab for p, lab in state["labels"]}, pending={tuple(p) for p in state["pending"]},
+                reasons={tuple(p): r for p, r in state["reasons"]},
+                cells=[(tuple(lo), tuple(hi)) for lo, hi in state["cells"]],
+                probed={(tuple(lo), tuple(hi)) for lo, hi in state["probed"]},
+                inferred={tuple(p): lab for p, lab in state.get("inferred", [])},
+                settled=[(tuple(lo), tuple(hi)) for lo, hi in state.get("settled", [])])
+        s._coarse = [tuple(p) for p in state["coarse"]]
+        return s
+
+
+def boundary_points(labels: np.ndarray) -> set[Point]:
+    """Grid points with a neighbour (one step along one axis) of another label.
+
+    >>> sorted(boundary_points(np.array([["a", "a", "b"], ["a", "a", "b"]], dtype=object)))
+    [(0, 1), (0, 2), (1, 1), (1, 2)]
+    """
+    out: set[Point] = set()
+    for p in itertools.product(*[range(n) for n in labels.shape]):
+        for ax in range(labels.ndim):
+            q = list(p)
+            q[ax] += 1
+            if q[ax] < labels.shape[ax] and labels[tuple(q)] != labels[p]:
+                out.add(p)
+                out.add(tuple(q))
+    return out
+
+
+def boundary_error(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """The Hausdorff distance (in grid steps, Chebyshev) between the true and the predicted boundary
+    points: <= 1 means every boundary was found to within one grid step and none was invented.
+    0 when neither map has a boundary; inf when only one has."""
+    a, b = boundary_points(truth), boundary_points(predicted)
+    if not a and not b:
+        return 0.0
+    if not a or not b:
+        return float("inf")
+    A, B = np.array(sorted(a)), np.array(sorted(b))
+
+    def directed(X: np.ndarray, Y: np.ndarray) -> float:
+        return float(max(np.abs(Y - x).max(1).min() for x in X))
+
+    return max(directed(A, B), directed(B, A))
+
+
+@dataclass
+class FacetedSearch:
+    """One :class:`BoundarySearch` per facet value (categorical axes); proposals round-robin over
+    the facets that have something to propose."""
+    facets: list[Hashable]
+    shape: tuple[int, ...]
+    min_coarse: int = 3
+    island_probe: int = 0
+    searches: dict = field(default_factory=dict)
+    _turn: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.searches:
+            self.searches = {f: BoundarySearch(self.shape, self.min_coarse, self.island_probe) for f in self.facets}
+
+    def propose(self) -> tuple[Hashable, Point] | None:
+        for k in range(len(self.facets)):
+            f = self.facets[(self._turn + k) % len(self.facets)]
+            p = self.searches[f].propose()
+            if p is not None:
+                self._turn = (self._turn + k + 1) % len(self.facets)
+                return f, p
+        return None
+
+    def observe(self, facet: Hashable, point: Sequence[int], label: Hashable) -> None:
+        self.searches[facet].observe(point, label)
+
+    @property
+    def n_labelled(self) -> int:
+        return sum(s.n_labelled for s in self.searches.values())
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.searches.values())
+
+
+def run_oracle(search: BoundarySearch, truth: Any, budget: int | None = None, batch: int = 1) -> int:
+    """Drive ``search`` with an oracle (``truth(point) -> label``), ``batch`` points in flight at a
+    time (as ``max_concurrent`` trials would be), until it finishes or ``budget`` labels are spent.
+    Returns the number of labels used."""
+    used = 0
+    while budget is None or used < budget:
+        flight = []
+        while len(flight) < batch and (budget is None or used + len(flight) < budget):
+            p = search.propose()
+            if p is None:
+                break
+            flight.append(p)
+        if not flight:
+            break
+        for p in flight:
+            search.observe(p, truth(p))
+        used += len(flight)
+    return used
+
+
+def grid_of(values: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """The axes' values as lists (a helper for specs): ``[[3.6, 7.2], [0.1, 1.0]]``."""
+    return [list(v) for v in values]

@@ -1,0 +1,83 @@
+"""grokray.sweep.boundary: the adaptive phase-boundary search, on maps whose boundaries are known."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from grokray.sweep.boundary import (MIXED, BoundarySearch, FacetedSearch, boundary_error, boundary_points,
+                                    coarse_indices, run_oracle)
+
+
+@pytest.mark.parametrize("n, min_coarse, expected", [
+    (1, 3, [0]), (2, 3, [0, 1]), (3, 3, [0, 1, 2]), (5, 3, [0, 2, 4]), (5, 2, [0, 4]), (9, 3, [0, 4, 8]),
+    (20, 3, [0, 8, 16, 19]), (4, 2, [0, 2, 3]),
+])
+def test_coarse_indices(n, min_coarse, expected):
+    assert coarse_indices(n, min_coarse)[0] == expected
+
+
+def grid_of(f, shape):
+    out = np.empty(shape, dtype=object)
+    for p in np.ndindex(*shape):
+        out[p] = f(p)
+    return out
+
+
+# name: (shape, truth, most labels it may use)
+MAPS = {
+    "uniform": ((20, 20), lambda p: "no", 16),                      # the coarse lattice, nothing else
+    "vertical_line": ((20, 20), lambda p: "no" if p[0] < 11 else "true", 100),
+    "diagonal": ((20, 20), lambda p: "no" if p[0] + p[1] < 19 else "true", 130),
+    "one_axis": ((17,), lambda p: "no" if p[0] < 6 else "fake", 9),
+    "three_phases": ((12, 12), lambda p: "confusion" if p[1] > 8 else ("true" if p[0] > 5 else "no"), 100),
+}
+
+
+@pytest.mark.parametrize("name", list(MAPS))
+def test_recovers_every_boundary_within_one_step_with_few_labels(name):
+    shape, f, most = MAPS[name]
+    truth = grid_of(f, shape)
+    s = BoundarySearch(shape)
+    used = run_oracle(s, lambda p: f(p), batch=2)
+    assert s.finished and used == s.n_labelled <= most, used
+    assert boundary_error(truth, s.predict()) <= 1.0
+    assert all(reason for reason in s.reasons.values())                       # every proposal says why
+
+
+def test_a_budget_ends_the_search_and_the_map_is_still_filled():
+    truth = lambda p: "no" if p[0] < 11 else "true"
+    s = BoundarySearch((20, 20))
+    assert run_oracle(s, truth, budget=10) == 10 and s.n_labelled == 10
+    assert all(v is not None for v in s.predict().ravel())
+
+
+def test_disagreeing_replicates_mark_a_point_mixed_and_refine_around_it():
+    s = BoundarySearch((9,))
+    for p in (0, 4, 8):
+        s.observe((p,), "no")
+    assert s.finished                                       # uniform: nothing to do
+    s.observe((4,), "true")                                 # another seed at 4 disagrees
+    assert s.labels[(4,)] == MIXED and not s.finished and s.propose() in ((2,), (6,))
+
+
+def test_state_round_trip_continues_the_same_search():
+    truth = lambda p: "no" if p[0] + 2 * p[1] < 20 else "true"
+    a = BoundarySearch((16, 10))
+    run_oracle(a, truth, budget=12)
+    b = BoundarySearch.from_state(a.state_dict())
+    assert run_oracle(a, truth) == run_oracle(b, truth)
+    assert (a.predict() == b.predict()).all() and a.labels == b.labels
+
+
+def test_facets_are_searched_separately_and_in_turn():
+    f = FacetedSearch(["none", "both_full"], (9,))
+    seen = [f.propose()[0] for _ in range(4)]
+    assert seen == ["none", "both_full", "none", "both_full"]
+
+
+def test_boundary_error_counts_steps():
+    a = grid_of(lambda p: "no" if p[0] < 5 else "true", (10, 3))
+    b = grid_of(lambda p: "no" if p[0] < 7 else "true", (10, 3))
+    assert boundary_error(a, a) == 0.0 and boundary_error(a, b) == 2.0
+    assert boundary_points(grid_of(lambda p: "x", (3, 3))) == set()
+    assert boundary_error(a, grid_of(lambda p: "no", (10, 3))) == float("inf")
