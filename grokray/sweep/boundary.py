@@ -358,3 +358,32 @@ def run_oracle(search: BoundarySearch, truth: Any, budget: int | None = None, ba
 def grid_of(values: Iterable[Sequence[Any]]) -> list[list[Any]]:
     """The axes' values as lists (a helper for specs): ``[[3.6, 7.2], [0.1, 1.0]]``."""
     return [list(v) for v in values]
+
+
+# =========================================================================== the Ray Tune searcher
+
+#: The config key that carries why the search proposed a trial (a tag on its run, never a trial key).
+REASON_KEY = "_boundary_reason"
+#: Tag on a trial's run: the round of the search and why it proposed the point.
+REASON_TAG = "grokray.search_reason"
+
+
+def behaviour_label(result: dict | None, generalize_acc: float = 0.5, split: str = "ood") -> str:
+    """The label the search refines on, from a trial's final Tune result: ``generalized`` (its target
+    held the verdict's threshold: stopped as generalized, or ended above it), ``confusion`` (stopped
+    for never memorizing), ``failed``, else ``not_generalized``. The classifier's labels (true / fake
+    / no) arrive later from its actor; the search does not wait for them.
+
+    >>> behaviour_label({"stop_reason": "generalized"}), behaviour_label({"acc/test_inferred_ood": 0.1})
+    ('generalized', 'not_generalized')
+    """
+    if not result:
+        return "failed"
+    if result.get("stop_reason") == "generalized":
+        return "generalized"
+    if result.get("stop_reason") == "no_memorization":
+        return "confusion"
+    if result.get("stop_reason") == "diverged":
+        return "diverged"
+    acc = result.get(f"acc/test_inferred_{split}")
+    return "generalized" if acc is not None and acc >= generalize_acc else "not_generalized"

@@ -197,6 +197,8 @@ def search_space(spec: SweepSpec, prepared: Any = None, packs: list | None = Non
 
     if packs:  # one Tune trial per pack; run_pack finds its members in the TrialContext
         return {"pack": tune.grid_search(list(range(len(packs))))}
+    if spec.method == "boundary":  # the searcher proposes whole configs (grokray.sweep.boundary_searcher)
+        return dict(spec.kind_impl.search_space(spec, prepared))
     space: dict[str, Any] = {}
     for p in spec.parameters:
         if p.values is not None:
@@ -233,6 +235,16 @@ def _tune_config(spec: SweepSpec):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     search_alg = None
+    if spec.method == "boundary":
+        from ray.tune.search import ConcurrencyLimiter
+
+        from grokray.sweep.boundary_searcher import BoundarySearcher
+
+        axes, facets, constants = spec.boundary_axes()
+        search_alg = BoundarySearcher(axes, facets, constants, budget=spec.num_samples, split=spec.stopping.split,
+                                      generalize_acc=spec.stopping.params.generalize_acc(spec.stopping.split))
+        if spec.max_concurrent:
+            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=spec.max_concurrent)
     if spec.method == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
@@ -250,7 +262,8 @@ def _tune_config(spec: SweepSpec):
     # trial too, instead of a fresh process per trial (~2-3 s each on 2 cores: the fixed cost that
     # dominated sweeps of short trials). Tune still starts a new one after a worker dies.
     return tune.TuneConfig(num_samples=spec.num_samples, search_alg=search_alg, scheduler=scheduler,
-                           max_concurrent_trials=spec.max_concurrent if spec.method != "optuna" else None,
+                           max_concurrent_trials=spec.max_concurrent if spec.method not in ("optuna", "boundary")
+                           else None,
                            trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=True)
 
 
@@ -474,7 +487,8 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     refresher = MapRefresher(record, map_logger)
     space = search_space(spec, prepared, record.packs)
     n_trials = _count_trials(spec, space) if not record.packs else len(record.packs)
-    print(f"[grokray] sweep {record.name!r}: {spec.n_trials() if record.packs else n_trials} trial(s) "
+    print(f"[grokray] sweep {record.name!r}: {'at most ' if spec.method == 'boundary' else ''}"
+          f"{spec.n_trials() if record.packs else n_trials} trial(s) "
           f"({spec.method}), MLflow experiment {record.experiment!r} (parent run {record.parent_run_id}) at "
           f"{record.tracking_uri}; state in {exp_dir}", flush=True)
     if record.packs:
@@ -483,7 +497,9 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
         print(f"[grokray] {line}", flush=True)
     tuner = tune.Tuner(_trainable(spec, record), param_space=space, tune_config=_tune_config(spec),
                        run_config=_run_config(record, spec, _callbacks(spec, record, refresher, n_trials)))
-    return _finish(record, _fit(tuner, record), refresher, started, expected=n_trials)
+    # method boundary: num_samples is a budget, and the search may resolve every boundary with fewer
+    expected = None if spec.method == "boundary" else n_trials
+    return _finish(record, _fit(tuner, record), refresher, started, expected=expected)
 
 
 def _count_trials(spec: SweepSpec, space: dict[str, Any]) -> int:

@@ -54,7 +54,7 @@ from grokray.sweep.stopper import Scheduler, StopRule, parse_stopping
 from grokray.criteria import CRITERIA, DEFAULT_CRITERION
 from grokray.verdict import EVIDENCE_MODES, SPLITS
 
-METHODS = ("grid", "random", "optuna")
+METHODS = ("grid", "random", "optuna", "boundary")
 #: CPUs or GPUs one trial may ask for: beyond this a typo (1e30) that Tune would wait on forever.
 MAX_RESOURCES = 10_000
 #: Members one pack may hold (a GPU's memory ends long before).
@@ -155,6 +155,23 @@ class SweepSpec:
         """Each listed parameter's values (naming a grouped value by what differs needs them all)."""
         return {p.key: list(p.values) for p in self.parameters if p.values is not None}
 
+    def boundary_axes(self) -> tuple[dict[str, list], dict[str, list], dict[str, Any]]:
+        """Method boundary: ``(axes, facets, constants)``. Axes: parameters whose values are all
+        numbers (refined, in the listed order); facets: the other parameters with several values,
+        and seeds (``seed``, ``data.seed``: a graph or an initialisation is searched on its own, not
+        interpolated); constants: single values."""
+        axes, facets, constants = {}, {}, {}
+        for p in self.parameters:
+            vals = list(p.values or [])
+            if len(vals) == 1:
+                constants[p.key] = vals[0]
+            elif p.key.split(".")[-1] != "seed" and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         for v in vals):
+                axes[p.key] = sorted(vals)
+            else:
+                facets[p.key] = vals
+        return axes, facets, constants
+
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of the grid parameters (method grid), in spec order."""
         keys = [p.key for p in self.parameters]
@@ -169,7 +186,8 @@ class SweepSpec:
     def trial_config(self, values: Mapping[str, Any]) -> TrialConfig:
         """The trial config for Tune's values: the base with every value applied (names of
         grouped values dropped)."""
-        return self.base.with_values({k: without_name(v) for k, v in values.items()})
+        # keys starting with "_" are the search's notes (method boundary: why a point was proposed), not config
+        return self.base.with_values({k: without_name(v) for k, v in values.items() if not k.startswith("_")})
 
     def renamed(self, name: str) -> "SweepSpec":
         """The same spec under another name (``--name``), checked like the spec's own name."""
@@ -301,8 +319,8 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     for p in parameters:
         if not kind.owns(p.key):
             _check_parameter_values(base, p)
-        if method == "grid" and p.values is None:
-            raise ConfigError("method grid needs 'values' (a distribution needs method random or optuna)",
+        if method in ("grid", "boundary") and p.values is None:
+            raise ConfigError(f"method {method} needs 'values' (a distribution needs method random or optuna)",
                               key=f"parameters.{p.key}", value=p.distribution)
     _check_no_key_twice(parameters)
     num_samples = int_at_least(raw.get("num_samples", 1), 1, "num_samples", maximum=100_000)

@@ -118,7 +118,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     kind = ctx.spec.kind_impl
     values = {k: config[k] for k in kind.trial_keys(ctx.spec) if k in config}
     client = tracking.get_client(ctx.tracking_uri)
-    run_id = find_or_create_run(client, ctx, tune.get_context().get_trial_id(), values)
+    from grokray.sweep.boundary import REASON_KEY, REASON_TAG
+
+    note = {REASON_TAG: str(config[REASON_KEY])} if REASON_KEY in config else None   # why the search chose it
+    run_id = find_or_create_run(client, ctx, tune.get_context().get_trial_id(), values, tags=note)
     status = "FAILED"  # also when the kind cannot build its trainer (e.g. a source checkpoint is gone)
     try:
         with tempfile.TemporaryDirectory(prefix="grokray-trial-") as work:

@@ -243,3 +243,20 @@ def test_a_sweep_started_elsewhere_is_followed_live(tmp_path, mlflow_uri):
     assert "2 runs, 2 cells" in nb.stdout and "graph_labels" in nb.stdout
     assert (tmp_path / "notebook_phase_map.png").stat().st_size > 1000
     assert (tmp_path / "notebook_curves.png").stat().st_size > 1000
+
+
+def test_method_boundary_runs_like_any_sweep_and_says_why_it_chose_each_point(tmp_path, mlflow_uri):
+    """Issue 21: method boundary on Ray Tune: the search proposes at most num_samples trials, each run
+    carries the search's reason, and a search that ends within its budget is a finished sweep."""
+    spec = write_spec(tmp_path, "bnd", method="boundary", max_steps=60, max_concurrent=2, num_samples=5,
+                      parameters={"train.weight_decay": {"values": [0.01, 0.1, 1.0]},
+                                  "data.augmentation": {"values": ["none", "both_full"]}},
+                      classifier={"enabled": False})
+    out = grokray("sweep", "run", str(spec), "--no-map", uri=mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = child_runs(mlflow_uri, "bnd")
+    assert len(runs) == 5 and parent_run(mlflow_uri, "bnd").info.status == "FINISHED"
+    reasons = [r.data.tags["grokray.search_reason"] for r in runs]
+    assert all(re.match(r"trial \d/5: coarse design", x) for x in reasons), reasons
+    assert {r.data.params["data.augmentation"] for r in runs} == {"none", "both_full"}   # facets, in turn
+    assert "at most 5 trial(s) (boundary)" in out.stdout
