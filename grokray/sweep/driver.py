@@ -32,7 +32,7 @@ from typing import Any, Callable
 from grokray import tracking
 from grokray.version import __version__
 from grokray.sweep.classifier import ClassifierCallback, get_classifier
-from grokray.sweep.progress import SweepProgress
+from grokray.sweep.progress import RESUME_LOG_ENV, SweepProgress
 from grokray.sweep.spec import SweepSpec, spec_from_dict
 from grokray.sweep.packing import describe, plan_packs, resolve_pack_size, run_pack
 from grokray.sweep.trainable import TrialContext, run_trial, trial_label
@@ -532,6 +532,7 @@ def resume_sweep(name: str, storage: str | None = None, address: str | None = No
         # the restored ClassifierCallback labels what the interrupted driver left unlabelled (its setup)
         get_classifier(record.name, record.tracking_uri, spec.classifier, refresher)
     print(f"[grokray] resuming sweep {name!r} from {exp_dir}", flush=True)
+    os.environ[RESUME_LOG_ENV] = str(exp_dir / PROGRESS_LOG)   # for a restored display that kept no log
     tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, record), resume_unfinished=True,
                                resume_errored=True)
     results = _fit(tuner, record)

@@ -24,6 +24,7 @@ which records them on the shared :class:`SweepBoard` this display reads.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -36,6 +37,8 @@ from ray.tune import Callback
 TRIAL_COLUMNS = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
 #: How many running / finished / labelled trials the summary names.
 SHOWN = 3
+#: Set by a resuming driver: the progress log a restored display writes to when it had none.
+RESUME_LOG_ENV = "GROKRAY_PROGRESS_LOG"
 #: Seconds between two summaries in the progress log file.
 LOG_EVERY_S = 30.0
 #: Seconds of a trial's reports before its pace is trusted for the ETA (:meth:`SweepProgress._eta`).
@@ -106,8 +109,11 @@ class SweepProgress(Callback):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        # Restored by a resumed driver: clocks and screen of the old process mean nothing here.
+        # Restored by a resumed driver: clocks and screen of the old process mean nothing here. A sweep
+        # started before progress logs existed gets the one the resuming driver names.
         self.__dict__.update(state)
+        if not self.__dict__.get("log_path"):
+            self.log_path = os.environ.get(RESUME_LOG_ENV) or None
         self._reset_clocks()
 
     # ------------------------------------------------------------------ output

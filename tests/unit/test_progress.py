@@ -127,3 +127,21 @@ def test_a_trial_with_its_own_budget_is_measured_against_it():
     t.config = {"train.max_steps": 20000}
     prog._first["t_0"] = (940.0, 14000)                    # 1,000 steps in 60 s
     assert "step  15000/20000" in prog.summary([t]) and prog._eta([t], 0, now=1000.0) == "5.0 min"
+
+
+def test_progress_lines_go_to_the_log_file_and_a_restored_display_finds_its_log(tmp_path, monkeypatch):
+    log = tmp_path / "progress.log"
+    p = SweepProgress(100, 2, stream=io.StringIO(), interactive=False, log_path=str(log))
+    p._write("[grokray] finished a")
+    p._draw("[grokray] 0s | trials: 0 done", final=True)
+    assert log.read_text().splitlines() == ["[grokray] finished a", "[grokray] 0s | trials: 0 done"]
+    # a display pickled by a driver that kept no log (older grokray) gets the one the resuming driver names
+    old = SweepProgress(100, 2, stream=io.StringIO(), interactive=False)
+    state = old.__getstate__()
+    state.pop("log_path")
+    monkeypatch.setenv("GROKRAY_PROGRESS_LOG", str(tmp_path / "resumed.log"))
+    restored = SweepProgress.__new__(SweepProgress)
+    restored.__setstate__(state)
+    restored._write("[grokray] label: x")
+    assert (tmp_path / "resumed.log").read_text() == "[grokray] label: x\n"
+    assert pickle.loads(pickle.dumps(p)).log_path == str(log)
