@@ -139,7 +139,7 @@ def compute_verdict(client: "MlflowClient", run_id: str, split: str = "ood", n_q
 
 def target_queries(client: "MlflowClient", run_id: str, split: str) -> int | None:
     """How many test queries the run's target accuracy was measured on (its ``dataset.json``)."""
-    meta = tracking.read_json_artifact(client, run_id, "dataset.json") or {}
+    meta = tracking.read_json_artifact(client, run_id, tracking.DATASET_JSON) or {}
     n = (meta.get("probe_sizes") or {}).get(f"test_inferred_{split}")
     return int(n) if isinstance(n, (int, float)) and n > 0 else None
 

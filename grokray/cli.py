@@ -595,6 +595,7 @@ def _add_transfer_map(p: argparse.ArgumentParser) -> None:
 
 def _run_transfer_map(args: argparse.Namespace) -> int:
     """``grokray transfer-map``: the table (or JSON lines), the curves PNG, optionally a CSV."""
+    from grokray import tracking
     from grokray.plots import plot_transfer_curves
     from grokray.transfermap import format_transfer_table, transfer_histories, transfer_map
 
@@ -605,7 +606,7 @@ def _run_transfer_map(args: argparse.Namespace) -> int:
         df = transfer_map(args.name, client.tracking_uri)
     except LookupError as e:
         raise UserError(str(e).strip("'\"")) from None
-    kind = client.get_run(df.attrs["parent_run_id"]).data.params.get("sweep.kind", "finetune")
+    kind = client.get_run(df.attrs["parent_run_id"]).data.params.get(tracking.SweepParam.KIND, "finetune")
     if kind != "finetune":  # its map is the phase map: an empty transfer table would only mislead
         raise UserError(f"sweep {args.name!r} is a {kind} sweep, not a finetune sweep; its map is "
                         f"`grokray phase-map {args.name}`")
@@ -726,9 +727,10 @@ def _run_sweep_validate(args: argparse.Namespace) -> int:
 def _map_logger(kind_name: str):
     """The report a sweep kind's parent run carries, refreshed as its trials end (presentation
     layer: handed to the sweep driver, which never imports it)."""
+    from grokray import tracking
     from grokray.sweep.kinds import KINDS
 
-    if KINDS[kind_name].map_name == "transfer_map":
+    if KINDS[kind_name].map_name == tracking.TRANSFER_MAP_DIR:
         from grokray.transfermap import log_transfer_map
 
         return log_transfer_map
@@ -740,11 +742,12 @@ def _map_logger(kind_name: str):
 def _print_map(record) -> None:
     """The sweep's map in the terminal; its picture goes to the sweep's own folder (beside the
     Tune state, not the working directory) and, by the driver, to the parent run."""
+    from grokray import tracking
     from grokray.sweep.driver import exp_dir_for
     from grokray.sweep.kinds import KINDS
 
     kind = KINDS[record.spec.get("kind", "trial")]
-    if kind.map_name == "transfer_map":
+    if kind.map_name == tracking.TRANSFER_MAP_DIR:
         from grokray.transfermap import format_transfer_table, transfer_map
 
         df = transfer_map(record.name, record.tracking_uri)

@@ -161,7 +161,7 @@ def phase_map(sweep_or_experiment: str, tracking_uri: str | None = None) -> pd.D
 
 def _sweep_frame(client: "MlflowClient", parent: "Run", sweep: str, experiment: str | None) -> pd.DataFrame:
     runs = tracking.sweep_runs(client, parent)
-    declared = [k for k in parent.data.params.get("sweep.swept", "").split(",") if k]
+    declared = tracking.swept_keys(parent)
     swept = [tracking.swept_values(r) for r in runs]
     params = list(declared)
     for values in swept:  # keys a run holds that the parent does not declare (should not happen)
@@ -900,7 +900,7 @@ def log_phase_map(tracking_uri: str, parent_run_id: str, sweep: str, experiment:
         plot_phase_map(df, d / "phase_map.png")
         x, y, _ = resolve_axes(df)
         (d / "phase_map.txt").write_text(format_table(df, x, y) + "\n")
-        client.log_artifacts(parent_run_id, str(d), "phase_map")
+        client.log_artifacts(parent_run_id, str(d), tracking.PHASE_MAP_DIR)
     return df
 
 

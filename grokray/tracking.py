@@ -112,6 +112,26 @@ class Tag:
         return REGISTRY[criterion].tag
 
 
+class SweepParam:
+    """Params of a sweep's parent run: written by the driver, read back by the maps and the CLI."""
+    METHOD = "sweep.method"
+    KIND = "sweep.kind"
+    N_TRIALS = "sweep.n_trials"
+    SWEPT = "sweep.swept"                      # the swept keys, comma-separated
+    MAX_STEPS = "sweep.max_steps"
+    MAX_CONCURRENT = "sweep.max_concurrent"
+    RESOURCES = "sweep.resources"
+    STOPPING = "sweep.stopping"                # JSON
+    CRITERION = "sweep.criterion"
+    EVIDENCE = "sweep.evidence"
+    N_SOURCES = "sweep.n_sources"              # finetune sweeps
+
+
+def swept_keys(run: "Run") -> list[str]:
+    """The swept keys a sweep's parent run declares (:attr:`SweepParam.SWEPT`), in spec order."""
+    return [k for k in run.data.params.get(SweepParam.SWEPT, "").split(",") if k]
+
+
 KIND_SWEEP, KIND_TRIAL, KIND_FINETUNE = "sweep", "trial", "finetune"
 #: Experiment tag that makes the MLflow 3 UI open the runs table (model training) instead of GenAI traces.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -120,6 +140,9 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 HISTORY_JSON, HISTORY_CSV, TRIAL_YAML, DATASET_JSON, CURVES_PNG = (
     "history.json", "history.csv", "trial.yaml", "dataset.json", "curves.png")
 CHECKPOINT_DIR = "checkpoints"
+#: Artifacts of a sweep's parent run: the spec as run, and the map folder (``phase_map/``, ``transfer_map/``).
+SWEEP_YAML = "sweep.yaml"
+PHASE_MAP_DIR, TRANSFER_MAP_DIR = "phase_map", "transfer_map"
 VERDICT_DIR = "verdict"
 #: Metric prefixes written after training (the verdict, a fine-tuning summary); not training curves.
 VERDICT_PREFIX, TRANSFER_PREFIX = "verdict/", "transfer/"

@@ -80,7 +80,7 @@ def transfer_map(sweep: str, tracking_uri: str | None = None) -> "pd.DataFrame":
 
     client = tracking.existing_client(tracking_uri)
     parent, runs = _finetune_runs(client, sweep)
-    params = [k for k in parent.data.params.get("sweep.swept", "").split(",") if k and k != "source_run"]
+    params = [k for k in tracking.swept_keys(parent) if k != "source_run"]
     rows = [_row(client, r, params) for r in runs]
     columns = [*MAP_COLUMNS, *params, *SUMMARY_KEYS, *TAIL_COLUMNS]
     df = pd.DataFrame(rows, columns=columns)
@@ -160,5 +160,5 @@ def log_transfer_map(tracking_uri: str, parent_run_id: str, sweep: str, experime
         done.attrs = dict(df.attrs)
         plot_transfer_curves(transfer_histories(done, tracking_uri), d / "transfer_curves.png",
                              title=f"transfer: {sweep}")
-        client.log_artifacts(parent_run_id, str(d), "transfer_map")
+        client.log_artifacts(parent_run_id, str(d), tracking.TRANSFER_MAP_DIR)
     return df

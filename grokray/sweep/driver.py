@@ -327,12 +327,12 @@ def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
 
     parent = tracking.start_run(client, experiment_id, spec.name, kind=tracking.KIND_SWEEP, tags={
         tracking.Tag.SWEEP: spec.name, tracking.Tag.VERSION: __version__})
-    params = {"sweep.method": spec.method, "sweep.kind": spec.kind, "sweep.n_trials": spec.n_trials(),
-              "sweep.swept": ",".join(spec.swept_keys), "sweep.max_steps": spec.budget,
-              "sweep.max_concurrent": spec.max_concurrent,
-              "sweep.resources": f"{spec.resources.cpu}cpu,{spec.resources.gpu}gpu",
-              "sweep.stopping": json.dumps(spec.stopping.to_dict()), "sweep.criterion": spec.classifier.criterion,
-              "sweep.evidence": spec.classifier.evidence}
+    P = tracking.SweepParam
+    params = {P.METHOD: spec.method, P.KIND: spec.kind, P.N_TRIALS: spec.n_trials(),
+              P.SWEPT: ",".join(spec.swept_keys), P.MAX_STEPS: spec.budget, P.MAX_CONCURRENT: spec.max_concurrent,
+              P.RESOURCES: f"{spec.resources.cpu}cpu,{spec.resources.gpu}gpu",
+              P.STOPPING: json.dumps(spec.stopping.to_dict()), P.CRITERION: spec.classifier.criterion,
+              P.EVIDENCE: spec.classifier.evidence}
     params.update({f"base.{k}": v for k, v in spec.base.flat().items()})
     tracking.log_params(client, parent, params)
 
@@ -408,7 +408,7 @@ def prepare_sweep(spec: SweepSpec, name: str | None = None) -> tuple[SweepRecord
     record = SweepRecord(name=spec.name, spec=spec.raw, tracking_uri=uri, experiment=spec.experiment_name,
                          experiment_id=experiment_id, parent_run_id=parent, storage=storage, created=time.time())
     record.save(exp_dir)
-    tracking.log_texts(client, parent, {"sweep.yaml": yaml.safe_dump(record.spec, sort_keys=False)})
+    tracking.log_texts(client, parent, {tracking.SWEEP_YAML: yaml.safe_dump(record.spec, sort_keys=False)})
     return record, exp_dir, spec
 
 

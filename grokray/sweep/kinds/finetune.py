@@ -304,7 +304,7 @@ def finetune_run_name(source: Mapping[str, Any], values: Mapping[str, Any], keys
 class FinetuneKind:
     name: str = tracking.KIND_FINETUNE
     spec_keys: tuple[str, ...] = ("source", "transfer")
-    map_name: str = "transfer_map"
+    map_name: str = tracking.TRANSFER_MAP_DIR
     reported: tuple[str, ...] = REPORTED
     progress_columns: tuple = (("new+old", "acc/test_new_old"), ("old+new", "acc/test_old_new"))
     labelled: bool = False
@@ -367,7 +367,7 @@ class FinetuneKind:
 
     def log_prepared(self, client: "MlflowClient", parent_run_id: str, prepared: list[dict[str, Any]]) -> list[str]:
         tracking.log_texts(client, parent_run_id, {"sources.json": json.dumps(list(prepared), indent=2, default=str)})
-        tracking.log_params(client, parent_run_id, {"sweep.n_sources": len(prepared)})
+        tracking.log_params(client, parent_run_id, {tracking.SweepParam.N_SOURCES: len(prepared)})
         return [f"fine-tuning {len(prepared)} source run(s): "
                 + ", ".join(f"{s['run_name'] or s['run_id']} ({s['label']})" for s in prepared)]
 

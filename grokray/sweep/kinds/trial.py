@@ -22,7 +22,7 @@ REPORTED = ("acc/train", "loss/train", "train_loss", "acc/train_inferred", "acc/
 class TrialKind:
     name = tracking.KIND_TRIAL
     spec_keys: tuple[str, ...] = ()
-    map_name = "phase_map"
+    map_name = tracking.PHASE_MAP_DIR
     reported = REPORTED
     progress_columns = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
     labelled = True
