@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, NoReturn
 from urllib.parse import urlsplit
 
+from grokray.errors import first_line
 from grokray.criteria import DEFAULT_CRITERION, REGISTRY
 from grokray.config import ConfigError
 
@@ -983,7 +984,7 @@ def _run_sweep_logs(args: argparse.Namespace) -> int:
         else:
             print(jobs.logs(args.name, args.address), end="")
     except Exception as e:
-        raise UserError(f"{args.address}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UserError(f"{args.address}: {first_line(e)}") from None
     return 0
 
 
@@ -998,7 +999,7 @@ def _run_sweep_submit(args: argparse.Namespace) -> int:
     except (ValueError, ConnectionError) as e:
         raise UserError(str(e)) from None
     except Exception as e:
-        raise UserError(f"{args.address}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UserError(f"{args.address}: {first_line(e)}") from None
     print(f"submitted sweep {name!r} as Ray job {sid}; follow it with:\n"
           f"  grokray sweep logs {name} --address {args.address} --follow\n"
           f"  grokray sweep status {name} --address {args.address}")

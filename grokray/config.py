@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from grokray.errors import first_line
+
 
 #: How a bad value is shown: bounded, so a 10,000-element list or a 300-digit number still
 #: gives one readable line (and a self-referencing YAML alias structure cannot blow it up).
@@ -593,7 +595,7 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     """``line L, column C: problem`` of a PyYAML error, in one line."""
     mark = getattr(e, "problem_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    problem = getattr(e, "problem", None) or first_line(e)
     return where + problem
 
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from grokray.version import __version__
 from grokray.config import ConfigError, TrialConfig, check_tracking_uri, trial_config_from_dict
+from grokray.errors import first_line
 from grokray.criteria import LABEL_TAG_PREFIX, REGISTRY, labels_from_tags
 from grokray import sqlite_store
 from grokray.locks import file_lock
@@ -203,9 +204,6 @@ def _is_migration_race(error: BaseException) -> bool:
     return False
 
 
-def _first_line(error: BaseException) -> str:
-    """An error's first line for a one-line message; its type's name when it says nothing."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
@@ -237,7 +235,7 @@ def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
         except sqlite_store.StoreError as e:
             raise ConfigError(str(e), key="tracking URI", value=uri) from None
         except Exception as e:  # noqa: BLE001 - an unusable path or file: one line naming the store
-            reason = getattr(e, "strerror", None) or _first_line(e)
+            reason = getattr(e, "strerror", None) or first_line(e)
             raise ConfigError(f"cannot create the MLflow store: {reason[:300]}", key="tracking URI",
                               value=uri) from None
         while True:
@@ -248,7 +246,7 @@ def _open_sqlite(uri: str, db: Path) -> "MlflowClient":
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
-                reason = _first_line(e)
+                reason = first_line(e)
                 raise ConfigError(f"cannot open the MLflow store: {reason[:300]}", key="tracking URI",
                                   value=uri) from None
 
@@ -270,7 +268,7 @@ def get_client(uri: str | None = None) -> "MlflowClient":
         return MlflowClient(tracking_uri=uri)
     except (MlflowException, ImportError, ValueError) as e:
         # MLflow's own message is a paragraph (or a missing database driver's traceback): one line.
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 200)
         raise ConfigError(f"cannot open the MLflow store: {reason}", key="tracking URI", value=uri) from None
 
 

@@ -18,6 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from grokray.errors import first_line
 from grokray import tracking
 
 #: Never shipped with the job (large, local, or secret).
@@ -42,7 +43,7 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         hint = ""
         if "auth" in msg.lower() or "401" in msg or "403" in msg:
             hint = ("; the cluster wants its token: ray rsync-down cluster.yaml '~/.ray/auth_token' "

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grokray.errors import first_line
 from grokray import tracking
 from grokray.config import to_plain
 from grokray.packed import PackedTrainer, group_into_packs
@@ -107,7 +108,7 @@ def _free_gpu_memory(gpu_share: float, timeout_s: float | None = None) -> tuple[
     try:
         free = ray.get(ref)
     except Exception as e:  # noqa: BLE001 - the probe's worker died: say so, decide as on CPU
-        return None, f"the memory probe failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return None, f"the memory probe failed: {first_line(e)}"
     return (free, "") if free is not None else (None, "the probe's node has no CUDA device")
 
 
