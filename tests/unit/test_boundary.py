@@ -81,3 +81,42 @@ def test_boundary_error_counts_steps():
     assert boundary_error(a, a) == 0.0 and boundary_error(a, b) == 2.0
     assert boundary_points(grid_of(lambda p: "x", (3, 3))) == set()
     assert boundary_error(a, grid_of(lambda p: "no", (10, 3))) == float("inf")
+
+
+def test_the_tune_searcher_saves_and_restores_mid_search(tmp_path):
+    """method boundary's searcher: a driver killed mid-search resumes the same search (Tune saves and
+    restores the searcher's state with the experiment)."""
+    from grokray.sweep.boundary_searcher import BoundarySearcher
+
+    def make():
+        return BoundarySearcher({"train.weight_decay": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]},
+                                {"data.augmentation": ["none", "both_full"]}, {"seed": 0}, budget=40)
+
+    def label(cfg):   # generalized between weight decays 0.1 and 1.0, with both_full only
+        ok = cfg["data.augmentation"] == "both_full" and 0.1 <= cfg["train.weight_decay"] <= 1.0
+        return {"stop_reason": "generalized"} if ok else {"acc/test_inferred_ood": 0.02}
+
+    a = make()
+    for i in range(6):
+        cfg = a.suggest(f"t{i}")
+        assert cfg["seed"] == 0 and cfg["_boundary_reason"].startswith(f"trial {i + 1}/40:")
+        if i < 4:
+            a.on_trial_complete(f"t{i}", label(cfg))
+    a.save(str(tmp_path / "searcher.json"))
+    b = make()
+    b.restore(str(tmp_path / "searcher.json"))
+    for s in (a, b):                       # the two in flight complete, then both searches run out
+        for t in ("t4", "t5"):
+            trial = s.trials[t]
+            s.on_trial_complete(t, label({"data.augmentation": s.combos[trial[0]][0],
+                                          "train.weight_decay": s.axes["train.weight_decay"][trial[1][0]]}))
+    seq = []
+    for s in (a, b):
+        out, i = [], 100
+        while (cfg := s.suggest(f"t{i}")) not in (None, "FINISHED"):
+            out.append((cfg["data.augmentation"], cfg["train.weight_decay"]))
+            s.on_trial_complete(f"t{i}", label(cfg))
+            i += 1
+        seq.append(out)
+    assert seq[0] == seq[1] and len(seq[0]) > 0
+    assert a.proposed == b.proposed <= 40
