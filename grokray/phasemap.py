@@ -420,6 +420,8 @@ def majority(labels: Iterable[str | None]) -> tuple[str | None, int, bool]:
 #: The parameter that draws the graph (and its ID/OOD split): runs on two graphs are not replicates of
 #: one experiment, so a cell shows each graph's own majority (:func:`_aggregate`), or ``--by`` splits them.
 GRAPH = "data.seed"
+#: Who wins a tie for a cell's phase: the weaker claim first.
+PHASE_TIE_ORDER = ("memorization", "confusion", "diverged", "comprehension", "grokking")
 #: One letter per Liu et al. phase in the terminal table.
 PHASE_LETTERS = {"grokking": "G", "comprehension": "C", "memorization": "M", "confusion": "X", "diverged": "D"}
 
@@ -454,7 +456,9 @@ def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
     out["graphs_agree"] = (len(set(votes)) <= 1) if graph_labels else None
     phases = [_key(v) for v in group["phase"]] if "phase" in group else []
     counts = {ph: phases.count(ph) for ph in set(phases) if ph is not None}
-    out["phase"] = max(sorted(counts), key=counts.get) if counts else None
+    # ties go to the phase that claims less, as labels' ties do (grokking last)
+    out["phase"] = (min((ph for ph in counts if counts[ph] == max(counts.values())), key=PHASE_TIE_ORDER.index)
+                    if counts else None)
     for col in ("t_generalize", "delay_ratio", "t_circuit", "final_target_level"):
         med, lo, hi = _spread(group, col)
         out[f"median_{col}"], out[f"min_{col}"], out[f"max_{col}"] = med, lo, hi
