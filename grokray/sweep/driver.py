@@ -242,7 +242,8 @@ def _tune_config(spec: SweepSpec):
 
         axes, facets, constants = spec.boundary_axes()
         search_alg = BoundarySearcher(axes, facets, constants, budget=spec.num_samples, split=spec.stopping.split,
-                                      generalize_acc=spec.stopping.params.generalize_acc(spec.stopping.split))
+                                      generalize_acc=spec.stopping.params.generalize_acc(spec.stopping.split),
+                                      **spec.boundary)
         if spec.max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=spec.max_concurrent)
     if spec.method == "optuna":

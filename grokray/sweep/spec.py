@@ -102,6 +102,8 @@ class SweepSpec:
     experiment: str | None = None
     storage: str | None = None       # None: the default (see grokray.sweep.driver.default_storage)
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
+    #: method boundary: ``min_coarse`` values per axis in the first design, ``island_probe`` (0: off)
+    boundary: dict = field(default_factory=lambda: {"min_coarse": 3, "island_probe": 0})
     kind: str = "trial"
     kind_spec: Any = None            # the kind's own section (a FinetuneSpec for kind finetune)
     source: str | None = None        # the file it came from
@@ -253,7 +255,7 @@ def _check_phi_feasible(spec: SweepSpec) -> None:
 # --------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = ("name", "description", "method", "kind", "base", "parameters", "max_steps", "num_samples", "metric",
-             "stopping", "resources", "max_concurrent", "max_failures", "tracking", "storage", "classifier")
+             "stopping", "resources", "max_concurrent", "max_failures", "tracking", "storage", "classifier", "boundary")
 
 
 def spec_from_dict(raw: Any, *, source: str | os.PathLike | None = None) -> SweepSpec:
@@ -366,6 +368,13 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
                     raise ConfigError("method optuna takes plain values (numbers, strings, booleans) as choices",
                                       key=f"parameters.{p.key}.values[{i}]", value=v)
 
+    boundary = dict(mapping(raw.get("boundary"), "boundary"))
+    no_unknown(boundary, ("min_coarse", "island_probe"), "boundary")
+    if boundary and method != "boundary":
+        raise ConfigError("only for method: boundary", key="boundary", value=boundary)
+    boundary = {"min_coarse": int_at_least(boundary.get("min_coarse", 3), 2, "boundary.min_coarse"),
+                "island_probe": int_at_least(boundary.get("island_probe", 0), 0, "boundary.island_probe")}
+
     written = to_plain(raw)
     written["base"] = base.to_dict()  # inline: a resumed sweep must not depend on files
     spec = SweepSpec(name=name, base=base, parameters=tuple(parameters), method=method,
@@ -374,7 +383,7 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
                      max_concurrent=max_concurrent, max_failures=max_failures, tracking_uri=tracking.get("uri"),
                      experiment=tracking.get("experiment"), storage=storage, classifier=classifier,
                      kind=kind_name, kind_spec=kind_spec, source=str(source) if source is not None else None,
-                     raw=written, given=tuple(str(k) for k in raw))
+                     raw=written, given=tuple(str(k) for k in raw), boundary=boundary)
     if kind.name == "trial":
         _check_phi_feasible(spec)  # a finetune sweep's data comes from its sources: checked at sweep start
     return spec
