@@ -1,8 +1,9 @@
 """``method: boundary`` on Ray Tune: the adaptive phase-boundary search as a Tune searcher.
 
 :class:`BoundarySearcher` runs :class:`grokray.sweep.boundary.FacetedSearch` over the spec's numeric
-grid values (refined) within every combination of its categorical values (facets, searched
-separately), proposing at most ``num_samples`` trials. It learns each trial's label from the trial's
+grid values (refined) within every combination of its categorical values and graphs (facets,
+searched separately), each point once per initialisation seed (replicates: seeds that disagree make
+the point mixed), proposing at most ``num_samples`` trials. It learns each trial's label from the trial's
 final Tune result (:func:`grokray.sweep.boundary.behaviour_label`: generalized / not_generalized /
 confusion / diverged / failed): the classifier's true / fake / no arrive later, from its actor,
 and are not waited for. Every proposed config carries why it was proposed
@@ -24,9 +25,13 @@ from grokray.sweep.boundary import REASON_KEY, BoundarySearch, FacetedSearch, Po
 
 class BoundarySearcher(Searcher):
     def __init__(self, axes: dict[str, list], facets: dict[str, list], constants: dict[str, Any], budget: int,
-                 split: str = "ood", generalize_acc: float = 0.5, min_coarse: int = 3, island_probe: int = 0):
+                 split: str = "ood", generalize_acc: float = 0.5, min_coarse: int = 3, island_probe: int = 0,
+                 replicates: dict[str, list] | None = None):
         super().__init__()
         self.axes, self.facets, self.constants = dict(axes), dict(facets), dict(constants)
+        # every proposed point runs once per replicate value (init seeds); disagreeing replicates make it mixed
+        self.replicates = [dict(zip((replicates or {}).keys(), c)) for c in itertools.product(*(replicates or {}).values())]
+        self.queue: list[tuple[int, Point, dict]] = []
         self.budget, self.split, self.generalize_acc = int(budget), split, float(generalize_acc)
         self.combos = [tuple(c) for c in itertools.product(*self.facets.values())] or [()]
         self.search = FacetedSearch(list(range(len(self.combos))), tuple(len(v) for v in self.axes.values()),
@@ -40,13 +45,16 @@ class BoundarySearcher(Searcher):
     def suggest(self, trial_id: str):
         if self.proposed >= self.budget:
             return None if self.trials else Searcher.FINISHED
-        nxt = self.search.propose()
-        if nxt is None:
-            return None if self.trials else Searcher.FINISHED
-        facet, point = nxt
+        if not self.queue:
+            nxt = self.search.propose()
+            if nxt is None:
+                return None if self.trials else Searcher.FINISHED
+            self.queue = [(nxt[0], nxt[1], rep) for rep in (self.replicates or [{}])]
+        facet, point, rep = self.queue.pop(0)
         self.trials[trial_id] = (facet, point)
         self.proposed += 1
         config = dict(self.constants)
+        config.update(rep)
         config.update({k: v[i] for (k, v), i in zip(self.axes.items(), point)})
         config.update(dict(zip(self.facets, self.combos[facet])))
         why = self.search.searches[facet].reasons.get(point, "")
@@ -63,13 +71,14 @@ class BoundarySearcher(Searcher):
     def get_state(self) -> dict:
         return {"searches": {str(f): s.state_dict() for f, s in self.search.searches.items()},
                 "turn": self.search._turn, "trials": {t: [f, list(p)] for t, (f, p) in self.trials.items()},
-                "proposed": self.proposed}
+                "proposed": self.proposed, "queue": [[f, list(p), rep] for f, p, rep in self.queue]}
 
     def set_state(self, state: dict) -> None:
         self.search.searches = {int(f): BoundarySearch.from_state(s) for f, s in state["searches"].items()}
         self.search._turn = state["turn"]
         self.trials = {t: (f, tuple(p)) for t, (f, p) in state["trials"].items()}
         self.proposed = state["proposed"]
+        self.queue = [(f, tuple(p), rep) for f, p, rep in state.get("queue", [])]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as fh:

@@ -240,8 +240,9 @@ def _tune_config(spec: SweepSpec):
 
         from grokray.sweep.boundary_searcher import BoundarySearcher
 
-        axes, facets, constants = spec.boundary_axes()
+        axes, facets, constants, replicates = spec.boundary_axes()
         search_alg = BoundarySearcher(axes, facets, constants, budget=spec.num_samples, split=spec.stopping.split,
+                                      replicates=replicates,
                                       generalize_acc=spec.stopping.params.generalize_acc(spec.stopping.split),
                                       **spec.boundary)
         if spec.max_concurrent:

@@ -157,22 +157,25 @@ class SweepSpec:
         """Each listed parameter's values (naming a grouped value by what differs needs them all)."""
         return {p.key: list(p.values) for p in self.parameters if p.values is not None}
 
-    def boundary_axes(self) -> tuple[dict[str, list], dict[str, list], dict[str, Any]]:
-        """Method boundary: ``(axes, facets, constants)``. Axes: parameters whose values are all
-        numbers (refined, in the listed order); facets: the other parameters with several values,
-        and seeds (``seed``, ``data.seed``: a graph or an initialisation is searched on its own, not
-        interpolated); constants: single values."""
-        axes, facets, constants = {}, {}, {}
+    def boundary_axes(self) -> tuple[dict[str, list], dict[str, list], dict[str, Any], dict[str, list]]:
+        """Method boundary: ``(axes, facets, constants, replicates)``. Axes: parameters whose values
+        are all numbers (refined, in the listed order); facets: the other parameters with several
+        values, and ``data.seed`` (a graph is searched on its own, not interpolated); replicates:
+        ``seed`` (every proposed point runs once per initialisation; replicates that disagree make
+        the point mixed, so the search refines around it); constants: single values."""
+        axes, facets, constants, replicates = {}, {}, {}, {}
         for p in self.parameters:
             vals = list(p.values or [])
             if len(vals) == 1:
                 constants[p.key] = vals[0]
+            elif p.key == "seed":
+                replicates[p.key] = vals
             elif p.key.split(".")[-1] != "seed" and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                          for v in vals):
                 axes[p.key] = sorted(vals)
             else:
                 facets[p.key] = vals
-        return axes, facets, constants
+        return axes, facets, constants, replicates
 
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of the grid parameters (method grid), in spec order."""

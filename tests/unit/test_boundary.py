@@ -120,3 +120,22 @@ def test_the_tune_searcher_saves_and_restores_mid_search(tmp_path):
         seq.append(out)
     assert seq[0] == seq[1] and len(seq[0]) > 0
     assert a.proposed == b.proposed <= 40
+
+
+def test_init_seeds_are_replicates_and_their_disagreement_refines():
+    from grokray.sweep.boundary_searcher import BoundarySearcher
+    from grokray.sweep.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "b", "method": "boundary", "num_samples": 30,
+                           "parameters": {"train.weight_decay": [0.1, 0.3, 1.0, 3.0, 10.0], "seed": [0, 1],
+                                          "data.seed": [0, 1], "data.augmentation": ["none"]}})
+    axes, facets, constants, replicates = spec.boundary_axes()
+    assert (list(axes), list(facets), constants, replicates) == (
+        ["train.weight_decay"], ["data.seed"], {"data.augmentation": "none"}, {"seed": [0, 1]})
+    s = BoundarySearcher(axes, facets, constants, budget=30, replicates=replicates)
+    a, b = s.suggest("a"), s.suggest("b")
+    assert (a["train.weight_decay"], a["data.seed"], a["seed"]) == (b["train.weight_decay"], b["data.seed"], 1 - b["seed"])
+    s.on_trial_complete("a", {"stop_reason": "generalized"})
+    s.on_trial_complete("b", {"acc/test_inferred_ood": 0.0})           # the other seed did not: mixed
+    facet, point = 0, (0,)
+    assert s.search.searches[facet].labels[point] == "__mixed__"
