@@ -62,8 +62,8 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
             cax.plot(x, y, style, color=color, label=label, lw=1.4, marker=".", ms=3)
         cax.set_ylim(-0.02, 1.02)
         cax.set_ylabel("bridge tests", fontsize=9)
-        cax.set_title("interchange: answers follow a swapped-in bridge; carry: an answer's own hop-1 state holds its "
-                      "bridge (fixed queries; gaps: too few correct answers)", fontsize=8)
+        cax.set_title("bridge tests on fixed queries (interchange: a swapped-in bridge is followed;\n"
+                      "carry: an answer's own hop-1 state holds its bridge; gaps: too few correct answers)", fontsize=8)
         cax.tick_params(labelsize=8)
         cax.grid(alpha=0.3, which="both")
         cax.legend(fontsize=7, loc="center left", framealpha=0.9)
