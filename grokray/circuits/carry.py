@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from grokray.circuits.interchange import MIN_QUERIES, hop1_positions
-from grokray.circuits.patching import ANSWER_POS, select_queries
+from grokray.circuits.interchange import MIN_QUERIES, hop1_positions, patched_rate
+from grokray.circuits.patching import select_queries
 from grokray.data import Dataset
 from grokray.data.graph import H, R1, R2, TAIL
-from grokray.device import autocast
 from grokray.jsonsafe import nan_array, plain
 from grokray.model import LoopedTransformer
 
@@ -139,22 +138,11 @@ def carry_test(model: LoopedTransformer, dataset: Dataset, split: str = "test_in
     positions = hop1_positions(model)
     recipients, ok = choose_recipients(clean, dataset, seed)
     enc = lambda r: dataset.encode(r).tokens.to(device)  # noqa: E731
-    success = []
     if ok.any():
+        # the clean run's hop-1 state is the source, the recipient is the run patched
         clean_t, recip_t = enc(clean[ok]), enc(recipients[ok])
         want = torch.from_numpy(recipients[ok][:, TAIL]).to(device)
-        for depth in depths:
-            with autocast(precision, device):
-                _, cache = model.run_with_cache(clean_t, [depth])
-                state = cache[depth]                                            # [N, T, d]
-
-                def patch(x: torch.Tensor, _name: str) -> torch.Tensor:
-                    x = x.clone()
-                    x[:, positions] = state[:, positions].to(x.dtype)
-                    return x
-
-                logits = model.run_with_hooks(recip_t, [(depth, patch)])       # [N, T, V]
-            success.append(float((logits[:, ANSWER_POS].float().argmax(-1) == want).float().mean()))
+        success = [patched_rate(model, recip_t, clean_t, want, depth, positions, precision, device) for depth in depths]
     else:
         success = [float("nan")] * len(depths)
     model.train(was_training)

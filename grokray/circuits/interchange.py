@@ -202,8 +202,10 @@ def _patched_predictions(model: LoopedTransformer, clean_tokens: torch.Tensor, s
     return logits[:, ANSWER_POS].float().argmax(-1)
 
 
-def _rate(model: LoopedTransformer, clean: torch.Tensor, source: torch.Tensor, want: torch.Tensor, depth: str,
-          positions: list[int], precision: str, device: torch.device) -> float:
+def patched_rate(model: LoopedTransformer, clean: torch.Tensor, source: torch.Tensor, want: torch.Tensor, depth: str,
+                 positions: list[int], precision: str, device: torch.device) -> float:
+    """Share of the ``clean`` runs answering ``want`` with ``source``'s states at ``positions`` patched in
+    at ``depth`` (NaN for no query). The interchange test and the bridge-carry test both read this."""
     if len(clean) == 0:
         return float("nan")
     pred = _patched_predictions(model, clean, source, depth, positions, precision, device)
@@ -244,7 +246,7 @@ def interchange_test(model: LoopedTransformer, dataset: Dataset, split: str = "t
     for depth in depths:
         def rate(positions: list[int], c: bool = False) -> float:
             args = (clean_c, ctl, want_c) if c else (clean_s, src, want_s)
-            return _rate(model, *args, depth, positions, precision, device)
+            return patched_rate(model, *args, depth, positions, precision, device)
 
         s_hop1 = rate(hop1)
         positions, s = hop1, s_hop1
