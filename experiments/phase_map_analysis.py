@@ -1,0 +1,245 @@
+"""Read a finished (or partly finished) phase-map sweep as a researcher would.
+
+What it measures, from the store alone (no training):
+
+* **cells**: per (phi, weight decay, augmentation), each graph's label, detail and Liu et al.'s
+  phase, t_memorize, t_generalize (OOD, the verdict's), the delay, and the time ID accuracy first
+  held 0.5 and 0.9 (``t_id50``, ``t_id90``: Wang et al.'s in-distribution generalization);
+* **scaling fits** of log time against log weight decay (Omnigrok predicts a slope of -1:
+  t ~ 1/(lr wd), the lr schedule fixed here) and against log phi (Wang et al.: generalization
+  speeds up with phi; no functional form published, so the exponent is descriptive), pooled
+  over groups with a free intercept per group (every other axis and the graph held fixed), with
+  the slope's standard error and the number of groups and points it rests on;
+* **graph disagreements**: cells whose two graphs got different labels, with both graphs' numbers;
+* **what the stop rule saved**: trial-steps run against every trial run to its budget, by stop
+  reason.
+
+Usage::
+
+    python -m experiments.phase_map_analysis --tracking-uri sqlite:////work/store/mlflow.db \\
+        [--sweep phase-map] [--out experiments/results/phase_map.json] [--png docs/phase-map/scaling.png]
+
+A reader never creates a store: a wrong path is one line saying where it looked (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PHI, WD, AUG, GRAPH, SEED = "data.phi", "train.weight_decay", "data.augmentation", "data.seed", "seed"
+ID_ACC = "acc/test_inferred_id"
+
+
+# ---------------------------------------------------------------------------------------------
+# the fits (pure: tested in tests/unit/test_phase_map_analysis.py)
+
+def grouped_loglog_fit(frame: pd.DataFrame, x: str, y: str, groups: list[str]) -> dict:
+    """Slope of log(y) on log(x) with a free intercept per group (a fixed-effects fit).
+
+    Only groups with at least two distinct x values carry information about the slope.
+
+    >>> df = pd.DataFrame({"wd": [1, 2, 4, 1, 2], "t": [800, 400, 200, 1600, 800], "g": [0, 0, 0, 1, 1]})
+    >>> fit = grouped_loglog_fit(df, "wd", "t", ["g"])
+    >>> round(fit["slope"], 6), fit["n_points"], fit["n_groups"]
+    (-1.0, 5, 2)
+    """
+    d = frame[[x, y, *groups]].dropna()
+    d = d[(d[x] > 0) & (d[y] > 0)]
+    keyed = d.groupby(groups, dropna=False) if groups else [((), d)]
+    xs, ys = [], []
+    used = []
+    for key, g in keyed:
+        if g[x].nunique() < 2:
+            continue
+        lx, ly = np.log(g[x].to_numpy(float)), np.log(g[y].to_numpy(float))
+        xs.append(lx - lx.mean())
+        ys.append(ly - ly.mean())
+        used.append(key if isinstance(key, tuple) else (key,))
+    out = {"x": x, "y": y, "groups_by": groups, "n_groups": len(used), "n_points": int(sum(len(v) for v in xs)),
+           "slope": None, "se": None, "groups": [list(map(_plain, k)) for k in used]}
+    if not xs:
+        return out
+    cx, cy = np.concatenate(xs), np.concatenate(ys)
+    sxx = float(cx @ cx)
+    slope = float(cx @ cy) / sxx
+    dof = len(cx) - len(xs) - 1
+    if dof > 0:
+        resid = cy - slope * cx
+        out["se"] = float(math.sqrt(float(resid @ resid) / dof / sxx))
+    out["slope"] = slope
+    return out
+
+
+def stop_savings(runs: pd.DataFrame, budget: int) -> dict:
+    """Trial-steps run against every trial run to ``budget``, in total and by stop reason.
+
+    >>> df = pd.DataFrame({"steps_run": [100, 50, 100], "stop_reason": ["max_steps", "cleanup", "cleanup"]})
+    >>> stop_savings(df, 100)["saved_fraction"]
+    0.1667
+    """
+    steps = runs["steps_run"].astype(float)
+    full = budget * len(runs)
+    by = {}
+    for reason, g in runs.groupby(runs["stop_reason"].fillna("unknown")):
+        by[str(reason)] = {"trials": int(len(g)), "steps_run": int(g["steps_run"].sum()),
+                           "steps_saved": int(budget * len(g) - g["steps_run"].sum())}
+    return {"budget_per_trial": budget, "trials": int(len(runs)), "steps_run": int(steps.sum()),
+            "steps_if_all_ran_to_budget": int(full),
+            "saved_fraction": round(1 - float(steps.sum()) / full, 4) if full else None, "by_stop_reason": by}
+
+
+def graph_disagreements(runs: pd.DataFrame, cell: list[str]) -> list[dict]:
+    """Cells whose graphs (``data.seed``) got different labels, each graph's numbers beside."""
+    keep = ["label", "detail", "phase", "t_memorize", "t_generalize", "final_id_acc", "final_ood_acc",
+            "shortcut_best", "interchange"]
+    out = []
+    for key, g in runs.groupby(cell):
+        labels = g.groupby(GRAPH)["label"].agg(lambda s: "|".join(sorted(set(s.dropna()))))
+        if labels.nunique() > 1:
+            out.append({"cell": dict(zip(cell, map(_plain, key))),
+                        "graphs": {str(_plain(gs)): {k: _plain(r[k]) for k in keep}
+                                   for gs, r in g.set_index(GRAPH)[keep].iterrows()}})
+    return out
+
+
+def _plain(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return None if math.isnan(v) else round(float(v), 4)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the store
+
+def id_milestones(client, run_id: str, sustain: int = 2) -> tuple[int | None, int | None]:
+    """First step ID accuracy held >= 0.5 and >= 0.9 for ``sustain`` evaluations (None: never)."""
+    from grokray.history import first_sustained
+    hist = client.get_metric_history(run_id, ID_ACC)
+    if not hist:
+        return None, None
+    hist = sorted(hist, key=lambda m: m.step)
+    steps = np.array([m.step for m in hist])
+    vals = np.array([m.value for m in hist])
+    return first_sustained(steps, vals, 0.5, sustain), first_sustained(steps, vals, 0.9, sustain)
+
+
+def load(tracking_uri: str, sweep: str) -> tuple[pd.DataFrame, int]:
+    import grokray
+    from grokray import tracking
+    runs = grokray.phase_map(sweep, tracking_uri=tracking_uri)
+    client = tracking.existing_client(tracking_uri)
+    t50, t90, reasons = [], [], []
+    for rid in runs["run_id"]:
+        a, b = id_milestones(client, rid)
+        t50.append(a)
+        t90.append(b)
+        reasons.append(client.get_run(rid).data.tags.get(tracking.Tag.STOP_REASON))
+    runs = runs.assign(t_id50=t50, t_id90=t90, stop_reason=reasons)
+    budget = int(runs.attrs.get("max_steps") or runs["steps_run"].max())
+    return runs, budget
+
+
+def analyse(runs: pd.DataFrame, budget: int) -> dict:
+    labelled = runs[runs["label"].notna()].copy()
+    cell = [c for c in (PHI, WD, AUG) if c in labelled]
+    cols = [*cell, GRAPH, *([SEED] if SEED in labelled else []), "label", "detail", "phase", "determined",
+            "t_memorize", "t_generalize", "delay_ratio", "t_circuit", "t_id50", "t_id90", "final_id_acc",
+            "final_ood_acc", "shortcut_best", "interchange", "steps_run", "stop_reason"]
+    rows = [{k: _plain(r[k]) for k in cols if k in r} for _, r in labelled.sort_values([*cell, GRAPH]).iterrows()]
+    fits = {
+        "ood_t_generalize_vs_weight_decay": grouped_loglog_fit(labelled, WD, "t_generalize", [PHI, AUG, GRAPH]),
+        "ood_t_generalize_vs_phi": grouped_loglog_fit(labelled, PHI, "t_generalize", [WD, AUG, GRAPH]),
+        "id_t50_vs_weight_decay": grouped_loglog_fit(labelled, WD, "t_id50", [PHI, AUG, GRAPH]),
+        "id_t50_vs_phi": grouped_loglog_fit(labelled, PHI, "t_id50", [WD, AUG, GRAPH]),
+        "id_t90_vs_weight_decay": grouped_loglog_fit(labelled, WD, "t_id90", [PHI, AUG, GRAPH]),
+        "id_t90_vs_phi": grouped_loglog_fit(labelled, PHI, "t_id90", [WD, AUG, GRAPH]),
+    }
+    fits["predictions"] = {"omnigrok_weight_decay_slope": -1.0,
+                           "wang_phi": "negative (generalization speeds up with phi); no exponent published"}
+    counts = labelled.groupby(["label", "detail"]).size().reset_index(name="n")
+    return {
+        "trials_labelled": int(len(labelled)), "trials_in_store": int(len(runs)),
+        "graphs": sorted(map(int, labelled[GRAPH].dropna().unique())) if GRAPH in labelled else [],
+        "classifier_versions": sorted(set(map(str, labelled["classifier_version"].dropna()))),
+        "labels": [{"label": r.label, "detail": r.detail, "n": int(r.n)} for r in counts.itertuples()],
+        "fits": fits, "graph_disagreements": graph_disagreements(labelled, cell),
+        "stop_rule": stop_savings(labelled, budget), "rows": rows,
+    }
+
+
+def plot_scaling(runs: pd.DataFrame, fits: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    d = runs[runs["label"].notna()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = [(WD, "weight decay", "ood_t_generalize_vs_weight_decay", "id_t90_vs_weight_decay"),
+              (PHI, "phi (inferred / atomic)", "ood_t_generalize_vs_phi", "id_t90_vs_phi")]
+    for ax, (x, xlabel, ood_fit, id_fit) in zip(axes, panels):
+        for col, name, marker, fit in (("t_generalize", "OOD t_generalize", "o", ood_fit),
+                                       ("t_id90", "ID acc held 0.9", "s", id_fit)):
+            s = d[[x, col]].dropna()
+            ax.scatter(s[x], s[col], marker=marker, alpha=0.6, label=f"{name} ({len(s)} runs)")
+            f = fits[fit]
+            if f["slope"] is not None:
+                se = f"±{f['se']:.2f}" if f["se"] is not None else ""
+                ax.plot([], [], " ", label=f"  slope {f['slope']:.2f}{se} ({f['n_groups']} groups)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("step")
+        ax.legend(fontsize=8)
+    axes[0].set_title("time vs weight decay (Omnigrok: slope -1)")
+    axes[1].set_title("time vs phi (Wang et al.: faster with phi)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tracking-uri", required=True)
+    ap.add_argument("--sweep", default="phase-map")
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/phase_map.json"))
+    ap.add_argument("--png", type=Path, default=Path("docs/phase-map/scaling.png"))
+    a = ap.parse_args(argv)
+    from grokray.config import ConfigError
+    try:
+        runs, budget = load(a.tracking_uri, a.sweep)
+    except ConfigError as e:
+        print(f"phase_map_analysis: {e}", file=sys.stderr)
+        return 2
+    result = analyse(runs, budget)
+    result.update(sweep=a.sweep, tracking_uri=a.tracking_uri,
+                  measured=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot_scaling(runs, result["fits"], a.png)
+    f = result["fits"]
+    print(f"{result['trials_labelled']} labelled of {result['trials_in_store']} runs in {a.sweep!r}; graphs {result['graphs']}")
+    for name, fit in f.items():
+        if isinstance(fit, dict) and "slope" in fit:
+            s = "n/a" if fit["slope"] is None else f"{fit['slope']:.3f}" + (f" ± {fit['se']:.3f}" if fit["se"] else "")
+            print(f"  {name:36s} slope {s:16s} ({fit['n_points']} runs in {fit['n_groups']} groups)")
+    print(f"  graph disagreements: {len(result['graph_disagreements'])} cells")
+    st = result["stop_rule"]
+    print(f"  stop rule: {st['steps_run']:,} of {st['steps_if_all_ran_to_budget']:,} trial-steps run "
+          f"({100 * st['saved_fraction']:.1f}% saved)")
+    print(f"wrote {a.out} and {a.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
