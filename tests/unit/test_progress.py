@@ -145,3 +145,22 @@ def test_progress_lines_go_to_the_log_file_and_a_restored_display_finds_its_log(
     restored._write("[grokray] label: x")
     assert (tmp_path / "resumed.log").read_text() == "[grokray] label: x\n"
     assert pickle.loads(pickle.dumps(p)).log_path == str(log)
+
+
+@pytest.mark.parametrize("first_step, last_step, seconds, counted", [
+    (100, 12000, 300.0, 300.0),        # started here: as measured
+    (6000, 12000, 150.0, 300.0),       # restored half-way: half the steps in this process
+    (9000, 9000, 5.0, 5.0),            # restored and stopped at once: no steps to scale by
+])
+def test_a_restored_trial_counts_as_a_whole_trial_for_the_eta(first_step, last_step, seconds, counted, monkeypatch):
+    import grokray.sweep.progress as progress
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    prog = SweepProgress(12000, interactive=False, stream=io.StringIO())
+    t = FakeTrial("t_0", "RUNNING", {"step": first_step})
+    prog.on_trial_start(0, [t], t)
+    prog.on_trial_result(0, [t], t, {"step": first_step})
+    now[0] += seconds
+    t.last_result = {"step": last_step}
+    prog.on_trial_complete(0, [t], t)
+    assert prog._durations == [pytest.approx(counted)]
