@@ -34,7 +34,7 @@ from grokray.version import __version__
 from grokray.sweep.classifier import ClassifierCallback, get_classifier
 from grokray.sweep.progress import RESUME_LOG_ENV, SweepProgress
 from grokray.sweep.spec import SweepSpec, spec_from_dict
-from grokray.sweep.packing import describe, plan_packs, resolve_pack_size, run_pack
+from grokray.sweep.layout import Layout
 from grokray.sweep.trainable import TrialContext, run_trial, trial_label
 
 STATE_FILE = "grokray_sweep.json"
@@ -192,11 +192,10 @@ def init_ray(address: str | None = None, dashboard: bool = False) -> None:
                  log_to_driver=False, configure_logging=True, logging_level="WARNING")
 
 
-def search_space(spec: SweepSpec, prepared: Any = None, packs: list | None = None) -> dict[str, Any]:
+def search_space(spec: SweepSpec, prepared: Any = None) -> dict[str, Any]:
+    """Tune's search space of the spec's trials (a packed sweep's layout lays them out in packs)."""
     from ray import tune
 
-    if packs:  # one Tune trial per pack; run_pack finds its members in the TrialContext
-        return {"pack": tune.grid_search(list(range(len(packs))))}
     if spec.method == "boundary":  # the searcher proposes whole configs (grokray.sweep.boundary_searcher)
         return dict(spec.kind_impl.search_space(spec, prepared))
     space: dict[str, Any] = {}
@@ -221,16 +220,15 @@ def search_space(spec: SweepSpec, prepared: Any = None, packs: list | None = Non
 class _TrialNamer:
     """Tune's trial (and folder) names: the readable values plus the end of the trial id."""
 
-    def __init__(self, spec: SweepSpec):
-        self.spec = spec
+    def __init__(self, spec: SweepSpec, layout: Layout):
+        self.spec, self.layout = spec, layout
 
     def __call__(self, trial: Any) -> str:
-        if "pack" in trial.config and set(trial.config) == {"pack"}:
-            return f"pack{trial.config['pack']:03d}_{trial.trial_id[-5:]}"
-        return f"{trial_label(self.spec, trial.config)}_{trial.trial_id[-5:]}"
+        return (self.layout.trial_name(trial.config, trial.trial_id)
+                or f"{trial_label(self.spec, trial.config)}_{trial.trial_id[-5:]}")
 
 
-def _tune_config(spec: SweepSpec):
+def _tune_config(spec: SweepSpec, layout: Layout):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -259,7 +257,7 @@ def _tune_config(spec: SweepSpec):
     if s.name == "asha":
         scheduler = ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=spec.budget,
                                   grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-    namer = _TrialNamer(spec)
+    namer = _TrialNamer(spec, layout)
     # reuse_actors: a trial process (torch and grokray imported, datasets in memory) runs the next
     # trial too, instead of a fresh process per trial (~2-3 s each on 2 cores: the fixed cost that
     # dominated sweeps of short trials). Tune still starts a new one after a worker dies.
@@ -269,14 +267,13 @@ def _tune_config(spec: SweepSpec):
                            trial_name_creator=namer, trial_dirname_creator=namer, reuse_actors=True)
 
 
-def _trainable(spec: SweepSpec, record: SweepRecord):
+def _trainable(spec: SweepSpec, record: SweepRecord, layout: Layout):
     from ray import tune
 
-    packs = tuple(tuple(p) for p in record.packs or ())
     ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri, experiment_id=record.experiment_id,
-                       parent_run_id=record.parent_run_id, packs=packs)
+                       parent_run_id=record.parent_run_id, layout=layout)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(run_pack if packs else run_trial, ctx=ctx), resources)
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
 
 
 def _run_config(record: SweepRecord, spec: SweepSpec, callbacks: list):
@@ -482,25 +479,25 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
     record, exp_dir, spec = prepare_sweep(spec, name)
     _warn_cluster_store(record, address)
     init_ray(address, dashboard)
-    k = resolve_pack_size(spec) if spec.resources.pack != 1 else 1
-    if k > 1:
-        record.packs = plan_packs(spec, k)
-        record.save(exp_dir)
+    layout = Layout.plan(spec)                  # fixed now: a resume finds the same packs in the record
+    record.packs = layout.saved()
+    record.save(exp_dir)
     refresher = MapRefresher(record, map_logger)
-    space = search_space(spec, prepared, record.packs)
-    n_trials = _count_trials(spec, space) if not record.packs else len(record.packs)
-    print(f"[grokray] sweep {record.name!r}: {'at most ' if spec.method == 'boundary' else ''}"
-          f"{spec.n_trials() if record.packs else n_trials} trial(s) "
+    space = search_space(spec, prepared)
+    n_trials = _count_trials(spec, space)
+    print(f"[grokray] sweep {record.name!r}: {'at most ' if spec.method == 'boundary' else ''}{n_trials} trial(s) "
           f"({spec.method}), MLflow experiment {record.experiment!r} (parent run {record.parent_run_id}) at "
           f"{record.tracking_uri}; state in {exp_dir}", flush=True)
-    if record.packs:
-        print(f"[grokray] {describe(record.packs, k)}", flush=True)
-    for line in kind.log_prepared(tracking.get_client(record.tracking_uri), record.parent_run_id, prepared):
-        print(f"[grokray] {line}", flush=True)
-    tuner = tune.Tuner(_trainable(spec, record), param_space=space, tune_config=_tune_config(spec),
-                       run_config=_run_config(record, spec, _callbacks(spec, record, refresher, n_trials)))
+    for line in [layout.describe(), *kind.log_prepared(tracking.get_client(record.tracking_uri),
+                                                        record.parent_run_id, prepared)]:
+        if line:
+            print(f"[grokray] {line}", flush=True)
+    n_tune = layout.n_tune_trials(n_trials)
+    tuner = tune.Tuner(_trainable(spec, record, layout), param_space=layout.search_space(space),
+                       tune_config=_tune_config(spec, layout),
+                       run_config=_run_config(record, spec, _callbacks(spec, record, refresher, n_tune)))
     # method boundary: num_samples is a budget, and the search may resolve every boundary with fewer
-    expected = None if spec.method == "boundary" else n_trials
+    expected = None if spec.method == "boundary" else n_tune
     return _finish(record, _fit(tuner, record), refresher, started, expected=expected)
 
 
@@ -535,8 +532,8 @@ def resume_sweep(name: str, storage: str | None = None, address: str | None = No
         get_classifier(record.name, record.tracking_uri, spec.classifier, refresher)
     print(f"[grokray] resuming sweep {name!r} from {exp_dir}", flush=True)
     os.environ[RESUME_LOG_ENV] = str(exp_dir / PROGRESS_LOG)   # for a restored display that kept no log
-    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, record), resume_unfinished=True,
-                               resume_errored=True)
+    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, record, Layout.from_saved(record.packs)),
+                               resume_unfinished=True, resume_errored=True)
     results = _fit(tuner, record)
     return _finish(record, results, refresher, started)
 

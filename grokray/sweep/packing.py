@@ -4,7 +4,8 @@ With ``resources: {pack: K}`` a grid sweep of kind ``trial`` is cut into packs b
 sees it: trials whose configs share every shape-changing key (:func:`grokray.packed.pack_key`:
 the model section, entity / relation counts, batch size, precision, device) are grouped, in
 grid order, into packs of at most K. Tune then runs one trial per pack (``config = {"pack":
-i}``) with the pack's resources, and :func:`run_pack` trains the members together
+i}``) with the pack's resources, and the one trainable
+(:func:`grokray.sweep.trainable.run_trial`, through :class:`grokray.sweep.layout.Layout`) trains the members together
 (:class:`grokray.packed.PackedTrainer`) while each member keeps everything a solo trial has:
 its MLflow child run (found again after a restart by ``<Tune trial id>/<slot>``), the same
 params, metrics, checkpoints (solo format) and tags plus ``grokray.pack`` /
@@ -22,21 +23,12 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 from grokray.errors import first_line
-from grokray import tracking
-from grokray.config import to_plain
-from grokray.packed import PackedTrainer, group_into_packs
-from grokray.sweep.stopper import StopCallback
-from grokray.sweep.trainable import (CHECKPOINT_EVERY_S, TrialContext, find_or_create_run, restore_state,
-                                    trial_device)
+from grokray.packed import group_into_packs
 
 #: Largest pack ``pack: auto`` chooses (HFTA and our GPU benchmark: gains flatten out beyond it).
 MAX_AUTO_PACK = 64
@@ -137,70 +129,3 @@ def describe(packs: list[list[dict]], k: int | str) -> str:
     return (f"packed {n} trial(s) into {len(packs)} pack(s) of at most {k} "
             f"(sizes {', '.join(map(str, sizes[:12]))}{', ...' if len(sizes) > 12 else ''}; "
             "trials share a pack when model, vocabulary, batch size, precision and device are equal)")
-
-
-class PackReporter:
-    """Member callback: a Tune result per member evaluation, a pack checkpoint every few seconds."""
-
-    def __init__(self, run_ids: list[str], reported: tuple[str, ...], every_s: float | None = None):
-        self.run_ids, self.reported = run_ids, reported
-        self.every_s = CHECKPOINT_EVERY_S if every_s is None else every_s
-        self.last_ckpt = time.monotonic()
-
-    def result(self, step: int, metrics: dict, slot: int) -> dict:
-        out = {k: metrics[k] for k in self.reported if k in metrics}
-        out.update(step=step, slot=slot, mlflow_run_id=self.run_ids[slot], mlflow_run_ids=list(self.run_ids),
-                   pid=os.getpid())
-        return out
-
-    def on_eval(self, step: int, metrics: dict, member: Any) -> None:
-        from ray import tune
-
-        pack = member.pack
-        if time.monotonic() - self.last_ckpt >= self.every_s:
-            with tempfile.TemporaryDirectory(prefix="grokray-ckpt-") as d:
-                pack.save_state(Path(d) / "state.pt")
-                (Path(d) / "meta.json").write_text(json.dumps({"run_ids": self.run_ids, "step": pack.step}))
-                tune.report(self.result(step, metrics, member.index), checkpoint=tune.Checkpoint.from_directory(d))
-            self.last_ckpt = time.monotonic()
-        else:
-            tune.report(self.result(step, metrics, member.index))
-        return None
-
-
-def run_pack(config: dict, ctx: TrialContext) -> None:
-    """The Tune trainable of a packed sweep: ``config["pack"]`` indexes ``ctx.packs``."""
-    import torch
-    from ray import tune
-
-    torch.set_num_threads(ctx.threads)
-    spec = ctx.spec
-    members = ctx.packs[config["pack"]]
-    tune_id = tune.get_context().get_trial_id()
-    client = tracking.get_client(ctx.tracking_uri)
-    keys = spec.kind_impl.trial_keys(spec)
-    run_ids = [find_or_create_run(client, ctx, f"{tune_id}/{slot}", {k: v[k] for k in keys if k in v},
-                                  tags={tracking.Tag.PACK: tune_id, tracking.Tag.PACK_SLOT: str(slot)})
-               for slot, v in enumerate(members)]
-    statuses = ["FAILED"] * len(members)
-    results = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="grokray-pack-") as work:
-            cfgs = [spec.trial_config(v) for v in members]
-            pack = PackedTrainer(cfgs, work_dirs=[Path(work) / str(slot) for slot in range(len(members))],
-                                 device=trial_device(cfgs[0].train.device))
-            restore_state(pack)
-            reporter = PackReporter(run_ids, spec.kind_impl.reported)
-            draw = not spec.classifier.enabled   # the classifier draws curves.png
-            results = pack.run([[tracking.RunLogger(client, rid, draw_curves=draw), StopCallback(spec.stopping),
-                                 reporter] for rid in run_ids])
-            statuses = ["FINISHED"] * len(members)
-    finally:
-        for rid, status in zip(run_ids, statuses):
-            client.set_terminated(rid, status=status)
-    last = max(results, key=lambda r: r.steps_run)
-    final = reporter.result(last.steps_run, last.history[-1], results.index(last))
-    final.update(stop_reason=", ".join(sorted({r.stop_reason for r in results})), steps_run=last.steps_run,
-                 members=[{"run_id": rid, "stop_reason": r.stop_reason, "steps_run": r.steps_run}
-                          for rid, r in zip(run_ids, results)])
-    tune.report(to_plain(final))

@@ -1,5 +1,5 @@
-"""The one Ray Tune trainable of every sweep kind: Tune's values -> the kind's Trainer -> an MLflow
-child run + Tune reports.
+"""The one Ray Tune trainable of every sweep kind: Tune's values -> the kind's Trainer (or a pack's)
+-> an MLflow child run per member + Tune reports.
 
 :func:`run_trial` does what every kind shares: find (a restart) or create the trial's MLflow
 child run, build the trainer through the kind (:meth:`~grokray.sweep.kinds.base.SweepKind.build`),
@@ -25,7 +25,9 @@ from typing import Any
 
 from grokray import tracking
 from grokray.config import to_plain
+from grokray.sweep.layout import Layout
 from grokray.sweep.naming import run_name
+from grokray.sweep.placement import trial_device  # noqa: F401 - where kinds and tests import it from
 
 #: Seconds between two Tune checkpoints of a running trial (plus one at the budget);
 #: ``$GROKRAY_CHECKPOINT_EVERY_S`` overrides it (tests use a short one).
@@ -39,7 +41,7 @@ class TrialContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    packs: tuple = ()          # a packed sweep's packs: each a tuple of member values (grokray.sweep.packing)
+    layout: Layout = Layout()  # how the sweep's trials lie on Tune's (a trial is a pack of one by default)
 
     @property
     def threads(self) -> int:
@@ -67,35 +69,46 @@ def find_or_create_run(client: Any, ctx: TrialContext, trial_id: str, values: di
 
 
 class TuneReporter:
-    """Trainer callback: a Tune result per evaluation, a checkpoint every few seconds."""
+    """Member callback: a Tune result per evaluation, a checkpoint of the whole trial (the trainer,
+    or the pack a member belongs to) every few seconds and at a member's budget. One class for 1..K
+    members: a pack's results also name the member's ``slot`` and every member's run."""
 
-    def __init__(self, run_id: str, reported: tuple[str, ...], every_s: float | None = None):
-        self.run_id, self.reported = run_id, reported
+    def __init__(self, run_ids: list[str], reported: tuple[str, ...], every_s: float | None = None):
+        self.run_ids, self.reported = list(run_ids), reported
         self.every_s = CHECKPOINT_EVERY_S if every_s is None else every_s
         self.last_ckpt = time.monotonic()
 
-    def result(self, step: int, metrics: dict) -> dict:
+    def result(self, step: int, metrics: dict, slot: int = 0) -> dict:
         out = {k: metrics[k] for k in self.reported if k in metrics}
-        out.update(step=step, mlflow_run_id=self.run_id, pid=os.getpid())
+        out.update(step=step, mlflow_run_id=self.run_ids[slot], pid=os.getpid())
+        if len(self.run_ids) > 1:
+            out.update(slot=slot, mlflow_run_ids=list(self.run_ids))
         return out
 
-    def on_eval(self, step: int, metrics: dict, trainer: Any) -> None:
+    def on_eval(self, step: int, metrics: dict, member: Any) -> None:
         from ray import tune
 
-        if time.monotonic() - self.last_ckpt >= self.every_s or step >= trainer.cfg.train.max_steps:
+        whole = getattr(member, "pack", member)          # what a restart restores: the trainer or the pack
+        result = self.result(step, metrics, getattr(member, "index", 0))
+        if time.monotonic() - self.last_ckpt >= self.every_s or step >= member.cfg.train.max_steps:
             with tempfile.TemporaryDirectory(prefix="grokray-ckpt-") as d:
-                trainer.save_state(Path(d) / "state.pt")
-                (Path(d) / "meta.json").write_text(json.dumps({"run_id": self.run_id, "step": step}))
-                tune.report(self.result(step, metrics), checkpoint=tune.Checkpoint.from_directory(d))
+                whole.save_state(Path(d) / "state.pt")
+                (Path(d) / "meta.json").write_text(json.dumps({"run_ids": self.run_ids, "step": whole.step}))
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
             self.last_ckpt = time.monotonic()
         else:
-            tune.report(self.result(step, metrics))
+            tune.report(result)
         return None
 
-    def final(self, result: Any) -> dict:
-        """The trial's last Tune result: its last metrics, why it stopped and after how many steps."""
-        final = dict(self.result(result.steps_run, result.history[-1]))
-        final.update(stop_reason=result.stop_reason, steps_run=result.steps_run)
+    def final(self, results: list) -> dict:
+        """The Tune trial's last result: the last metrics of its longest-running member, why each
+        stopped and after how many steps."""
+        last = max(results, key=lambda r: r.steps_run)
+        final = dict(self.result(last.steps_run, last.history[-1], results.index(last)))
+        final.update(stop_reason=", ".join(sorted({r.stop_reason for r in results})), steps_run=last.steps_run)
+        if len(results) > 1:
+            final["members"] = [{"run_id": rid, "stop_reason": r.stop_reason, "steps_run": r.steps_run}
+                                for rid, r in zip(self.run_ids, results)]
         return final
 
 
@@ -110,49 +123,32 @@ def restore_state(trainer: Any) -> None:
 
 
 def run_trial(config: dict, ctx: TrialContext) -> None:
-    """The Tune trainable: ``config`` holds the trial's values under their spec keys."""
+    """The Tune trainable of every sweep, packed or not: ``config`` holds the trial's values under
+    their spec keys, or a pack's index (the layout knows its members)."""
     import torch
     from ray import tune
 
     torch.set_num_threads(ctx.threads)
-    kind = ctx.spec.kind_impl
-    values = {k: config[k] for k in kind.trial_keys(ctx.spec) if k in config}
+    spec, layout = ctx.spec, ctx.layout
+    keys = spec.kind_impl.trial_keys(spec)
+    members = layout.members(config)
+    tune_id = tune.get_context().get_trial_id()
     client = tracking.get_client(ctx.tracking_uri)
-    from grokray.sweep.boundary import REASON_KEY, REASON_TAG
-
-    note = {REASON_TAG: str(config[REASON_KEY])} if REASON_KEY in config else None   # why the search chose it
-    run_id = find_or_create_run(client, ctx, tune.get_context().get_trial_id(), values, tags=note)
-    status = "FAILED"  # also when the kind cannot build its trainer (e.g. a source checkpoint is gone)
+    run_ids = [find_or_create_run(client, ctx, trial_id, {k: v[k] for k in keys if k in v}, tags=tags)
+               for trial_id, tags, v in zip(layout.trial_ids(tune_id, len(members)),
+                                            layout.member_tags(tune_id, members), members)]
+    statuses = ["FAILED"] * len(members)   # also when the kind cannot build (e.g. a source checkpoint is gone)
     try:
         with tempfile.TemporaryDirectory(prefix="grokray-trial-") as work:
-            built = kind.build(ctx.spec, config, client, run_id, work)
-            tags = dict(built.tags)
-            if built.run_name:
-                tags[tracking.Tag.RUN_NAME] = built.run_name
-            if tags:
-                tracking.log_tags(client, run_id, tags)
-            restore_state(built.trainer)
-            reporter = TuneReporter(run_id, kind.reported)
-            result = built.trainer.run([*built.callbacks, reporter])
-            status = "FINISHED"
+            running = layout.build(spec, members, client, run_ids, work)
+            for rid, tags in zip(run_ids, running.tags):
+                if tags:
+                    tracking.log_tags(client, rid, tags)
+            restore_state(running.trainer)
+            reporter = TuneReporter(run_ids, spec.kind_impl.reported)
+            results = running.run(reporter)
+            statuses = ["FINISHED"] * len(members)
     finally:
-        client.set_terminated(run_id, status=status)
-    tune.report(reporter.final(result))
-
-
-def trial_device(spec_device: str) -> str | None:
-    """The device a trial process trains on, from ``train.device`` and what Ray assigned it: ``auto``
-    with no GPU assigned is the CPU (:func:`grokray.device.resolve_auto`); None leaves the config's
-    choice (outside Ray, or a device named explicitly)."""
-    if spec_device != "auto":
-        return None
-    import ray
-    import torch
-
-    from grokray.device import resolve_auto
-
-    try:
-        assigned = bool(ray.get_gpu_ids())
-    except Exception:  # noqa: BLE001 - not in a Ray worker
-        return None
-    return resolve_auto(spec_device, assigned, torch.cuda.is_available())
+        for rid, status in zip(run_ids, statuses):
+            client.set_terminated(rid, status=status)
+    tune.report(to_plain(reporter.final(results)))
