@@ -1,14 +1,9 @@
 """experiments/paths_pairs.py: which runs make a matched pair, and which checkpoint matches."""
-import doctest
-
 import pandas as pd
 import pytest
 
 from experiments import paths_pairs as pp
 
-
-def test_its_docstring_examples_hold():
-    assert doctest.testmod(pp).failed == 0
 
 
 def _runs(rows):

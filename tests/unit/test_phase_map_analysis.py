@@ -1,16 +1,11 @@
 """The phase-map analysis's pure parts: the grouped log-log fit, the stop-rule savings and the
 graph-disagreement finder (experiments/phase_map_analysis.py)."""
-import doctest
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from experiments import phase_map_analysis as pma
 
-
-def test_its_docstring_examples_hold():
-    assert doctest.testmod(pma).failed == 0
 
 
 @pytest.mark.parametrize("slope, offsets", [(-1.0, [0.0, 1.0]), (-0.5, [2.0, -1.0, 0.3]), (0.7, [0.0])])
