@@ -95,6 +95,41 @@ def stop_savings(runs: pd.DataFrame, budget: int) -> dict:
             "saved_fraction": round(1 - float(steps.sum()) / full, 4) if full else None, "by_stop_reason": by}
 
 
+def audit_labels(map_runs: pd.DataFrame, audit_runs: pd.DataFrame, keys: list[str]) -> dict:
+    """The stop-rule audit: each audit run (the same cell run to its budget, no stop rule) beside the
+    map's run of that cell; a label or detail that differs is a stop that decided it.
+
+    >>> m = pd.DataFrame({"wd": [1.0, 3.0], "label": ["true_grokking", "no_grokking"], "detail": ["grokking", "confusion"],
+    ...                   "steps_run": [9000, 6000]})
+    >>> a = m.assign(steps_run=[12000, 12000], detail=["grokking", "memorization"])
+    >>> r = audit_labels(m, a, ["wd"])
+    >>> r["n_compared"], r["labels_changed"], r["details_changed"]
+    (2, 0, 1)
+    """
+    cmp = []
+    for _, a in audit_runs.iterrows():
+        hit = map_runs
+        for k in keys:
+            hit = hit[[_same(v) == _same(a[k]) for v in hit[k]]]
+        if hit.empty or pd.isna(a.get("label")):
+            continue
+        m = hit.iloc[0]
+        cmp.append({"cell": {k: _plain(a[k]) for k in keys},
+                    "stopped": {"label": m["label"], "detail": m["detail"], "steps_run": _plain(m["steps_run"])},
+                    "to_budget": {"label": a["label"], "detail": a["detail"], "steps_run": _plain(a["steps_run"])},
+                    "label_changed": m["label"] != a["label"], "detail_changed": m["detail"] != a["detail"]})
+    return {"n_compared": len(cmp), "labels_changed": sum(c["label_changed"] for c in cmp),
+            "details_changed": sum(c["detail_changed"] for c in cmp), "cells": cmp}
+
+
+def _same(v) -> object:
+    """A value as a cell key: numbers compared as numbers ("1" == 1.0), anything else as text."""
+    try:
+        return round(float(v), 9)
+    except (TypeError, ValueError):
+        return str(v)
+
+
 def graph_disagreements(runs: pd.DataFrame, cell: list[str]) -> list[dict]:
     """Cells whose graphs (``data.seed``) got different labels, each graph's numbers beside."""
     keep = ["label", "detail", "phase", "t_memorize", "t_generalize", "final_id_acc", "final_ood_acc",
@@ -148,6 +183,14 @@ def load(tracking_uri: str, sweep: str) -> tuple[pd.DataFrame, int]:
     runs = runs.assign(t_id50=t50, t_id90=t90, stop_reason=reasons)
     budget = int(runs.attrs.get("max_steps") or runs["steps_run"].max())
     return runs, budget
+
+
+def _with_params(tracking_uri: str, runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Add the run params ``keys`` a sweep held constant (an audit's single graph) as columns."""
+    from grokray import tracking
+    client = tracking.existing_client(tracking_uri)
+    params = [client.get_run(rid).data.params for rid in runs["run_id"]]
+    return runs.assign(**{k: [p.get(k) for p in params] for k in keys})
 
 
 def analyse(runs: pd.DataFrame, budget: int) -> dict:
@@ -214,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", default="phase-map")
     ap.add_argument("--out", type=Path, default=Path("experiments/results/phase_map.json"))
     ap.add_argument("--png", type=Path, default=Path("docs/phase-map/scaling.png"))
+    ap.add_argument("--audit", metavar="SWEEP", default=None,
+                    help="a sweep of the map's cells run to budget without a stop rule (sweeps/phase-map-audit.yaml)")
     a = ap.parse_args(argv)
     from grokray.config import ConfigError
     try:
@@ -222,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"phase_map_analysis: {e}", file=sys.stderr)
         return 2
     result = analyse(runs, budget)
+    if a.audit:
+        try:
+            audit, _ = load(a.tracking_uri, a.audit)
+        except (ConfigError, LookupError) as e:
+            print(f"phase_map_analysis: --audit {a.audit}: {e}", file=sys.stderr)
+            return 2
+        audit = _with_params(a.tracking_uri, audit, [k for k in runs.attrs.get("params", []) if k not in audit])
+        keys = [k for k in runs.attrs.get("params", []) if k in audit]
+        result["stop_rule"]["audit"] = {"sweep": a.audit, **audit_labels(runs[runs["label"].notna()], audit, keys)}
     result.update(sweep=a.sweep, tracking_uri=a.tracking_uri,
                   measured=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     st = result["stop_rule"]
     print(f"  stop rule: {st['steps_run']:,} of {st['steps_if_all_ran_to_budget']:,} trial-steps run "
           f"({100 * st['saved_fraction']:.1f}% saved)")
+    if "audit" in st:
+        au = st["audit"]
+        print(f"  audit ({au['sweep']}): {au['n_compared']} cells run to budget; labels changed {au['labels_changed']}, "
+              f"details changed {au['details_changed']}")
     print(f"wrote {a.out} and {a.png}")
     return 0
 
