@@ -57,9 +57,12 @@ def instrument() -> None:
     """Wrap the parts of classify_run with timers (module attributes it looks up at call time)."""
     import grokray.classify as cl
     import grokray.tracking as tr
+    import grokray.tracking.runs as runs
 
-    tr.load_history = _timed("history_download", tr.load_history)
-    tr.checkpoints = _timed("checkpoint_listing", tr.checkpoints)
+    load_history = _timed("history_download", runs.load_history)
+    checkpoints = _timed("checkpoint_listing", runs.checkpoints)
+    for mod in (tr, runs):   # the classifier calls tracking's; the reading functions call each other in runs
+        mod.load_history, mod.checkpoints = load_history, checkpoints
     cl.load_checkpoint = _timed("checkpoint_load", cl.load_checkpoint)
     cl.load_dataset = _timed("dataset_load", cl.load_dataset)
     cl.circuit_evidence = _timed(EVIDENCE, cl.circuit_evidence)

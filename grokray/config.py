@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from grokray.errors import first_line
+from grokray.errors import first_line, reason
 
 
 #: How a bad value is shown: bounded, so a 10,000-element list or a 300-digit number still
@@ -613,7 +613,7 @@ def _read_text(path: str | os.PathLike) -> str:
     except PermissionError:
         raise ConfigError("permission denied: cannot read the file", source=path) from None
     except OSError as e:  # ELOOP, ENAMETOOLONG, EIO, a FIFO that fails, ...
-        raise ConfigError(f"cannot read the file: {e.strerror or type(e).__name__}", source=path) from None
+        raise ConfigError(f"cannot read the file: {reason(e)}", source=path) from None
     nul = data.find(b"\0")
     try:
         text = data.decode("utf-8")

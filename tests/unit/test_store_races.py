@@ -1,10 +1,10 @@
-"""Which store-opening errors :func:`grokray.tracking._open_sqlite` waits out as another process's
+"""Which store-opening errors :func:`grokray.tracking.store._open_sqlite` waits out as another process's
 migration, and which it reports at once. Messages are the ones seen from MLflow / sqlite / alembic."""
 from __future__ import annotations
 
 import pytest
 
-from grokray.tracking import _is_migration_race
+from grokray.tracking.store import is_migration_race
 
 CASES = [
     ("(sqlite3.OperationalError) table experiments already exists", True),
@@ -22,7 +22,7 @@ CASES = [
 
 @pytest.mark.parametrize("message,is_race", CASES)
 def test_is_migration_race(message, is_race):
-    assert _is_migration_race(RuntimeError(message)) is is_race
+    assert is_migration_race(RuntimeError(message)) is is_race
 
 
 def test_a_race_seen_only_in_the_cause_still_counts():
@@ -32,4 +32,4 @@ def test_a_race_seen_only_in_the_cause_still_counts():
         except RuntimeError as inner:
             raise ValueError("cannot open") from inner
     except ValueError as outer:
-        assert _is_migration_race(outer)
+        assert is_migration_race(outer)
