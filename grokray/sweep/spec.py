@@ -46,8 +46,7 @@ from typing import Any, Mapping
 
 from grokray.config import (MAX_BUDGET, SECTIONS, ConfigError, TrialConfig, check_tracking_uri, coerce, read_yaml,
                             to_plain, trial_config_from_dict)
-from grokray.data.graph import build_graph, max_phi
-from grokray.sweep.kinds import KINDS, SweepKind
+from grokray.sweep.kinds import DEFAULT_KIND, KINDS, SweepKind
 from grokray.sweep.params import (Parameter, check_name, int_at_least, mapping, no_unknown, parse_parameter,
                                   without_name)
 from grokray.sweep.stopper import Scheduler, StopRule, parse_stopping
@@ -104,7 +103,7 @@ class SweepSpec:
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
     #: method boundary: ``min_coarse`` values per axis in the first design, ``island_probe`` (0: off)
     boundary: dict = field(default_factory=lambda: {"min_coarse": 3, "island_probe": 0})
-    kind: str = "trial"
+    kind: str = DEFAULT_KIND
     kind_spec: Any = None            # the kind's own section (a FinetuneSpec for kind finetune)
     source: str | None = None        # the file it came from
     raw: dict = field(default_factory=dict)  # the spec as written, base inlined (saved with the sweep for resume)
@@ -233,28 +232,6 @@ def _check_no_key_twice(parameters: list[Parameter]) -> None:
             setters[k] = p.key
 
 
-def _check_phi_feasible(spec: SweepSpec) -> None:
-    """phi above what the pool allows fails at validate time, not in the middle of a sweep."""
-    phi_param = next((p for p in spec.parameters if p.key == "data.phi"), None)
-    graph_keys = ("data.n_entities", "data.n_relations", "data.out_degree", "data.ood_fraction",
-                  "data.test_id_fraction", "data.seed")
-    graph_params = [p for p in spec.parameters if p.key in graph_keys]
-    if any(p.values is None for p in graph_params):
-        return  # a graph drawn from a distribution: checked when the trial builds its data
-    phis = (phi_param.values if phi_param and phi_param.values is not None
-            else [phi_param.high] if phi_param else [spec.base.data.phi])
-    combos = itertools.product(*[[(p.key, v) for v in p.values] for p in graph_params]) if graph_params else [()]
-    for combo in combos:
-        cfg = spec.base.with_values(dict(combo))
-        allowed = max_phi(build_graph(cfg.data), cfg.data)
-        for i, phi in enumerate(phis):
-            if float(phi) > allowed + 1e-9:
-                key = phi_param.where(i) if phi_param else "base.data.phi"
-                at = ", ".join(f"{k}={v}" for k, v in combo)
-                raise ConfigError(f"exceeds the largest phi the pool allows ({allowed:.2f}"
-                                  + (f" at {at}" if at else "") + ")", key=key, value=phi)
-
-
 # --------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = ("name", "description", "method", "kind", "base", "parameters", "max_steps", "num_samples", "metric",
@@ -296,7 +273,7 @@ def _base(raw: Mapping, source: str | os.PathLike | None) -> TrialConfig:
 def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
     if not isinstance(raw, Mapping):
         raise ConfigError("a sweep spec must be a mapping", value=type(raw).__name__)
-    kind_name = raw.get("kind", "trial")
+    kind_name = raw.get("kind", DEFAULT_KIND)
     if not isinstance(kind_name, str) or kind_name not in KINDS:
         raise ConfigError(f"must be one of {', '.join(KINDS)}", key="kind", value=kind_name)
     kind = KINDS[kind_name]
@@ -358,7 +335,7 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
 
     classifier = _parse_classifier(mapping(raw.get("classifier"), "classifier"), kind.labelled)
 
-    if resources.pack != 1 and (method != "grid" or kind_name != "trial"):
+    if resources.pack != 1 and (method != "grid" or not kind.packable):
         raise ConfigError(f"packing needs method grid and kind trial (the pack plan is the grid's; this spec has "
                           f"method {method}, kind {kind_name})", key="resources.pack", value=resources.pack)
 
@@ -387,8 +364,7 @@ def _spec_from_dict(raw: Any, source: str | os.PathLike | None) -> SweepSpec:
                      experiment=tracking.get("experiment"), storage=storage, classifier=classifier,
                      kind=kind_name, kind_spec=kind_spec, source=str(source) if source is not None else None,
                      raw=written, given=tuple(str(k) for k in raw), boundary=boundary)
-    if kind.name == "trial":
-        _check_phi_feasible(spec)  # a finetune sweep's data comes from its sources: checked at sweep start
+    kind.check(spec)
     return spec
 
 

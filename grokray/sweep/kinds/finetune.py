@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from grokray import tracking
 from grokray.config import MAX_BUDGET, ConfigError, check_tracking_uri, to_plain
+from grokray.contract import SOURCES_JSON, SWEPT_SOURCE_RUN, TRANSFER_CURVES_PNG, FinetuneParam
 from grokray.plots import plot_transfer_curves
 from grokray.sweep.kinds.base import Built
 from grokray.sweep.naming import run_name
@@ -43,14 +44,15 @@ from grokray.verdict import LABELS, SHORT_LABELS, label_name
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from grokray.sweep.spec import SweepSpec
     from grokray.train import Trainer, TrainResult
 
 #: Metrics every finetune Tune result carries (besides step / run id).
 REPORTED = ("acc/train", "train_loss", "acc/new_atomic", "acc/retained_atomic", "acc/unretained_atomic",
             *(f"acc/{s}" for s in TEST_SPLITS.values()), *(f"lens/{s}/bridge_found" for s in TEST_SPLITS),
             "param_norm")
-#: The Tune search-space key holding a trial's source run id.
-SOURCE_RUN = "source_run"
+#: The Tune search-space key holding a trial's source run id (also in ``sweep.swept`` and ``grokray.swept``).
+SOURCE_RUN = SWEPT_SOURCE_RUN
 
 
 # =========================================================================== the spec section
@@ -260,7 +262,8 @@ class FinetuneLogger(tracking.RunLogger):
     ``transfer/*`` metrics and a ``transfer_curves.png``."""
 
     def __init__(self, client: "MlflowClient", run_id: str, tcfg: TransferConfig, source: Mapping[str, Any]):
-        super().__init__(client, run_id, extra_params={f"transfer.{k}": v for k, v in tcfg.to_dict().items()})
+        super().__init__(client, run_id,
+                         extra_params={FinetuneParam.transfer(k): v for k, v in tcfg.to_dict().items()})
         self.source = dict(source)
 
     def on_start(self, trainer: "Trainer") -> None:
@@ -269,8 +272,10 @@ class FinetuneLogger(tracking.RunLogger):
         if first:
             sizes = trainer.dataset.sizes()
             tracking.log_params(self.client, self.run_id, {
-                "source.run_id": self.source.get("run_id"), "source.checkpoint": self.source.get("checkpoint"),
-                "source.step": trainer.source_step, **{f"transfer.size.{k}": sizes[k] for k in SPLITS if k in sizes}})
+                FinetuneParam.SOURCE_RUN_ID: self.source.get("run_id"),
+                FinetuneParam.SOURCE_CHECKPOINT: self.source.get("checkpoint"),
+                FinetuneParam.SOURCE_STEP: trainer.source_step,
+                **{FinetuneParam.size(k): sizes[k] for k in SPLITS if k in sizes}})
 
     def on_end(self, result: "TrainResult", trainer: "Trainer") -> None:
         super().on_end(result, trainer)
@@ -284,8 +289,8 @@ def log_transfer_summary(client: "MlflowClient", run_id: str, history: Sequence[
     last = int(history[-1]["step"]) if history else 0
     tracking.log_metrics(client, run_id, last, {f"{tracking.TRANSFER_PREFIX}{k}": v for k, v in summary.items()})
     with tempfile.TemporaryDirectory(prefix="grokray-transfer-") as tmp:
-        plot_transfer_curves({label: [history]}, Path(tmp) / "transfer_curves.png", title=f"fine-tuning {run_id[:12]}")
-        client.log_artifact(run_id, str(Path(tmp) / "transfer_curves.png"))
+        plot_transfer_curves({label: [history]}, Path(tmp) / TRANSFER_CURVES_PNG, title=f"fine-tuning {run_id[:12]}")
+        client.log_artifact(run_id, str(Path(tmp) / TRANSFER_CURVES_PNG))
     return summary
 
 
@@ -308,6 +313,7 @@ class FinetuneKind:
     reported: tuple[str, ...] = REPORTED
     progress_columns: tuple = (("new+old", "acc/test_new_old"), ("old+new", "acc/test_old_new"))
     labelled: bool = False
+    packable: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def parse(self, raw: Mapping[str, Any], parameters: list[Parameter]) -> FinetuneSpec:
@@ -339,39 +345,42 @@ class FinetuneKind:
             keys.append(p.key)
         return FinetuneSpec(source=source, transfer=transfer, transfer_keys=tuple(keys))
 
+    def check(self, spec: "SweepSpec") -> None:
+        return None   # its sources and their data are checked when the sweep starts (prepare)
+
     def owns(self, key: str) -> bool:
         return key.startswith("transfer.") or key == SOURCE_RUN
 
-    def trial_keys(self, spec: Any) -> list[str]:
+    def trial_keys(self, spec: "SweepSpec") -> list[str]:
         """``source_run`` first, then the spec's swept keys."""
         return [SOURCE_RUN, *spec.swept_keys]
 
-    def n_trials_note(self, spec: Any) -> str:
+    def n_trials_note(self, spec: "SweepSpec") -> str:
         src = spec.kind_spec.source
         what = f"sweep {src.sweep!r}" if src.sweep else f"{len(src.runs)} run(s)"
         return f" per source run (fine-tuning {what}{', labels ' + '/'.join(src.label) if src.label else ''})"
 
     @staticmethod
-    def transfer_grid(spec: Any) -> list[dict[str, Any]]:
+    def transfer_grid(spec: "SweepSpec") -> list[dict[str, Any]]:
         """Every combination of the grid values of the ``transfer.*`` parameters (``[{}]`` when none)."""
         ps = [p for p in spec.parameters if p.key.startswith("transfer.") and p.values is not None]
         return [dict(zip([p.key for p in ps], combo)) for combo in itertools.product(*[p.values for p in ps])]
 
-    def prepare(self, spec: Any, tracking_uri: str) -> list[dict[str, Any]]:
+    def prepare(self, spec: "SweepSpec", tracking_uri: str) -> list[dict[str, Any]]:
         return prepare_sources(spec.kind_spec, tracking_uri, self.transfer_grid(spec))
 
-    def search_space(self, spec: Any, prepared: list[dict[str, Any]]) -> dict[str, Any]:
+    def search_space(self, spec: "SweepSpec", prepared: list[dict[str, Any]]) -> dict[str, Any]:
         from ray import tune
 
         return {SOURCE_RUN: tune.grid_search([s["run_id"] for s in prepared])}
 
     def log_prepared(self, client: "MlflowClient", parent_run_id: str, prepared: list[dict[str, Any]]) -> list[str]:
-        tracking.log_texts(client, parent_run_id, {"sources.json": json.dumps(list(prepared), indent=2, default=str)})
+        tracking.log_texts(client, parent_run_id, {SOURCES_JSON: json.dumps(list(prepared), indent=2, default=str)})
         tracking.log_params(client, parent_run_id, {tracking.SweepParam.N_SOURCES: len(prepared)})
         return [f"fine-tuning {len(prepared)} source run(s): "
                 + ", ".join(f"{s['run_name'] or s['run_id']} ({s['label']})" for s in prepared)]
 
-    def build(self, spec: Any, config: Mapping[str, Any], client: "MlflowClient", run_id: str,
+    def build(self, spec: "SweepSpec", config: Mapping[str, Any], client: "MlflowClient", run_id: str,
               work_dir: str) -> Built:
         fspec: FinetuneSpec = spec.kind_spec
         source_run = config[SOURCE_RUN]

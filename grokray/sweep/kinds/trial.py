@@ -6,13 +6,22 @@ spec's :class:`~grokray.sweep.stopper.StopRule`, and labelled by the classifier 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import itertools
+from typing import TYPE_CHECKING, Any, Mapping
 
 from grokray import tracking
+from grokray.config import ConfigError
+from grokray.data.graph import build_graph, max_phi
 from grokray.sweep.kinds.base import Built
 from grokray.sweep.stopper import StopCallback
-from grokray.sweep.trainable import trial_device
+from grokray.sweep.placement import trial_device
 from grokray.train import Trainer
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from grokray.sweep.params import Parameter
+    from grokray.sweep.spec import SweepSpec
 
 REPORTED = ("acc/train", "loss/train", "train_loss", "acc/train_inferred", "acc/id_atomic", "acc/ood_atomic",
             "acc/test_inferred_id", "acc/test_inferred_ood", "lens/ood/bridge_found", "lens/id/bridge_found",
@@ -26,30 +35,58 @@ class TrialKind:
     reported = REPORTED
     progress_columns = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
     labelled = True
+    packable = True
 
-    def parse(self, raw: Mapping[str, Any], parameters: list) -> None:
+    def parse(self, raw: Mapping[str, Any], parameters: "list[Parameter]") -> None:
         return None
+
+    def check(self, spec: "SweepSpec") -> None:
+        check_phi_feasible(spec)
 
     def owns(self, key: str) -> bool:
         return False
 
-    def trial_keys(self, spec: Any) -> list[str]:
+    def trial_keys(self, spec: "SweepSpec") -> list[str]:
         return list(spec.swept_keys)
 
-    def n_trials_note(self, spec: Any) -> str:
+    def n_trials_note(self, spec: "SweepSpec") -> str:
         return ""
 
-    def prepare(self, spec: Any, tracking_uri: str) -> None:
+    def prepare(self, spec: "SweepSpec", tracking_uri: str) -> None:
         return None
 
-    def search_space(self, spec: Any, prepared: Any) -> dict[str, Any]:
+    def search_space(self, spec: "SweepSpec", prepared: Any) -> dict[str, Any]:
         return {}
 
-    def log_prepared(self, client: Any, parent_run_id: str, prepared: Any) -> list[str]:
+    def log_prepared(self, client: "MlflowClient", parent_run_id: str, prepared: Any) -> list[str]:
         return []
 
-    def build(self, spec: Any, config: Mapping[str, Any], client: Any, run_id: str, work_dir: str) -> Built:
+    def build(self, spec: "SweepSpec", config: Mapping[str, Any], client: "MlflowClient", run_id: str,
+              work_dir: str) -> Built:
         cfg = spec.trial_config(config)
         trainer = Trainer(cfg, work_dir=work_dir, device=trial_device(cfg.train.device))
         logger = tracking.RunLogger(client, run_id, draw_curves=not spec.classifier.enabled)
         return Built(trainer, [logger, StopCallback(spec.stopping)])
+
+
+def check_phi_feasible(spec: "SweepSpec") -> None:
+    """phi above what the pool allows fails at validate time, not in the middle of a sweep (a finetune
+    sweep's data comes from its sources: checked when it starts)."""
+    phi_param = next((p for p in spec.parameters if p.key == "data.phi"), None)
+    graph_keys = ("data.n_entities", "data.n_relations", "data.out_degree", "data.ood_fraction",
+                  "data.test_id_fraction", "data.seed")
+    graph_params = [p for p in spec.parameters if p.key in graph_keys]
+    if any(p.values is None for p in graph_params):
+        return  # a graph drawn from a distribution: checked when the trial builds its data
+    phis = (phi_param.values if phi_param and phi_param.values is not None
+            else [phi_param.high] if phi_param else [spec.base.data.phi])
+    combos = itertools.product(*[[(p.key, v) for v in p.values] for p in graph_params]) if graph_params else [()]
+    for combo in combos:
+        cfg = spec.base.with_values(dict(combo))
+        allowed = max_phi(build_graph(cfg.data), cfg.data)
+        for i, phi in enumerate(phis):
+            if float(phi) > allowed + 1e-9:
+                key = phi_param.where(i) if phi_param else "base.data.phi"
+                at = ", ".join(f"{k}={v}" for k, v in combo)
+                raise ConfigError(f"exceeds the largest phi the pool allows ({allowed:.2f}"
+                                  + (f" at {at}" if at else "") + ")", key=key, value=phi)
