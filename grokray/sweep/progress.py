@@ -4,7 +4,7 @@ Tune's own output prints every metric of every result, and a table of every tria
 being readable long before a sweep of hundreds of trials ends. What a researcher watches is a
 summary (:meth:`SweepProgress.summary`):
 
-    [grokray] 12.5 min | trials: 40 done, 2 running, 158 pending, 0 failed | labels: true 5, fake 2, no 33 | ETA 48 min
+    [grokray] 12m30s | trials: 40 done, 2 running, 158 pending, 0 failed | labels: true 5, fake 2, no 33 | ETA 48m10s
       running  phi=7.2,augmentation=none_00041   step 1,200/4,000  train 0.981  ID 0.120  OOD 0.031
       finished phi=3.6,augmentation=hop2_00039  at 4,000 (max_steps)  train 1.000  ID 0.950  OOD 0.030
       labelled phi=3.6,augmentation=hop2_00038  no_grokking (memorization, 0.71)  run 9f1c2a...
@@ -33,6 +33,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from grokray.fmt import duration
+
 #: Default test columns: (header, metric); a sweep kind brings its own.
 TRIAL_COLUMNS = (("ID", "acc/test_inferred_id"), ("OOD", "acc/test_inferred_ood"))
 #: How many running / finished / labelled trials the summary names.
@@ -47,15 +49,6 @@ MIN_PACE_S = 30.0
 
 def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "  -  "
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -203,7 +196,7 @@ class SweepProgress(Callback):
         if per_trial is None or (running and not left):
             return "-"
         slots = max(len(running), 1)
-        return _duration(max(max(left, default=0.0), (sum(left) + pending * per_trial) / slots))
+        return duration(max(max(left, default=0.0), (sum(left) + pending * per_trial) / slots))
 
     def summary(self, trials: list, recent: bool | None = None) -> str:
         """The status line and the running trials; with ``recent`` (default: on a terminal) also the
@@ -218,7 +211,7 @@ class SweepProgress(Callback):
         known = len(trials)
         pending = counts.get("PENDING", 0) + max(0, (self.n_trials or known) - known)
         labels = ", ".join(f"{k.replace('_grokking', '')} {v}" for k, v in sorted(self.board.labels.items())) or "-"
-        lines = [f"[grokray] {_duration(time.monotonic() - self._t0)} | trials: {done} done, {running} running, "
+        lines = [f"[grokray] {duration(time.monotonic() - self._t0)} | trials: {done} done, {running} running, "
                  f"{pending} pending, {failed} failed | labels: {labels} | "
                  f"ETA {self._eta([t for t in trials if t.status == 'RUNNING'], pending)}"]
         shown = [t for t in trials if t.status == "RUNNING"][:SHOWN]

@@ -100,15 +100,15 @@ def test_a_resumed_driver_gets_fresh_clocks_and_keeps_labels():
 
 @pytest.mark.parametrize("running, durations, pending, eta", [
     # running trials as (first reported step, seconds since then, step now); finished durations; pending
-    ([(0, 60.0, 1000)], [], 0, "3.0 min"),                 # 3,000 steps left at 16.7 steps/s
+    ([(0, 60.0, 1000)], [], 0, "3m00s"),                 # 3,000 steps left at 16.7 steps/s
     ([(0, 60.0, 3000)], [37.0], 0, "20s"),                 # a short finished trial does not shorten a long one
-    ([(0, 60.0, 2000), (0, 60.0, 2000)], [120.0], 2, "3.0 min"),   # (60 + 60 + 2 x 120) / 2 slots
-    ([(0, 60.0, 2000)], [], 1, "3.0 min"),                 # before any finished: the running trial's pace
-    ([(0, 60.0, 400), (0, 60.0, 3600)], [], 0, "9.0 min"),   # never less than the longest trial left (540 s)
+    ([(0, 60.0, 2000), (0, 60.0, 2000)], [120.0], 2, "3m00s"),   # (60 + 60 + 2 x 120) / 2 slots
+    ([(0, 60.0, 2000)], [], 1, "3m00s"),                 # before any finished: the running trial's pace
+    ([(0, 60.0, 400), (0, 60.0, 3600)], [], 0, "9m00s"),   # never less than the longest trial left (540 s)
     ([(3000, 60.0, 3600)], [], 0, "40s"),                  # restored at 3,000: pace from there, 400 left
     ([(500, 5.0, 500)], [], 3, "-"),                       # one report only: no pace yet
     ([(0, 10.0, 40)], [], 0, "-"),                         # 10 s of reports: too young to trust its pace
-    ([(0, 10.0, 40), (0, 60.0, 3700)], [390.0], 0, "6.5 min"),   # the young one as a whole trial (quickstart, 6.5 min)
+    ([(0, 10.0, 40), (0, 60.0, 3700)], [390.0], 0, "6m30s"),   # the young one as a whole trial (quickstart, 6.5 min)
     ([], [], 0, "0s"),
 ])
 def test_eta_reads_the_pace_of_the_running_trials(running, durations, pending, eta):
@@ -126,7 +126,7 @@ def test_a_trial_with_its_own_budget_is_measured_against_it():
     t = FakeTrial("t_0", "RUNNING", {"step": 15000})
     t.config = {"train.max_steps": 20000}
     prog._first["t_0"] = (940.0, 14000)                    # 1,000 steps in 60 s
-    assert "step  15000/20000" in prog.summary([t]) and prog._eta([t], 0, now=1000.0) == "5.0 min"
+    assert "step  15000/20000" in prog.summary([t]) and prog._eta([t], 0, now=1000.0) == "5m00s"
 
 
 def test_progress_lines_go_to_the_log_file_and_a_restored_display_finds_its_log(tmp_path, monkeypatch):
