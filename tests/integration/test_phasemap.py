@@ -17,6 +17,8 @@ import pytest
 from grokray import phasemap, tracking
 from grokray.phasemap import (COLORS, EMPTY_COLOR, HATCH, cells, filter_label, format_table, log_phase_map,
                               phase_map, pivot, plot_phase_map, resolve_axes)
+from grokray.phasemap.axes import fmt_value
+from grokray.phasemap.table import breaks
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = math.nan
@@ -472,8 +474,8 @@ def test_tick_labels_wrap_whole_values(case):
     finally:
         from grokray.plots import plt
         plt.close(fig)
-    values = [phasemap._fmt(v) for v in grid.attrs["x_levels"]] + (
-        [phasemap._fmt(v) for v in grid.attrs["y_levels"]] if y else [""])
+    values = [fmt_value(v) for v in grid.attrs["x_levels"]] + (
+        [fmt_value(v) for v in grid.attrs["y_levels"]] if y else [""])
     for label, value in zip(shown, values):
         lines = label.split("\n")
         assert len(lines) <= phasemap.LABEL_LINES
@@ -490,7 +492,7 @@ def test_table_stays_narrow_and_keeps_every_value(case):
     assert text.endswith(phasemap.TABLE_LEGEND) and legend > 0
     grid = cells(df, x, y)
     for v in [*grid.attrs["x_levels"], *(grid.attrs["y_levels"] if y else [])]:
-        for piece in re.split(r"[,._=]", phasemap._fmt(v)):              # every value, whole or wrapped
+        for piece in re.split(r"[,._=]", fmt_value(v)):              # every value, whole or wrapped
             assert piece in text, (piece, text)
     n_rows = len(grid.attrs["y_levels"]) * len(grid.attrs["panels"])
     assert sum(1 for ln in lines if re.search(r"\b\d+/\d+\b", ln)) == n_rows   # one line of cells per row
@@ -509,12 +511,11 @@ def test_table_keys_explain_the_columns_they_replace():
 
 
 def test_breaks_after_commas_then_dots():
-    assert phasemap._breaks("n_layers=1,n_loops=2,d_model=128", 12) == ["n_layers=1,", "n_loops=2,", "d_model=128"]
-    assert phasemap._breaks("model.n_loops=1, data.augmentation=none", 20) == ["model.n_loops=1,",
-                                                                                "data.augmentation=",
-                                                                                "none"]
-    assert phasemap._breaks("train.weight_decay", 10) == ["train.", "weight_", "decay"]
-    assert phasemap._breaks("short", 10) == ["short"] and phasemap._breaks("", 10) == [""]
+    assert breaks("n_layers=1,n_loops=2,d_model=128", 12) == ["n_layers=1,", "n_loops=2,", "d_model=128"]
+    assert breaks("model.n_loops=1, data.augmentation=none", 20) == ["model.n_loops=1,", "data.augmentation=",
+                                                                     "none"]
+    assert breaks("train.weight_decay", 10) == ["train.", "weight_", "decay"]
+    assert breaks("short", 10) == ["short"] and breaks("", 10) == [""]
 
 
 # --------------------------------------------------------------------------- log_phase_map
