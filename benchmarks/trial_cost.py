@@ -98,7 +98,7 @@ def run_sweep(tmp: Path, n: int, steps: int, base: dict) -> dict:
     for r in tracking.sweep_runs(client, parent):
         hist = client.get_metric_history(r.info.run_id, "acc/train")
         first, last = min(m.timestamp for m in hist), max(m.timestamp for m in hist)
-        verdict = client.get_metric_history(r.info.run_id, "verdict/confidence")
+        verdict = client.get_metric_history(r.info.run_id, f"{tracking.VERDICT_PREFIX}confidence")
         secs = client.get_metric_history(r.info.run_id, "time/seconds")
         parts["startup"].append((first - r.info.start_time) / 1000)
         parts["training"].append(max(m.value for m in secs))

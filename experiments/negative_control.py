@@ -53,6 +53,7 @@ def measure(tracking_uri: str, n: int = 200) -> list[dict]:
     from grokray.model import load_checkpoint
 
     torch.set_num_threads(1)
+    Tag, V = tracking.Tag, tracking.VERDICT_PREFIX
     client = tracking.existing_client(tracking_uri)
     rows = []
     for exp in EXPERIMENTS:
@@ -73,10 +74,11 @@ def measure(tracking_uri: str, n: int = 200) -> list[dict]:
                    "construction": ("first and second hops withheld" if cfg.data.withhold_hop2 else
                                     "first hops withheld" if cfg.data.memorize_ood_queries is not None else
                                     f"augmentation {cfg.data.augmentation_name()}"),
-                   "label": tags.get("grokray.label"), "detail": tags.get("grokray.detail"),
-                   "labels": {k[len("grokray.label_"):]: v for k, v in tags.items() if k.startswith("grokray.label_")},
-                   "classifier_version": tags.get("grokray.classifier_version"),
-                   "t_memorize": metrics.get("verdict/t_memorize"), "t_generalize": metrics.get("verdict/t_generalize"),
+                   "label": tags.get(Tag.LABEL), "detail": tags.get(Tag.DETAIL),
+                   "labels": {k[len(Tag.LABEL_BY_PREFIX):]: v for k, v in tags.items()
+                              if k.startswith(Tag.LABEL_BY_PREFIX)},
+                   "classifier_version": tags.get(Tag.CLASSIFIER_VERSION),
+                   "t_memorize": metrics.get(f"{V}t_memorize"), "t_generalize": metrics.get(f"{V}t_generalize"),
                    "final_ood_acc": metrics.get("acc/test_inferred_ood"), "final_id_acc": metrics.get("acc/test_inferred_id")}
             for short, split in SPLITS.items():
                 ic = interchange_test(model, ds, split, n=n, precision=precision)

@@ -40,6 +40,8 @@ from grokray import tracking
 from grokray.circuits.evidence import CircuitEvidence, circuit_evidence
 from grokray.circuits.patching import plot_patching
 from grokray.config import trial_config_from_dict
+from grokray.contract import (CURVES_PNG, EVIDENCE_JSON, INTERCHANGE_PNG, LENS_PNG, PATCHING_JSON, PATCHING_PNG,
+                              VERDICT_JSON, VERDICT_README)
 from grokray.criteria import REGISTRY
 from grokray.data import load_dataset
 from grokray.device import resolve_precision
@@ -109,11 +111,12 @@ def compute_verdict(client: "MlflowClient", run_id: str, split: str = "ood", n_q
     history = tracking.load_history(client, run_id)
     if not history:
         raise RunNotClassifiable(f"run {run_id} has no metric history (not a grokray trial, or not started)")
-    max_steps = int(tags.get(Tag.MAX_STEPS) or run.data.params.get("train.max_steps") or history[-1]["step"])
+    max_steps = int(tags.get(Tag.MAX_STEPS) or run.data.params.get(tracking.TrialParam.MAX_STEPS)
+                    or history[-1]["step"])
     # What the curves alone support: the logged shortcut baseline, and the number of queries the
     # target accuracy was measured on (its binomial error), the same with or without a checkpoint.
     light: dict[str, Any] = {}
-    shortcut = run.data.metrics.get(f"{tracking.SHORTCUT_PREFIX}best/{split}")
+    shortcut = run.data.metrics.get(tracking.shortcut_metric("best", split))
     if shortcut is not None and 0 <= shortcut <= 1:
         light["shortcut_best"] = shortcut
     n_target = target_queries(client, run_id, split)
@@ -191,10 +194,11 @@ def verdict_readme(v: Verdict, title: str, examined: bool = True) -> str:
             ("t_circuit (the logged interchange curve held its threshold)", v.t_circuit)]
     fmt = lambda x: "-" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))  # noqa: E731
     table = "\n".join(f"| {k} | {fmt(x)} |" for k, x in rows)
-    where = ("Evidence: `evidence.json`; pictures: `curves.png`, `interchange.png`, `lens.png`, `patching.png`."
+    where = (f"Evidence: `{EVIDENCE_JSON}`; pictures: `{CURVES_PNG}`, `{INTERCHANGE_PNG}`, `{LENS_PNG}`, "
+             f"`{PATCHING_PNG}`."
              if examined else "Labelled from the curves and the logged shortcut baselines (the checkpoint was not "
                               "examined: its evidence cannot change a label of a run that did not generalize); "
-                              "picture: `curves.png`.")
+                              f"picture: `{CURVES_PNG}`.")
     return (f"# {title}: {v.label}\n\n{v.summary()}\n\n| what | value |\n|---|---|\n{table}\n\n"
             f"Classifier v{v.classifier_version}, criterion {v.criterion}, target split {v.split}. {where}\n")
 
@@ -204,24 +208,24 @@ def write_verdict(client: "MlflowClient", run_id: str, verdict: Verdict, evidenc
     """Tags, description, ``verdict/*`` metrics and evidence artifacts of a verdict on its run."""
     with tempfile.TemporaryDirectory(prefix="grokray-verdict-") as tmp:
         d = Path(tmp)
-        (d / "README.md").write_text(verdict_readme(verdict, title, examined=evidence is not None))
-        (d / "verdict.json").write_text(json.dumps(verdict.to_dict(), indent=2))
-        plot_curves(history, d / "curves.png",
+        (d / VERDICT_README).write_text(verdict_readme(verdict, title, examined=evidence is not None))
+        (d / VERDICT_JSON).write_text(json.dumps(verdict.to_dict(), indent=2))
+        plot_curves(history, d / CURVES_PNG,
                     title=f"{title}: {verdict.label} / {verdict.detail} ({verdict.confidence:.2f})",
                     marks={"t_memorize": verdict.t_memorize, "t_generalize": verdict.t_generalize,
                            "t_transient": verdict.t_transient, "t_circuit": verdict.t_circuit},
                     baselines={f"{verdict.split.upper()} shortcut (best rule)": verdict.shortcut_best})
         if evidence is not None:
-            (d / "evidence.json").write_text(json.dumps(evidence.to_dict()))
-            evidence.plot_lens(str(d / "lens.png"), title=f"{title}: logit lens, final checkpoint")
-            evidence.plot_interchange(str(d / "interchange.png"), title=f"{title}: bridge interchange test")
+            (d / EVIDENCE_JSON).write_text(json.dumps(evidence.to_dict()))
+            evidence.plot_lens(str(d / LENS_PNG), title=f"{title}: logit lens, final checkpoint")
+            evidence.plot_interchange(str(d / INTERCHANGE_PNG), title=f"{title}: bridge interchange test")
             patchings = [p for p in (evidence.patching_train, evidence.patching_target) if p is not None]
             if patchings:   # one figure: Wang et al.'s matrices on train_inferred, then on the target split
-                plot_patching(patchings, str(d / "patching.png"),
+                plot_patching(patchings, str(d / PATCHING_PNG),
                               title=f"{title}: causal patching, top-1 flip rate of correct answers")
-                (d / "patching.json").write_text(patchings[0].to_json())
+                (d / PATCHING_JSON).write_text(patchings[0].to_json())
         client.log_artifacts(run_id, str(d), tracking.VERDICT_DIR)
-        client.log_artifact(run_id, str(d / "curves.png"))   # also the run's top-level curves.png
+        client.log_artifact(run_id, str(d / CURVES_PNG))   # also the run's top-level curves.png
     metrics = verdict_metrics(verdict)
     if evidence is None:   # a relabelling without the checkpoint: no stale evidence number stays current
         had = client.get_run(run_id).data.metrics
@@ -244,7 +248,7 @@ def classify_run(run_id: str, tracking_uri: str | None = None, *, client: "Mlflo
     name = run.info.run_name or ""
     same = (previous.classifier_version, previous.split, previous.criterion) == (CLASSIFIER_VERSION, split, criterion)
     if same and not force:
-        stored = tracking.read_json_artifact(client, run_id, f"{tracking.VERDICT_DIR}/verdict.json")
+        stored = tracking.read_json_artifact(client, run_id, f"{tracking.VERDICT_DIR}/{VERDICT_JSON}")
         if stored is not None and not _lacks_wanted_evidence(client, run_id, previous, stored, evidence):
             return Outcome(run_id, Verdict.from_dict(stored), "unchanged", None, name)
         # else: tags without the artifact (a half-written earlier attempt), or a verdict labelled

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from grokray import tracking
+from grokray.contract import (SWEPT_SOURCE_RUN, TRANSFER_CURVES_PNG, TRANSFER_MAP_CSV, TRANSFER_MAP_DIR,
+                              TRANSFER_MAP_TXT)
 from grokray.plots import plot_transfer_curves
 from grokray.transfer import TEST_SPLITS, transfer_summary
 from grokray.verdict import LABELS, SHORT_LABELS
@@ -80,7 +82,7 @@ def transfer_map(sweep: str, tracking_uri: str | None = None) -> "pd.DataFrame":
 
     client = tracking.existing_client(tracking_uri)
     parent, runs = _finetune_runs(client, sweep)
-    params = [k for k in tracking.swept_keys(parent) if k != "source_run"]
+    params = [k for k in tracking.swept_keys(parent) if k != SWEPT_SOURCE_RUN]
     rows = [_row(client, r, params) for r in runs]
     columns = [*MAP_COLUMNS, *params, *SUMMARY_KEYS, *TAIL_COLUMNS]
     df = pd.DataFrame(rows, columns=columns)
@@ -154,11 +156,11 @@ def log_transfer_map(tracking_uri: str, parent_run_id: str, sweep: str, experime
     client = tracking.get_client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="grokray-transfermap-") as tmp:
         d = Path(tmp)
-        df.to_csv(d / "transfer_map.csv", index=False)
-        (d / "transfer_map.txt").write_text(format_transfer_table(df) + "\n")
+        df.to_csv(d / TRANSFER_MAP_CSV, index=False)
+        (d / TRANSFER_MAP_TXT).write_text(format_transfer_table(df) + "\n")
         done = df[df["status"] == "FINISHED"]
         done.attrs = dict(df.attrs)
-        plot_transfer_curves(transfer_histories(done, tracking_uri), d / "transfer_curves.png",
+        plot_transfer_curves(transfer_histories(done, tracking_uri), d / TRANSFER_CURVES_PNG,
                              title=f"transfer: {sweep}")
-        client.log_artifacts(parent_run_id, str(d), tracking.TRANSFER_MAP_DIR)
+        client.log_artifacts(parent_run_id, str(d), TRANSFER_MAP_DIR)
     return df
