@@ -1,41 +1,50 @@
 """Adaptive phase-boundary search: label a grid's phase map with a fraction of its trials.
 
 A grid spends most of its trials deep inside a phase, where every neighbour has the same label.
-This search samples a coarse lattice of the grid first, then refines only the cells whose
-corners disagree (adaptive mesh refinement, as physics maps phase diagrams; level-set estimation,
+This search samples a coarse lattice of the grid first, then refines only the cells whose labels
+disagree (adaptive mesh refinement, as physics maps phase diagrams; level-set estimation,
 Gotovos et al. 2013), until every label boundary is resolved to one grid step or the trial budget
 is spent. The rule:
 
 1. **Coarse design.** Along each axis of ``n`` values take every ``stride``-th index and the last
-   (``stride``: the largest power of two leaving at least ``min_coarse`` values). The coarse
-   lattice cuts the grid into cells (boxes between neighbouring coarse indices).
-2. **Refine where labels disagree.** A cell whose corners carry more than one label (or a point
-   whose replicates disagree, :data:`MIXED`) is split in two along every axis it spans by more
-   than one step. Of the new points, those between corners that agree (the midpoint of an edge
-   whose two ends have one label) take that label without a trial, as a uniform cell's interior
-   does; the others (the centre, the midpoints of edges the boundary crosses) are the next points
-   to label. A cell whose
-   corners agree is settled as uniform; with ``island_probe`` its centre is labelled once when it
-   spans ``island_probe`` steps or more, so an island smaller than a coarse cell is not missed
-   for certain.
-3. **Order.** The largest mixed cells first (coarse to fine everywhere before fine anywhere), so a
+   (``stride``: the largest power of two leaving at least ``min_coarse`` values, but no more than
+   half the axis where a sparser lattice exists: a 5-value axis starts from its two ends). The
+   coarse lattice cuts the grid into cells (boxes between neighbouring coarse indices).
+2. **A cell is mixed when any two labels known in its closed box differ** (its corners, but also
+   a point on an edge or inside it: labelled by a neighbour's refinement, an island probe, or a
+   point whose replicates disagree, :data:`MIXED`); else it is uniform and settled. A settled
+   cell in which a different label turns up later is opened again, so a boundary that crosses a
+   settled cell's edge and comes back is caught where the neighbour's refinement labels that edge.
+3. **Split a mixed cell in two along the axes the boundary crosses** (an axis with an edge whose
+   ends differ), or along every axis spanning more than one step when none of those does. Of the
+   new points, one between known points that agree (the ends of its edge, the corners of its face)
+   with no other label known between them and at most ``infer_span`` (4) steps apart takes their
+   label without a trial; the others (a crossed edge's midpoint, a centre) are the next to label.
+   In a cell whose corners all agree (mixed by what is inside it: an island) nothing is inferred.
+4. **Islands.** With ``island_probe`` the centre of a uniform cell spanning ``island_probe`` steps
+   or more is labelled once, so an island smaller than a coarse cell is not missed for certain.
+5. **Order.** The largest cells first (coarse to fine everywhere before fine anywhere), so a
    budget that ends early leaves a map resolved evenly.
-4. **Stop** when the budget is spent or no mixed cell can be split (every boundary is between
+6. **Stop** when the budget is spent or no mixed cell can be split (every boundary is between
    neighbouring grid points).
 
-:meth:`BoundarySearch.predict` fills the map: each grid point takes the label of its nearest
-labelled point (ties: the lowest index). Categorical axes (augmentation) are facets: one search
-per facet value (:class:`FacetedSearch`). Pure Python and numpy, no Ray: the Tune searcher
-(``method: boundary``) and the replay benchmark (``python -m benchmarks.boundary_search``) drive it.
+What it assumes, and so can miss: a boundary that crosses an edge of at most ``infer_span`` steps
+and comes back between its two agreeing ends (a bump, or an island pressed against an edge), and
+an island that no label falls on. ``python -m benchmarks.boundary_search`` measures both.
 
-Example: a 9 x 9 map whose label flips at x = 5 is found with 23 of its 81 points.
+:meth:`BoundarySearch.predict` fills the map: a point's own label (observed or inferred), else its
+uniform cell's, else its nearest known point's (ties: the lowest index). Categorical axes
+(augmentation) are facets: one search per facet value (:class:`FacetedSearch`). Pure Python and
+numpy, no Ray: the Tune searcher (``method: boundary``) and the replay benchmark drive it.
+
+Example: a 9 x 9 map whose label flips at x = 5 is found with 15 of its 81 points.
 
     >>> truth = lambda p: "no" if p[0] < 5 else "true"
     >>> s = BoundarySearch((9, 9))
     >>> while (point := s.propose()) is not None:
     ...     s.observe(point, truth(point))
     >>> s.n_labelled, bool((s.predict() == [[truth((i, j)) for j in range(9)] for i in range(9)]).all())
-    (23, True)
+    (15, True)
 """
 from __future__ import annotations
 
@@ -52,18 +61,27 @@ Point = tuple[int, ...]
 
 
 def coarse_indices(n: int, min_coarse: int = 3) -> tuple[list[int], int]:
-    """The coarse indices of an axis of ``n`` values and their stride.
+    """The coarse indices of an axis of ``n`` values and their stride: every ``stride``-th index and
+    the last, ``stride`` the largest power of two that leaves at least ``min_coarse`` values, and no
+    more than half the axis's values where a sparser lattice allows it (a 5-value axis starts from
+    its two ends: three of five would be most of the axis).
 
-    >>> coarse_indices(20), coarse_indices(5), coarse_indices(2)
-    (([0, 8, 16, 19], 8), ([0, 2, 4], 2), ([0, 1], 1))
+    >>> coarse_indices(20), coarse_indices(9), coarse_indices(5), coarse_indices(4), coarse_indices(2)
+    (([0, 8, 16, 19], 8), ([0, 4, 8], 4), ([0, 4], 4), ([0, 2, 3], 2), ([0, 1], 1))
     """
-    if n <= min_coarse:
-        return list(range(n)), 1
-    stride = 1
-    while len(range(0, n, stride * 2)) >= min_coarse:   # the doubled lattice still has enough points
-        stride *= 2
-    idx = sorted(set(range(0, n, stride)) | {n - 1})
-    return idx, stride
+    def lattice(m: int) -> tuple[list[int], int]:
+        if n <= m:
+            return list(range(n)), 1
+        stride = 1
+        while len(range(0, n, stride * 2)) >= m:   # the doubled lattice still has enough points
+            stride *= 2
+        return sorted(set(range(0, n, stride)) | {n - 1}), stride
+
+    for m in range(max(min_coarse, 2), 1, -1):
+        idx, stride = lattice(m)
+        if 2 * len(idx) <= n or m == 2:
+            return idx, stride
+    return lattice(2)
 
 
 @dataclass
@@ -78,7 +96,7 @@ class BoundarySearch:
     cells: list[tuple[Point, Point]] = field(default_factory=list)
     probed: set[tuple[Point, Point]] = field(default_factory=set)
     inferred: dict[Point, Any] = field(default_factory=dict)   # labels taken from agreeing corners, no trial
-    settled: list[tuple[Point, Point]] = field(default_factory=list)   # cells whose corners agree: uniform
+    settled: list[tuple[Point, Point]] = field(default_factory=list)   # cells whose known points agree: uniform
     #: Infer a new point's label from agreeing corners only across at most this many steps: a boundary can
     #: dip across a long edge and back between two agreeing ends (measured on the replay maps).
     infer_span: int = 4
@@ -87,14 +105,16 @@ class BoundarySearch:
         self.shape = tuple(int(n) for n in self.shape)
         if not self.shape or min(self.shape) < 1:
             raise ValueError(f"shape must have positive sizes (got {self.shape})")
-        if not self.cells:
+        self._grid = np.full(self.shape, None, dtype=object)      # every known label (observed or inferred)
+        for p, lab in [*self.inferred.items(), *self.labels.items()]:
+            self._grid[p] = lab
+        if not self.cells and not self.settled and not self.labels:
             axes = [coarse_indices(n, self.min_coarse)[0] for n in self.shape]
-            self.cells = [tuple(zip(*[(a[i], a[min(i + 1, len(a) - 1)]) for a, i in zip(axes, ix)]))
+            self.cells = [(tuple(a[i] for a, i in zip(axes, ix)), tuple(a[min(i + 1, len(a) - 1)] for a, i in zip(axes, ix)))
                           for ix in itertools.product(*[range(max(len(a) - 1, 1)) for a in axes])]
-            self.cells = [(tuple(lo), tuple(hi)) for lo, hi in self.cells]
-            self._coarse = [p for p in itertools.product(*axes)]
+            self._coarse = set(itertools.product(*axes))
         else:
-            self._coarse = []
+            self._coarse = set()
 
     # ------------------------------------------------------------------ labels
     @property
@@ -102,106 +122,116 @@ class BoundarySearch:
         return len(self.labels)
 
     def observe(self, point: Sequence[int], label: Hashable) -> None:
-        """A label for ``point``; a second, different label for the same point makes it :data:`MIXED`."""
+        """A label for ``point``; a second, different label for the same point makes it :data:`MIXED`.
+        A settled cell that holds the point and has another label is open again."""
         p = tuple(int(i) for i in point)
         self.pending.discard(p)
-        before = self.known(p)
         if p in self.labels and self.labels[p] != label:
             self.labels[p] = MIXED
         else:
             self.labels[p] = label
-        if before is not None and before != self.labels[p]:   # a settled cell with this corner is open again
-            reopened = [c for c in self.settled if p in self._corners(c)]
+        self.inferred.pop(p, None)
+        self._grid[p] = self.labels[p]
+        reopened = [c for c in self.settled if self._holds(c, p) and self._values(c) != {self.labels[p]}]
+        if reopened:
             self.settled = [c for c in self.settled if c not in reopened]
             self.cells += reopened
 
-    # ------------------------------------------------------------------ proposals
     def known(self, p: Point) -> Any:
         """A point's label: observed, else inferred from agreeing corners, else None."""
         return self.labels.get(p, self.inferred.get(p))
 
-    def _split(self, cell: tuple[Point, Point]) -> list[tuple[Point, Point]]:
-        """The sub-cells of a cell cut in two along every axis it spans by more than one step; new
-        points lying between agreeing known corners inherit their label (:attr:`inferred`)."""
+    # ------------------------------------------------------------------ cells
+    @staticmethod
+    def _holds(cell: tuple[Point, Point], p: Point) -> bool:
+        return all(a <= c <= b for c, a, b in zip(p, *cell))
+
+    def _values(self, cell: tuple[Point, Point]) -> set:
+        """The known labels in a cell's closed box (its corners, edges, faces and inside)."""
         lo, hi = cell
-        mids = [sorted({a, (a + b) // 2, b}) for a, b in zip(lo, hi)]
-        for p in itertools.product(*mids):
-            if self.known(p) is not None:
-                continue
-            ends = set(itertools.product(*[[c] if c in (a, b) else [a, b] for c, a, b in zip(p, lo, hi)]))
-            if max(b - a for c, a, b in zip(p, lo, hi) if c not in (a, b)) > self.infer_span:
-                continue
-            labels = {self.known(e) for e in ends}
-            if len(labels) == 1 and None not in labels and MIXED not in labels:
-                self.inferred[p] = labels.pop()
-        return [(tuple(m[i] for m, i in zip(mids, ix)), tuple(m[min(i + 1, len(m) - 1)] for m, i in zip(mids, ix)))
-                for ix in itertools.product(*[range(max(len(m) - 1, 1)) for m in mids])]
+        return set(self._grid[tuple(slice(a, b + 1) for a, b in zip(lo, hi))].ravel().tolist()) - {None}
 
     def _corners(self, cell: tuple[Point, Point]) -> list[Point]:
         lo, hi = cell
         return sorted(set(itertools.product(*[sorted({a, b}) for a, b in zip(lo, hi)])))
 
+    def _split_axes(self, cell: tuple[Point, Point]) -> list[int]:
+        """The axes to cut a mixed cell along: those whose edges the boundary crosses (an edge along
+        the axis whose ends differ), if any spans more than one step; else every axis spanning more."""
+        lo, hi = cell
+        long = [ax for ax in range(len(lo)) if hi[ax] - lo[ax] > 1]
+        crossed = []
+        for ax in long:
+            for c in self._corners(cell):
+                if c[ax] == lo[ax]:
+                    d = list(c)
+                    d[ax] = hi[ax]
+                    if self.known(c) != self.known(tuple(d)) or MIXED in (self.known(c), self.known(tuple(d))):
+                        crossed.append(ax)
+                        break
+        return crossed or long
+
+    def _split(self, cell: tuple[Point, Point]) -> list[tuple[Point, Point]]:
+        """The sub-cells of a mixed cell cut in two along :meth:`_split_axes`. A new point between
+        known points that agree (the ends of its edge, the corners of its face), with no other label
+        known between them and at most :attr:`infer_span` steps apart, takes their label without a
+        trial (:attr:`inferred`); none does in a cell whose corners all agree (what differs is inside
+        it, an island, and may reach any of its edges)."""
+        lo, hi = cell
+        axes = self._split_axes(cell)
+        mids = [sorted({a, (a + b) // 2, b}) if ax in axes else sorted({a, b}) for ax, (a, b) in enumerate(zip(lo, hi))]
+        island = len({self.known(c) for c in self._corners(cell)}) == 1
+        for p in itertools.product(*mids):
+            if self.known(p) is not None or island:
+                continue
+            between = [(a, b) if c not in (a, b) else (c, c) for c, a, b in zip(p, lo, hi)]
+            if max(b - a for a, b in between) > self.infer_span:
+                continue
+            values = self._values((tuple(a for a, _ in between), tuple(b for _, b in between)))
+            ends = itertools.product(*[sorted({a, b}) for a, b in between])
+            if len(values) == 1 and MIXED not in values and all(self.known(e) is not None for e in ends):
+                self.inferred[p] = values.pop()
+                self._grid[p] = self.inferred[p]
+        return [(tuple(m[i] for m, i in zip(mids, ix)), tuple(m[min(i + 1, len(m) - 1)] for m, i in zip(mids, ix)))
+                for ix in itertools.product(*[range(max(len(m) - 1, 1)) for m in mids])]
+
     def _refine(self) -> list[tuple[Point, str]]:
-        """Split every fully labelled mixed cell; the points the open cells still need, with reasons."""
+        """Split every fully labelled mixed cell, settle the uniform ones; the points the open cells
+        still need, with reasons, in the order to label them."""
         need: list[tuple[int, Point, str]] = []
         changed = True
         while changed:
             changed = False
             kept: list[tuple[Point, Point]] = []
             for cell in self.cells:
-                corners = self._corners(cell)
-                missing = [c for c in corners if self.known(c) is None]
                 lo, hi = cell
                 span = max(b - a for a, b in zip(lo, hi))
+                missing = [c for c in self._corners(cell) if self.known(c) is None]
                 if missing:
                     kept.append(cell)
-                    why = ("coarse design" if span and all(c in self._coarse for c in missing)
+                    why = ("coarse design" if all(c in self._coarse for c in missing)
                            else f"refine: corners of a {span}-step cell")
                     need += [(span, c, why) for c in missing]
                     continue
-                values = {self.known(c) for c in corners}
+                values = self._values(cell)
                 if len(values) > 1 or MIXED in values:
-                    if span <= 1:
-                        continue                      # resolved: the boundary is between neighbours
-                    kept += self._split(cell)
-                    changed = True
-                    continue
-                # uniform: settled, unless an island probe is due
-                if self.island_probe and span >= self.island_probe and cell not in self.probed:
-                    centre = tuple((a + b) // 2 for a, b in zip(lo, hi))
+                    if span > 1:
+                        kept += self._split(cell)
+                        changed = True
+                    continue                          # span 1: resolved, the boundary is between neighbours
+                centre = tuple((a + b) // 2 for a, b in zip(lo, hi))
+                if self.island_probe and span >= self.island_probe and centre not in self.labels:
+                    kept.append(cell)                 # uniform so far: its centre is labelled once (islands)
+                    need.append((span, centre, f"island probe: centre of a uniform {span}-step cell"))
                     self.probed.add(cell)
-                    if self.known(centre) is None or centre in self.inferred:
-                        need.append((span, centre, f"island probe: centre of a uniform {span}-step cell"))
-                    kept.append(cell)
-                elif cell not in self.probed or self.labels.get(tuple((a + b) // 2 for a, b in zip(lo, hi))) \
-                        in (None, self.known(corners[0])):
+                else:
                     self.settled.append(cell)
             self.cells = kept
-        # open cells that are uniform and probed stay until the probe is labelled; then they split if it differs
         out: dict[Point, tuple[int, str]] = {}
         for span, p, why in need:
             if p not in self.pending and p not in self.labels and (p not in out or out[p][0] < span):
-                if p in self.inferred and not why.startswith("island"):
-                    continue
                 out[p] = (span, why)
-        self._probe_splits()
         return [(p, why) for p, (span, why) in sorted(out.items(), key=lambda kv: (-kv[1][0], kv[0]))]
-
-    def _probe_splits(self) -> None:
-        """A probed uniform cell whose centre came back with another label is split like a mixed cell."""
-        kept = []
-        for cell in self.cells:
-            lo, hi = cell
-            centre = tuple((a + b) // 2 for a, b in zip(lo, hi))
-            corners = self._corners(cell)
-            if (cell in self.probed and centre in self.labels and all(self.known(c) is not None for c in corners)
-                    and self.labels[centre] != self.known(corners[0])):
-                self.inferred = {p: lab for p, lab in self.inferred.items()      # the cell was not uniform after all
-                                 if not all(a <= c <= b for c, a, b in zip(p, lo, hi))}
-                kept += self._split(cell)
-            else:
-                kept.append(cell)
-        self.cells = kept
 
     def propose(self) -> Point | None:
         """The next point to label (marked pending), or None: nothing to do until a pending label
@@ -221,16 +251,16 @@ class BoundarySearch:
 
     # ------------------------------------------------------------------ the map
     def predict(self) -> np.ndarray:
-        """Every grid point's label: its own (observed or inferred); else, inside a settled cell whose
-        corners agree, that label (the refinement's own assumption); else its nearest known point's
+        """Every grid point's label: its own (observed or inferred); else, inside a cell whose known
+        points agree, that label (the refinement's own assumption); else its nearest known point's
         (squared index distance; ties to the lowest index). An object array of ``shape``."""
         known = sorted({**self.inferred, **self.labels}.items())
         out = np.empty(self.shape, dtype=object)
         if not known:
             return out
         for cell in [*self.settled, *self.cells]:
-            values = {self.known(c) for c in self._corners(cell)}
-            if len(values) == 1 and None not in values and MIXED not in values:
+            values = self._values(cell)
+            if len(values) == 1 and MIXED not in values and all(self.known(c) is not None for c in self._corners(cell)):
                 lo, hi = cell
                 out[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = values.pop()
         for p, lab in known:
@@ -261,7 +291,7 @@ class BoundarySearch:
                 probed={(tuple(lo), tuple(hi)) for lo, hi in state["probed"]},
                 inferred={tuple(p): lab for p, lab in state.get("inferred", [])},
                 settled=[(tuple(lo), tuple(hi)) for lo, hi in state.get("settled", [])])
-        s._coarse = [tuple(p) for p in state["coarse"]]
+        s._coarse = {tuple(p) for p in state["coarse"]}
         return s
 
 

@@ -249,7 +249,8 @@ def test_method_boundary_runs_like_any_sweep_and_says_why_it_chose_each_point(tm
     """Issue 21: method boundary on Ray Tune: the search proposes at most num_samples trials, each run
     carries the search's reason, and a search that ends within its budget is a finished sweep."""
     spec = write_spec(tmp_path, "bnd", method="boundary", max_steps=60, max_concurrent=2, num_samples=5,
-                      parameters={"train.weight_decay": {"values": [0.01, 0.1, 1.0]},
+                      # 9 values: a coarse design of 3 per facet (every 4th), 6 in all, over the budget of 5
+                      parameters={"train.weight_decay": {"values": [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]},
                                   "data.augmentation": {"values": ["none", "both_full"]}},
                       classifier={"enabled": False})
     out = grokray("sweep", "run", str(spec), "--no-map", uri=mlflow_uri, cwd=tmp_path)

@@ -9,10 +9,13 @@ from grokray.sweep.boundary import (MIXED, BoundarySearch, FacetedSearch, bounda
 
 
 @pytest.mark.parametrize("n, min_coarse, expected", [
-    (1, 3, [0]), (2, 3, [0, 1]), (3, 3, [0, 1, 2]), (5, 3, [0, 2, 4]), (5, 2, [0, 4]), (9, 3, [0, 4, 8]),
-    (20, 3, [0, 8, 16, 19]), (4, 2, [0, 2, 3]),
+    (1, 3, [0]), (2, 3, [0, 1]), (3, 3, [0, 2]), (5, 3, [0, 4]), (5, 2, [0, 4]), (9, 3, [0, 4, 8]),
+    (20, 3, [0, 8, 16, 19]), (4, 2, [0, 2, 3]), (4, 3, [0, 2, 3]), (7, 3, [0, 4, 6]), (9, 4, [0, 4, 8]),
+    (17, 5, [0, 4, 8, 12, 16]), (20, 2, [0, 16, 19]),
 ])
 def test_coarse_indices(n, min_coarse, expected):
+    """Every 2^k-th value and the last, at least min_coarse of them, but at most half the axis
+    where a sparser lattice exists (a short axis starts from its ends)."""
     assert coarse_indices(n, min_coarse)[0] == expected
 
 
@@ -23,25 +26,77 @@ def grid_of(f, shape):
     return out
 
 
-# name: (shape, truth, most labels it may use)
+def bump(p):
+    """A boundary at column 9 that bulges to column 5 in rows 10-14: across the coarse edge at column
+    8 and back between rows 8 and 16, whose corners never see it (the search before the box rule
+    put it 3 steps off); found where the neighbour's refinement labels that edge."""
+    return "true" if p[1] >= (5 if 10 <= p[0] <= 14 else 9) else "no"
+
+
+def island(p):
+    """One phase with a 5 x 5 square of another around (12, 12), the centre of a coarse cell."""
+    return "fake" if abs(p[0] - 12) <= 2 and abs(p[1] - 12) <= 2 else "no"
+
+
+# name: (shape, truth, island_probe, most labels it may use, whole map exact)
 MAPS = {
-    "uniform": ((20, 20), lambda p: "no", 16),                      # the coarse lattice, nothing else
-    "vertical_line": ((20, 20), lambda p: "no" if p[0] < 11 else "true", 100),
-    "diagonal": ((20, 20), lambda p: "no" if p[0] + p[1] < 19 else "true", 130),
-    "one_axis": ((17,), lambda p: "no" if p[0] < 6 else "fake", 9),
-    "three_phases": ((12, 12), lambda p: "confusion" if p[1] > 8 else ("true" if p[0] > 5 else "no"), 100),
+    "uniform": ((20, 20), lambda p: "no", 0, 16, True),                 # the coarse lattice, nothing else
+    "vertical_line": ((20, 20), lambda p: "no" if p[0] < 11 else "true", 0, 40, True),   # cut along one axis
+    "diagonal": ((20, 20), lambda p: "no" if p[0] + p[1] < 19 else "true", 0, 100, True),
+    "one_axis": ((17,), lambda p: "no" if p[0] < 6 else "fake", 0, 9, True),
+    "three_phases": ((12, 12), lambda p: "confusion" if p[1] > 8 else ("true" if p[0] > 5 else "no"), 0, 60, True),
+    "bump": ((20, 20), bump, 0, 60, True),
+    "island_probed": ((20, 20), island, 8, 60, True),                  # the probe at (12, 12) lands in it
+    "phase_map_5x4": ((5, 4), lambda p: "confusion" if p[1] == 3 else ("generalized" if p[1] >= 4 - p[0] // 2
+                                                                       else "not_generalized"), 0, 10, True),
 }
 
 
 @pytest.mark.parametrize("name", list(MAPS))
 def test_recovers_every_boundary_within_one_step_with_few_labels(name):
-    shape, f, most = MAPS[name]
+    shape, f, probe, most, exact = MAPS[name]
     truth = grid_of(f, shape)
-    s = BoundarySearch(shape)
+    s = BoundarySearch(shape, island_probe=probe)
     used = run_oracle(s, lambda p: f(p), batch=2)
     assert s.finished and used == s.n_labelled <= most, used
     assert boundary_error(truth, s.predict()) <= 1.0
+    assert not exact or (s.predict() == truth).all()
     assert all(reason for reason in s.reasons.values())                       # every proposal says why
+
+
+def test_without_the_probe_an_island_inside_a_coarse_cell_is_not_seen():
+    """The limit the docstring states: no label falls in the island, so the map is one phase."""
+    s = BoundarySearch((20, 20))
+    run_oracle(s, island)
+    assert "fake" not in s.labels.values() and set(s.predict().ravel()) == {"no"}
+
+
+def test_a_label_found_on_a_settled_cells_edge_opens_it_again():
+    s = BoundarySearch((9, 9))
+    for p in [(0, 0), (0, 4), (0, 8), (4, 0), (4, 4), (4, 8), (8, 0), (8, 4), (8, 8)]:
+        s.observe(p, "no")
+    assert s.finished and len(s.settled) == 4
+    s.observe((2, 4), "true")                                # on the edge the two upper cells share
+    assert not s.finished and len(s.settled) == 2
+    assert s.propose() in {(0, 2), (2, 0), (2, 2), (4, 2), (0, 6), (2, 6), (2, 8), (4, 6)}
+
+
+def test_a_cell_is_cut_only_along_the_axis_its_boundary_crosses():
+    s = BoundarySearch((9, 9))
+    for p in [(0, 0), (0, 4), (0, 8), (4, 0), (4, 4), (4, 8), (8, 0), (8, 4), (8, 8)]:
+        s.observe(p, "no" if p[1] < 4 else "true")           # a boundary between columns 0 and 4
+    need = set(iter(s.propose, None))
+    assert need == {(0, 2), (4, 2), (8, 2)}                 # the midpoints across it, no centre (2, 2)
+
+
+def test_nothing_is_inferred_in_a_cell_mixed_only_inside():
+    s = BoundarySearch((9, 9), min_coarse=2, island_probe=8)
+    for p in [(0, 0), (0, 8), (8, 0), (8, 8)]:
+        s.observe(p, "no")
+    assert s.propose() == (4, 4)
+    s.observe((4, 4), "fake")                                # an island at the centre
+    s._refine()
+    assert s.inferred == {}                                  # its edges' midpoints are labelled, not guessed
 
 
 def test_a_budget_ends_the_search_and_the_map_is_still_filled():
