@@ -33,6 +33,12 @@ def bump(p):
     return "true" if p[1] >= (5 if 10 <= p[0] <= 14 else 9) else "no"
 
 
+def bulge(p):
+    """A straight boundary at column 12 that bulges 2 steps right in rows 5-7: between two checked
+    rows (4 and 8) that agree, found because a 4-step cell is not split on inferences alone."""
+    return "no" if p[1] < {5: 13, 6: 14, 7: 13}.get(p[0], 12) else "true"
+
+
 def island(p):
     """One phase with a 5 x 5 square of another around (12, 12), the centre of a coarse cell."""
     return "fake" if abs(p[0] - 12) <= 2 and abs(p[1] - 12) <= 2 else "no"
@@ -46,6 +52,7 @@ MAPS = {
     "one_axis": ((17,), lambda p: "no" if p[0] < 6 else "fake", 0, 9, True),
     "three_phases": ((12, 12), lambda p: "confusion" if p[1] > 8 else ("true" if p[0] > 5 else "no"), 0, 60, True),
     "bump": ((20, 20), bump, 0, 60, True),
+    "bulge": ((20, 20), bulge, 0, 50, True),
     "island_probed": ((20, 20), island, 8, 60, True),                  # the probe at (12, 12) lands in it
     "phase_map_5x4": ((5, 4), lambda p: "confusion" if p[1] == 3 else ("generalized" if p[1] >= 4 - p[0] // 2
                                                                        else "not_generalized"), 0, 10, True),
