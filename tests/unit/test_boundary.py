@@ -78,6 +78,31 @@ def test_without_the_probe_an_island_inside_a_coarse_cell_is_not_seen():
     assert "fake" not in s.labels.values() and set(s.predict().ravel()) == {"no"}
 
 
+@pytest.mark.parametrize("kind, most_median", [("smooth_map", 0.25), ("island_map", 0.25)])
+def test_every_replayed_start_recovers_the_smooth_boundary(kind, most_median):
+    """The replay benchmark's 20 x 20 maps (its first 20 starts): every smooth boundary recovered
+    within one step, at a median share under the goal; island maps under the goal too (their
+    recovery is a rate, measured by the benchmark's robustness section)."""
+    bench = pytest.importorskip("benchmarks.boundary_search")
+    rng = np.random.default_rng(7)
+    runs = [bench.replay(getattr(bench, kind)(rng)) for _ in range(20)]
+    assert np.median([r["share"] for r in runs]) <= most_median
+    if kind == "smooth_map":
+        assert all(r["recovered"] for r in runs)
+
+
+def test_every_monotone_phase_map_is_exact():
+    """All 77 5 x 4 maps whose generalization moves to lower weight decay as phi grows: each map
+    exact, at a median of 11 of 20 points (55%; the floor for a search that infers only between
+    agreeing labels is 10)."""
+    bench = pytest.importorskip("benchmarks.boundary_search")
+    maps = bench.monotone_phase_maps()
+    runs = [bench.replay(m) for m in maps]
+    assert len(maps) == 77 and all(r["exact"] for r in runs)
+    assert np.median([r["used"] for r in runs]) == 11 and np.median([bench.floor_points(m) for m in maps]) == 10
+    assert bench.fixed_guess_recovers(maps) == 77          # one step on 5 x 4: a guess passes it
+
+
 def test_a_label_found_on_a_settled_cells_edge_opens_it_again():
     s = BoundarySearch((9, 9))
     for p in [(0, 0), (0, 4), (0, 8), (4, 0), (4, 4), (4, 8), (8, 0), (8, 4), (8, 8)]:
@@ -201,3 +226,85 @@ def test_init_seeds_are_replicates_and_their_disagreement_refines():
     s.on_trial_complete("b", {"acc/test_inferred_ood": 0.0})           # the other seed did not: mixed
     facet, point = 0, (0,)
     assert s.search.searches[facet].labels[point] == "__mixed__"
+
+
+# --------------------------------------------------------------------------- the real phase map as an oracle
+
+PHASE_MAP_GRID = {"data.seed": [0, 1], "train.weight_decay": [0.1, 0.3, 1.0, 3.0],
+                  "data.augmentation": ["none", "both_full", "hop2_full"], "data.phi": [3.6, 5.4, 7.2, 12.6, 18.0]}
+
+
+def phase_map_frame(rows):
+    """A frame shaped like :func:`grokray.phase_map`'s (the columns the oracle reads, plus a few)."""
+    import pandas as pd
+
+    cols = ["data.seed", "train.weight_decay", "data.augmentation", "data.phi", "label", "detail", "phase",
+            "determined", "final_ood_acc", "censored", "status", "run_id"]
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+    df.attrs.update(params=list(PHASE_MAP_GRID), kind="sweep", sweep="phase-map")
+    return df
+
+
+def run_row(seed, wd, aug, phi, behaviour, **kw):
+    """A finished run whose phase-map row reads as ``behaviour``."""
+    row = {"data.seed": seed, "train.weight_decay": wd, "data.augmentation": aug, "data.phi": phi,
+           "status": "FINISHED", "label": "no_grokking", "phase": "memorization", "detail": "censored",
+           "final_ood_acc": 0.02, "run_id": f"{seed}-{wd}-{aug}-{phi}"}
+    row.update({"generalized": {"label": "true_grokking", "phase": "grokking", "detail": "grokking",
+                                "final_ood_acc": 0.97},
+                "confusion": {"phase": "confusion", "detail": "confusion"},
+                "not_generalized": {}}[behaviour])
+    row.update(kw)
+    return row
+
+
+@pytest.mark.parametrize("row, expected", [
+    ({"status": "RUNNING", "label": None}, None),                                       # not labelled yet
+    ({"status": "FAILED", "label": None}, "failed"),
+    ({"label": "no_grokking", "phase": "memorization", "final_ood_acc": 0.31}, "not_generalized"),   # semi
+    ({"label": "no_grokking", "phase": "comprehension", "final_ood_acc": 0.80}, "generalized"),
+    ({"label": "fake_grokking", "phase": "grokking", "final_ood_acc": 0.9}, "generalized"),
+    ({"label": "no_grokking", "phase": "memorization", "final_ood_acc": 0.62}, "generalized"),    # ended >= 0.5
+    ({"label": "no_grokking", "phase": "confusion", "final_ood_acc": float("nan")}, "confusion"),
+    ({"label": "no_grokking", "phase": "diverged"}, "diverged"),
+])
+def test_a_runs_behaviour_is_what_the_search_would_have_seen(row, expected):
+    bench = pytest.importorskip("benchmarks.boundary_search")
+    assert bench.run_behaviour({"status": "FINISHED", **row}) == expected
+
+
+def test_a_partly_finished_phase_map_has_no_complete_facet_yet():
+    """Today's store: the weight-decay-0.1 block on both graphs, two runs of 0.3 still running."""
+    bench = pytest.importorskip("benchmarks.boundary_search")
+    rows = [run_row(seed, 0.1, aug, phi, "generalized" if (aug, phi) == ("both_full", 18.0) else "not_generalized")
+            for seed in (0, 1) for aug in PHASE_MAP_GRID["data.augmentation"] for phi in PHASE_MAP_GRID["data.phi"]]
+    rows += [run_row(0, 0.3, "none", 3.6, "not_generalized"),
+             run_row(0, 0.3, "hop2_full", 3.6, "not_generalized", status="RUNNING", label=None, phase=None)]
+    grids, status = bench.store_oracles(phase_map_frame(rows), PHASE_MAP_GRID)
+    assert grids == {} and len(status) == 6 and all(s["points"] == 20 for s in status.values())
+    assert bench.store_summary(status) == "no complete facet yet (31 of 120 points labelled)"
+    # without the declared grid only the values run so far are known: still not complete (wd 0.3 started)
+    assert bench.store_oracles(phase_map_frame(rows))[0] == {}
+
+
+def test_a_complete_facet_becomes_an_oracle_grid_and_replays():
+    bench = pytest.importorskip("benchmarks.boundary_search")
+    phis, wds = PHASE_MAP_GRID["data.phi"], PHASE_MAP_GRID["train.weight_decay"]
+
+    def truth(i, j):   # confusion at wd 3.0, generalized from wd 1.0 (from 0.3 at the two largest phi)
+        return "confusion" if j == 3 else ("generalized" if j >= (1 if i >= 3 else 2) else "not_generalized")
+
+    rows = [run_row(0, wd, "both_full", phi, truth(i, j)) for i, phi in enumerate(phis) for j, wd in enumerate(wds)]
+    rows.append(run_row(0, 0.3, "both_full", 3.6, "generalized", run_id="replicate"))   # a second seed disagrees
+    rows.append(run_row(1, 0.1, "both_full", 3.6, "not_generalized"))                  # graph 1: one point
+    rows.append(run_row(1, 0.1, "none", 3.6, "not_generalized", status="FAILED", label=None))
+    grids, status = bench.store_oracles(phase_map_frame(rows), PHASE_MAP_GRID)
+    name = "data.augmentation=both_full, data.seed=0"
+    assert list(grids) == [name] and grids[name].shape == (5, 4)
+    expected = grid_of(lambda p: truth(*p), (5, 4))
+    expected[0, 1] = MIXED
+    assert (grids[name] == expected).all()
+    assert status["data.augmentation=none, data.seed=1"]["labelled"] == 1            # a failed run is a label
+    assert bench.store_summary(status) == "1 of 6 facets complete (22 of 120 points labelled)"
+    r = bench.replay(grids[name])
+    assert r["finished"] and r["recovered"]
