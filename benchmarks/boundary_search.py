@@ -41,7 +41,7 @@ grid per augmentation and graph (``data.augmentation`` x ``data.seed``), ``data.
 (:func:`run_behaviour`); only facets whose every point is labelled are replayed (results under
 ``store``). The store is only read.
 
-    python -m benchmarks.boundary_search            # ~30 s; writes benchmarks/results/boundary_search.json
+    python -m benchmarks.boundary_search            # ~20 s of CPU; writes benchmarks/results/boundary_search.json
     python -m benchmarks.boundary_search --quick
     python -m benchmarks.boundary_search --from-store sqlite:////work/store/mlflow.db --sweep phase-map
 """
