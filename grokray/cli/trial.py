@@ -107,6 +107,9 @@ def run_train(args: argparse.Namespace) -> int:
     dataset = load_dataset(cfg.data)  # fails fast on an impossible phi before anything is logged
     from grokray.train import Trainer
 
+    from grokray import tracking
+    from grokray.sweep.layout import Running
+
     callbacks: list = []
     client = run_id = None
     with tempfile.TemporaryDirectory(prefix="grokray-train-") as tmp:
@@ -114,27 +117,19 @@ def run_train(args: argparse.Namespace) -> int:
         trainer = Trainer(cfg, dataset=dataset, work_dir=work)
         name = args.run_name
         if not args.no_track:
-            from grokray import tracking
             client = tracking.get_client(args.tracking_uri)
             exp_id = tracking.get_or_create_experiment(client, args.experiment)
             name = name or tracking.trial_run_name(cfg)
             run_id = tracking.start_run(client, exp_id, name)
             callbacks.append(tracking.RunLogger(client, run_id))
-        if not args.quiet:
-            callbacks.append(Progress(cfg.train.max_steps))
+        progress = [] if args.quiet else [Progress(cfg.train.max_steps)]
+        if progress:
             print(f"grokray train: {dataset.name}, {len(trainer.train_data):,} training queries, "
                   f"{trainer.model.num_params():,} parameters, {trainer.device}/{trainer.precision}"
                   + (f", MLflow run {run_id} ({name})" if run_id else ""), flush=True)
-        status = "FAILED"
-        try:
-            result = trainer.run(callbacks)
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            if client is not None:
-                client.set_terminated(run_id, status=status)
+        # the same lifecycle as a sweep trial (a pack of one): callbacks, then run, then the run's end state
+        with tracking.run_lifecycle(client, [run_id] if run_id else []):
+            result, = Running.solo(trainer, callbacks).run(*progress)
     last = result.history[-1]
     print(f"done: {result.stop_reason} after {result.steps_run} steps in {duration(result.seconds)}; "
           f"train {last.get('acc/train', float('nan')):.3f}  ID {last.get('acc/test_inferred_id', float('nan')):.3f}  "

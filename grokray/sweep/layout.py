@@ -30,11 +30,17 @@ class Running:
     tags: list               # per member: tags for its run (the kind's, and a better run name)
     packed: bool = False
 
-    def run(self, reporter: Any) -> list:
-        """Train to the end, the reporter last among each member's callbacks: one result per member."""
+    @classmethod
+    def solo(cls, trainer: Any, callbacks: list, tags: dict | None = None) -> "Running":
+        """One member: a solo trainer (a sweep trial of an unpacked layout, or ``grokray train``)."""
+        return cls(trainer, [list(callbacks)], [dict(tags or {})])
+
+    def run(self, *extra: Any) -> list:
+        """Train to the end with ``extra`` callbacks after each member's own (the Tune reporter, the
+        terminal progress): one result per member."""
         if self.packed:
-            return self.trainer.run([[*cbs, reporter] for cbs in self.callbacks])
-        return [self.trainer.run([*self.callbacks[0], reporter])]
+            return self.trainer.run([[*cbs, *extra] for cbs in self.callbacks])
+        return [self.trainer.run([*self.callbacks[0], *extra])]
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ class Layout:
             tags = dict(built.tags)
             if built.run_name:
                 tags[tracking.Tag.RUN_NAME] = built.run_name
-            return Running(built.trainer, [list(built.callbacks)], [tags])
+            return Running.solo(built.trainer, built.callbacks, tags)
         cfgs = [spec.trial_config(v) for v in members]
         pack = PackedTrainer(cfgs, work_dirs=[Path(work_dir) / str(slot) for slot in range(len(members))],
                              device=trial_device(cfgs[0].train.device))

@@ -137,18 +137,13 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     run_ids = [find_or_create_run(client, ctx, trial_id, {k: v[k] for k in keys if k in v}, tags=tags)
                for trial_id, tags, v in zip(layout.trial_ids(tune_id, len(members)),
                                             layout.member_tags(tune_id, members), members)]
-    statuses = ["FAILED"] * len(members)   # also when the kind cannot build (e.g. a source checkpoint is gone)
-    try:
-        with tempfile.TemporaryDirectory(prefix="grokray-trial-") as work:
-            running = layout.build(spec, members, client, run_ids, work)
-            for rid, tags in zip(run_ids, running.tags):
-                if tags:
-                    tracking.log_tags(client, rid, tags)
-            restore_state(running.trainer)
-            reporter = TuneReporter(run_ids, spec.kind_impl.reported)
-            results = running.run(reporter)
-            statuses = ["FINISHED"] * len(members)
-    finally:
-        for rid, status in zip(run_ids, statuses):
-            client.set_terminated(rid, status=status)
+    # FAILED also when the kind cannot build (e.g. a source checkpoint is gone)
+    with tracking.run_lifecycle(client, run_ids), tempfile.TemporaryDirectory(prefix="grokray-trial-") as work:
+        running = layout.build(spec, members, client, run_ids, work)
+        for rid, tags in zip(run_ids, running.tags):
+            if tags:
+                tracking.log_tags(client, rid, tags)
+        restore_state(running.trainer)
+        reporter = TuneReporter(run_ids, spec.kind_impl.reported)
+        results = running.run(reporter)
     tune.report(to_plain(reporter.final(results)))

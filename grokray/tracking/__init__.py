@@ -35,7 +35,8 @@ from grokray.tracking.runs import (LabelTags, RunRecord, all_experiments, checkp
                                    download_checkpoint, experiment_runs, find_sweep_parent, find_trial_run,
                                    flat_params, get_or_create_experiment, iter_runs, last_logged_step, load_history,
                                    log_metrics, log_params, log_tags, log_texts, metric_history, read_json_artifact,
-                                   run_trial_config, start_run, sweep_names, sweep_runs, swept_keys, swept_values)
+                                   run_lifecycle, run_trial_config, start_run, sweep_names, sweep_runs, swept_keys,
+                                   swept_values)
 from grokray.tracking.store import (DB_PORTS, MLFLOW_ENV, POINT_ELSEWHERE, STORE_RETRY_S, artifact_root,
                                     check_reachable, check_sqlite_file, check_store, default_tracking_uri,
                                     existing_client, get_client, is_migration_race, sqlite_path, tracking_uri,
@@ -51,7 +52,7 @@ __all__ = [*_CONTRACT,
            "LabelTags", "RunRecord", "all_experiments", "checkpoint_path", "checkpoints", "download_checkpoint",
            "experiment_runs", "find_sweep_parent", "find_trial_run", "flat_params", "get_or_create_experiment",
            "iter_runs", "last_logged_step", "load_history", "log_metrics", "log_params", "log_tags", "log_texts",
-           "metric_history", "read_json_artifact", "run_trial_config", "start_run", "sweep_names", "sweep_runs",
+           "metric_history", "read_json_artifact", "run_lifecycle", "run_trial_config", "start_run", "sweep_names", "sweep_runs",
            "swept_keys", "swept_values",
            # views, the run logger
            "runs_view_link", "save_runs_view", "RunLogger", "history_csv", "log_run_summary", "trial_run_name"]

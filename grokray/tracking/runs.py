@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
@@ -159,6 +160,30 @@ def start_run(client: "MlflowClient", experiment_id: str, run_name: str, kind: s
         all_tags[Tag.PARENT] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     return run.info.run_id
+
+
+@contextmanager
+def run_lifecycle(client: "MlflowClient | None", run_ids: list[str]) -> Iterator[None]:
+    """The end of every training run's MLflow runs, one place for all: a solo ``grokray train``, a
+    sweep trial, each member of a pack. The block completes: FINISHED; Ctrl-C: KILLED (and re-raised);
+    anything else, including a trainer that cannot be built: FAILED. ``client`` None: nothing logged.
+
+    Example::
+
+        with run_lifecycle(client, [run_id]):
+            result = trainer.run(callbacks)
+    """
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if client is not None:
+            for run_id in run_ids:
+                client.set_terminated(run_id, status=status)
 
 
 def swept_values(run: "Run") -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """The grokray command line as a user runs it: real processes, exit codes, one-line errors."""
+import contextlib
 import json
 import os
 import subprocess
@@ -101,3 +102,19 @@ def test_patching_of_one_checkpoint_writes_matrices_and_heatmaps(tmp_path):
     bad = run("patching", str(ckpt), "--split", "id_atomic", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("grokray: error: --split: ")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("raise_, status", [(None, "FINISHED"), (RuntimeError("boom"), "FAILED"),
+                                            (KeyboardInterrupt(), "KILLED")])
+def test_every_training_run_ends_its_mlflow_runs_through_one_lifecycle(mlflow_uri, raise_, status):
+    """`grokray train`, a sweep trial and each member of a pack end their runs through
+    tracking.run_lifecycle: FINISHED, FAILED (any error, also while building), KILLED on Ctrl-C."""
+    from grokray import tracking
+    client = tracking.get_client(mlflow_uri)
+    exp = tracking.get_or_create_experiment(client, "lifecycle")
+    ids = [tracking.start_run(client, exp, f"m{i}") for i in range(2)]
+    with pytest.raises(type(raise_)) if raise_ is not None else contextlib.nullcontext():
+        with tracking.run_lifecycle(client, ids):
+            if raise_ is not None:
+                raise raise_
+    assert [client.get_run(i).info.status for i in ids] == [status, status]
