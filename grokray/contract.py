@@ -56,6 +56,7 @@ class Tag:
     DETAIL = "grokray.detail"
     CONFIDENCE = "grokray.confidence"
     CLASSIFIER_VERSION = "grokray.classifier_version"
+    SEARCH_REASON = "grokray.search_reason"    # method boundary: why the search chose this point ("trial 7/60: refine: ...")
     CENSORED = "grokray.censored"
     SPLIT = "grokray.split"
     # packed trials (resources.pack): the pack's Ray Tune trial id and the member's slot in it

@@ -26,7 +26,7 @@ CRITERION_COLUMNS = tuple(c.column for c in REGISTRY.values())
 COLUMNS = ("label", "detail", "phase", "determined", "confidence", "t_memorize", "t_generalize", "delay_ratio",
            "t_circuit", "final_train_acc", "final_id_acc", "final_ood_acc", "final_target_level", "shortcut_best",
            "interchange", "bridge_rate", *CRITERION_COLUMNS, "censored", "steps_run", "run_id", "run_name", "status",
-           "classifier_version")
+           "classifier_version", "search_reason")
 #: Float columns after the parameters.
 FLOAT_COLUMNS = ("confidence", "t_memorize", "t_generalize", "delay_ratio", "t_circuit", "final_train_acc",
                  "final_id_acc", "final_ood_acc", "final_target_level", "shortcut_best", "interchange", "bridge_rate")
@@ -177,6 +177,7 @@ def _run_columns(run: "Run") -> dict[str, Any]:
         "run_name": run.info.run_name or "",
         "status": run.info.status,
         "classifier_version": tags.get(Tag.CLASSIFIER_VERSION),
+        "search_reason": tags.get(Tag.SEARCH_REASON),    # method boundary: why the search chose the point
         "_start": run.info.start_time or 0,
     }
 
@@ -190,7 +191,7 @@ def _finish_frame(rows: list[dict], params: list[str], attrs: dict) -> pd.DataFr
     df["censored"] = df["censored"].astype(bool)
     df["determined"] = df["determined"].astype(bool)
     df["steps_run"] = df["steps_run"].astype("int64")
-    for c in ("label", "detail", "phase", *CRITERION_COLUMNS, "classifier_version"):
+    for c in ("label", "detail", "phase", *CRITERION_COLUMNS, "classifier_version", "search_reason"):
         df[c] = df[c].astype(object).where(df[c].notna(), None)
     df.attrs.update(attrs, params=list(params))
     return df

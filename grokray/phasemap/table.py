@@ -150,4 +150,22 @@ def format_table(df: pd.DataFrame, x: str | None, y: str | None = None, *,
                  [_cell_word(aggregate(groups[(yv, xv)]) if (yv, xv) in groups else None) for xv in x_levels])
                 for yv in y_levels]
         blocks.append(head + _table_block(corner, [fmt_value(v) for v in x_levels], rows, width))
-    return "\n\n".join("\n".join(b) for b in blocks) + "\n" + TABLE_LEGEND
+    return "\n\n".join("\n".join(b) for b in blocks) + "\n" + TABLE_LEGEND + search_summary(df)
+
+
+def search_summary(df: pd.DataFrame) -> str:
+    """For a sweep the boundary search chose (``method: boundary``): how many points and why, so
+    the map can be audited (each run's reason: ``--csv`` / ``--json``, tag ``grokray.search_reason``).
+
+    >>> df = pd.DataFrame({"search_reason": ["trial 1/9: coarse design", "trial 2/9: coarse design",
+    ...                                      "trial 3/9: refine: corners of a 2-step cell", None]})
+    >>> print(search_summary(df).strip())
+    boundary search: 3 point(s) chosen: 2 coarse design, 1 refine (each run's reason: --csv or --json)
+    """
+    if "search_reason" not in df or df["search_reason"].isna().all():
+        return ""
+    kinds = df["search_reason"].dropna().map(lambda r: r.split(": ", 1)[-1].split(":", 1)[0].strip())
+    counts = kinds.value_counts(sort=False)
+    order = sorted(counts.index, key=lambda k: ("coarse" not in k, "refine" not in k, k))
+    return (f"\nboundary search: {int(counts.sum())} point(s) chosen: "
+            + ", ".join(f"{counts[k]} {k}" for k in order) + " (each run's reason: --csv or --json)\n")

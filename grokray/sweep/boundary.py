@@ -56,6 +56,8 @@ from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
+from grokray.contract import Tag
+
 #: The label of a point whose replicates disagree: every cell that has it as a corner is mixed.
 MIXED = "__mixed__"
 
@@ -404,7 +406,7 @@ def grid_of(values: Iterable[Sequence[Any]]) -> list[list[Any]]:
 #: The config key that carries why the search proposed a trial (a tag on its run, never a trial key).
 REASON_KEY = "_boundary_reason"
 #: Tag on a trial's run: the round of the search and why it proposed the point.
-REASON_TAG = "grokray.search_reason"
+REASON_TAG = Tag.SEARCH_REASON
 
 
 def behaviour_label(result: dict | None, generalize_acc: float = 0.5, split: str = "ood") -> str:

@@ -47,6 +47,22 @@ LOG_EVERY_S = 30.0
 MIN_PACE_S = 30.0
 
 
+def _search_note(trial: Any) -> str:
+    """``  [7/60 refine]`` for a trial the boundary search chose (``method: boundary``), else ``""``.
+
+    >>> class T: config = {"_boundary_reason": "trial 7/60: refine: corners of a 2-step cell"}
+    >>> _search_note(T())
+    '  [7/60 refine]'
+    """
+    from grokray.sweep.boundary import REASON_KEY
+
+    why = (getattr(trial, "config", None) or {}).get(REASON_KEY)
+    if not why:
+        return ""
+    head, _, rest = str(why).partition(": ")
+    return f"  [{head.removeprefix('trial ')} {rest.split(':', 1)[0].strip()}]"
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "  -  "
 
@@ -220,7 +236,7 @@ class SweepProgress(Callback):
             r = t.last_result or {}
             step = r.get("step")
             lines.append(f"  running  {str(t):<{width}}  step {step if step is not None else '-':>6}/{self._budget(t)}"
-                         f"  train {_fmt(r.get('acc/train'))}  {self._cells(r)}")
+                         f"  train {_fmt(r.get('acc/train'))}  {self._cells(r)}{_search_note(t)}")
         if len(shown) < running:
             lines.append(f"  ... and {running - len(shown)} more running (grokray sweep status NAME: every trial)")
         if recent:

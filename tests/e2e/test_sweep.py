@@ -261,3 +261,9 @@ def test_method_boundary_runs_like_any_sweep_and_says_why_it_chose_each_point(tm
     assert all(re.match(r"trial \d/5: coarse design", x) for x in reasons), reasons
     assert {r.data.params["data.augmentation"] for r in runs} == {"none", "both_full"}   # facets, in turn
     assert "at most 5 trial(s) (boundary)" in out.stdout
+    # the phase map shows which points the search chose and why (a column, and the table's summary line)
+    table = grokray("phase-map", "bnd", "--csv", str(tmp_path / "bnd.csv"), uri=mlflow_uri, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "boundary search: 5 point(s) chosen: 5 coarse design" in table.stdout, table.stdout
+    import pandas as pd
+    assert sorted(pd.read_csv(tmp_path / "bnd.csv")["search_reason"]) == sorted(reasons)
