@@ -68,6 +68,7 @@ class Tag:
     SOURCE_SWEEP = "grokray.source_sweep"
     SOURCE_RUN_NAME = "grokray.source_run_name"
     SOURCE_CHECKPOINT = "grokray.source_checkpoint"
+    SOURCE_CLASSIFIER_VERSION = "grokray.source_classifier_version"  # the classifier that labelled the source
     # MLflow's own
     PARENT = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"

@@ -24,7 +24,7 @@ from grokray.contract import (SWEPT_SOURCE_RUN, TRANSFER_CURVES_PNG, TRANSFER_MA
                               TRANSFER_MAP_TXT)
 from grokray.plots import plot_transfer_curves
 from grokray.transfer import TEST_SPLITS, transfer_summary
-from grokray.verdict import LABELS, SHORT_LABELS
+from grokray.verdict import CLASSIFIER_VERSION, LABELS, SHORT_LABELS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +35,8 @@ SUMMARY_KEYS = ("t_memorize_new", "t_new_old",
                 *(f"{p}_{s}" for s in (*TEST_SPLITS, "new_atomic", "retained", "unretained")
                   for p in ("init", "final", "max")),
                 "forget_old_old", "forget_retained", "forget_unretained", *(f"bridge_{s}" for s in TEST_SPLITS))
-MAP_COLUMNS = ("source_label", "source_run", "source_run_name", "source_sweep")
+MAP_COLUMNS = ("source_label", "source_classifier_version", "source_label_stale", "source_run", "source_run_name",
+               "source_sweep")
 TAIL_COLUMNS = ("steps_run", "status", "run_id", "run_name")
 _HISTORY_KEYS = ("acc/new_atomic", "acc/retained_atomic", "acc/unretained_atomic",
                  *(f"acc/{s}" for s in TEST_SPLITS.values()), *(f"lens/{s}/bridge_found" for s in TEST_SPLITS))
@@ -48,7 +49,22 @@ def _finetune_runs(client: "MlflowClient", sweep: str) -> tuple[Any, list[Any]]:
     return parent, tracking.sweep_runs(client, parent, kind=tracking.KIND_FINETUNE)
 
 
-def _row(client: "MlflowClient", run: Any, params: list[str]) -> dict[str, Any]:
+def _source_version(client: "MlflowClient", run: Any, cache: dict) -> str | None:
+    """The classifier version that labelled the run's source: the tag the fine-tuning run recorded,
+    else (runs from before that tag) the source run's own tag when the source is in this store."""
+    tags = run.data.tags
+    if tags.get(tracking.Tag.SOURCE_CLASSIFIER_VERSION):
+        return tags[tracking.Tag.SOURCE_CLASSIFIER_VERSION]
+    src = tags.get(tracking.Tag.SOURCE_RUN)
+    if src and src not in cache:
+        try:
+            cache[src] = client.get_run(src).data.tags.get(tracking.Tag.CLASSIFIER_VERSION)
+        except Exception:  # noqa: BLE001 - the source lives in another store (source.tracking_uri): unknown
+            cache[src] = None
+    return cache.get(src)
+
+
+def _row(client: "MlflowClient", run: Any, params: list[str], versions: dict | None = None) -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
     Tag = tracking.Tag
     summary = {k: metrics.get(f"{tracking.TRANSFER_PREFIX}{k}") for k in SUMMARY_KEYS}
@@ -56,7 +72,10 @@ def _row(client: "MlflowClient", run: Any, params: list[str]) -> dict[str, Any]:
         summary = transfer_summary(tracking.metric_history(client, run.info.run_id, _HISTORY_KEYS))
     swept = tracking.swept_values(run)
     steps = tags.get(Tag.STEPS_RUN)
-    row = {"source_label": tags.get(Tag.SOURCE_LABEL) or None, "source_run": tags.get(Tag.SOURCE_RUN),
+    version = _source_version(client, run, {} if versions is None else versions)
+    # a label from an older (or unknown) classifier than today's may not mean what today's words do
+    row = {"source_label": tags.get(Tag.SOURCE_LABEL) or None, "source_classifier_version": version,
+           "source_label_stale": version != CLASSIFIER_VERSION, "source_run": tags.get(Tag.SOURCE_RUN),
            "source_run_name": tags.get(Tag.SOURCE_RUN_NAME), "source_sweep": tags.get(Tag.SOURCE_SWEEP) or None}
     row.update({k: swept.get(k) if not isinstance(swept.get(k), (dict, list)) else json.dumps(swept.get(k))
                 for k in params})
@@ -83,7 +102,8 @@ def transfer_map(sweep: str, tracking_uri: str | None = None) -> "pd.DataFrame":
     client = tracking.existing_client(tracking_uri)
     parent, runs = _finetune_runs(client, sweep)
     params = [k for k in tracking.swept_keys(parent) if k != SWEPT_SOURCE_RUN]
-    rows = [_row(client, r, params) for r in runs]
+    versions: dict = {}
+    rows = [_row(client, r, params, versions) for r in runs]
     columns = [*MAP_COLUMNS, *params, *SUMMARY_KEYS, *TAIL_COLUMNS]
     df = pd.DataFrame(rows, columns=columns)
     for c in SUMMARY_KEYS:
@@ -134,7 +154,20 @@ def format_transfer_table(df: "pd.DataFrame") -> str:
         body = [["(no finetune runs)"] + [""] * (len(header) - 1)]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(s.ljust(w) for s, w in zip(r, widths)).rstrip() for r in [header, *body]]
-    return "\n".join(lines) + "\n" + TABLE_LEGEND
+    return "\n".join(lines) + "\n" + TABLE_LEGEND + stale_warning(df)
+
+
+def stale_warning(df: "pd.DataFrame") -> str:
+    """A line naming the sources labelled by an older (or unknown) classifier than today's, whose
+    labels the table groups by; empty when every source's label is today's."""
+    if not len(df) or "source_label_stale" not in df:
+        return ""
+    stale = df[df["source_label_stale"].astype(bool)].drop_duplicates("source_run")
+    if stale.empty:
+        return ""
+    versions = sorted({str(v) if isinstance(v, str) else "unknown" for v in stale["source_classifier_version"]})
+    return (f"\nwarning: {len(stale)} source(s) labelled by classifier {', '.join(versions)}, not today's v{CLASSIFIER_VERSION}: "
+            "their labels may not mean what today's do (grokray classify --experiment EXP --force relabels them)")
 
 
 def transfer_histories(df: "pd.DataFrame", tracking_uri: str | None = None) -> dict[Any, list[list[dict]]]:

@@ -456,6 +456,7 @@ def map_store(_migrated_store, tmp_path_factory):
         tags = {"grokray.kind": "finetune", "grokray.sweep": "tf-demo", "grokray.trial_id": f"t{i}",
                 "mlflow.parentRunId": parent, "grokray.source_run": f"src{i % 2}", "grokray.source_label": label,
                 "grokray.source_sweep": "calib", "grokray.source_run_name": f"seed={i}",
+                "grokray.source_classifier_version": "3" if i % 2 == 0 else "2",   # src1: an older label
                 "grokray.swept": json.dumps({"source_run": f"src{i % 2}", "train.lr": 0.001 * (1 + i % 2)})}
         run_id = client.create_run(exp, run_name=f"r{i}", tags=tags).info.run_id
         history = _history(t_mem, no, on)
@@ -484,6 +485,11 @@ def test_transfer_map_frame(map_store):
     assert df["forget_unretained"].tolist() == pytest.approx([0.5] * 4)
     assert df["bridge_old_new"].tolist() == pytest.approx([0.9] * 4)
     assert df["status"].tolist() == ["FINISHED"] * 3 + ["RUNNING"] and df["steps_run"].tolist() == [800] * 4
+    # each source's classifier version, and a flag on a source labelled by an older classifier than today's
+    assert df["source_classifier_version"].tolist() == ["3", "2", "3", "2"]
+    assert df["source_label_stale"].tolist() == [False, True, False, True]
+    assert ("warning: 1 source(s) labelled by classifier 2, not today's v3" in format_transfer_table(df))
+    assert "warning" not in format_transfer_table(df[~df["source_label_stale"]])
     with pytest.raises(LookupError, match="no sweep named 'nope'"):
         transfer_map("nope", map_store["uri"])
 

@@ -151,7 +151,8 @@ def _source_dict(run: Any) -> dict[str, Any]:
     """A source run as the sweep records it (``sources.json``) and names its trials."""
     rec = tracking.RunRecord.of(run)
     return {"run_id": rec.run_id, "label": rec.label, "run_name": rec.run_name, "sweep": rec.sweep,
-            "swept": rec.swept, "experiment_id": rec.experiment_id, "status": rec.status}
+            "swept": rec.swept, "experiment_id": rec.experiment_id, "status": rec.status,
+            "classifier_version": run.data.tags.get(tracking.Tag.CLASSIFIER_VERSION)}
 
 
 def _experiment_ids(client: "MlflowClient", experiment: str | None) -> list[str] | None:
@@ -396,6 +397,7 @@ class FinetuneKind:
             tracking.Tag.SOURCE_RUN: source_run, tracking.Tag.SOURCE_LABEL: source["label"] or "",
             tracking.Tag.SOURCE_SWEEP: source["sweep"] or "", tracking.Tag.SOURCE_RUN_NAME: source["run_name"],
             tracking.Tag.SOURCE_CHECKPOINT: str(fspec.source.checkpoint),
+            tracking.Tag.SOURCE_CLASSIFIER_VERSION: source.get("classifier_version") or "",
             tracking.Tag.RUN_NAME: finetune_run_name(source, values, keys)})
         _checked_checkpoint(src_client, source_run, fspec.source.checkpoint)
         ckpt = tracking.download_checkpoint(src_client, source_run, fspec.source.checkpoint,
