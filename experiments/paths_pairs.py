@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-GROUP = ["data.seed", "data.phi", "data.augmentation"]
-ID_ACC = "acc/test_inferred_id"
+GROUP = ["data.seed", "data.phi", "data.augmentation", "model"]
+OOD_ACC = "acc/test_inferred_ood"
 
 
 def pick_pairs(runs: pd.DataFrame, *, ood_below: float = 0.3, id_at_least: float = 0.8,
@@ -88,8 +88,8 @@ def matched_step(history: list[tuple[int, float]], checkpoint_steps: list[int], 
     return min(sorted(checkpoint_steps, reverse=True), key=lambda s: abs(nearest_acc(history, s) - target))
 
 
-def _history(client, run_id: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, ID_ACC))
+def _history(client, run_id: str, key: str = "acc/test_inferred_id") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def _interchange_by_depth(path: str) -> dict:
@@ -115,7 +115,7 @@ def _compare(a_path: str, b_path: str, labels: tuple[str, str], n: int) -> dict:
 
 
 def _describe(r: pd.Series) -> dict:
-    keep = ["run_id", "run_name", "label", "detail", "phase", "train.weight_decay", "seed", "t_memorize",
+    keep = ["run_id", "run_name", "label", "detail", "phase", "model", "train.weight_decay", "seed", "t_memorize",
             "t_generalize", "final_id_acc", "final_ood_acc", "interchange", "classifier_version"]
     out = {}
     for k in keep:
@@ -125,47 +125,92 @@ def _describe(r: pd.Series) -> dict:
     return out
 
 
+def within_run_steps(id_hist: list[tuple[int, float]], ood_hist: list[tuple[int, float]], ckpts: list[int],
+                     t_generalize: float, *, ood_below: float = 0.3, id_at_least: float = 0.8) -> tuple[int, int] | None:
+    """(A, B) checkpoint steps of ONE run that grokked OOD late: B the latest checkpoint before
+    ``t_generalize`` that composes ID (>= ``id_at_least``) but not OOD (< ``ood_below``), A the checkpoint
+    after it whose ID accuracy is closest to B's. Same data, same initialisation, matched ID accuracy;
+    None when the run never composed ID before it generalized OOD (no delay to compare across).
+
+    >>> ids = [(1000, 0.3), (2000, 0.85), (4000, 0.9), (6000, 0.92), (9000, 0.9)]
+    >>> ood = [(1000, 0.0), (2000, 0.05), (4000, 0.1), (6000, 0.6), (9000, 0.95)]
+    >>> within_run_steps(ids, ood, [1000, 2000, 4000, 9000], 6000)
+    (9000, 4000)
+    """
+    before = [s for s in ckpts if s < t_generalize and nearest_acc(id_hist, s) >= id_at_least
+              and nearest_acc(ood_hist, s) < ood_below]
+    after = [s for s in ckpts if s >= t_generalize]
+    if not before or not after:
+        return None
+    b = before[-1]
+    return matched_step(id_hist, after, nearest_acc(id_hist, b)), b
+
+
+def _jobs(client, runs: pd.DataFrame, *, within_run: bool, match: list[str], max_pairs: int, ood_below: float,
+          id_at_least: float) -> list[tuple]:
+    """(A run, A step, B run, B step) to compare."""
+    from grokray import tracking
+    jobs = []
+    if within_run:
+        for _, a in runs[runs["t_generalize"].notna()].iterrows():
+            ck = sorted(tracking.checkpoints(client, a["run_id"]))
+            steps = within_run_steps(_history(client, a["run_id"]), _history(client, a["run_id"], OOD_ACC), ck,
+                                     a["t_generalize"], ood_below=ood_below, id_at_least=id_at_least)
+            if steps:
+                jobs.append((a, steps[0], a, steps[1]))
+        return jobs[:max_pairs]
+    for a, b in pick_pairs(runs, ood_below=ood_below, id_at_least=id_at_least, max_pairs=max_pairs, match=match):
+        ha, hb = _history(client, a["run_id"]), _history(client, b["run_id"])
+        cb = sorted(tracking.checkpoints(client, b["run_id"]))
+        a_step = matched_step(ha, sorted(tracking.checkpoints(client, a["run_id"])), nearest_acc(hb, cb[-1]))
+        jobs.append((a, a_step, b, cb[-1]))
+    return jobs
+
+
 def run(tracking_uri: str, sweep: str, max_pairs: int, n: int, ood_below: float, id_at_least: float,
-        match: list[str] | None = None) -> dict:
+        match: list[str] | None = None, within_run: bool = False) -> dict:
     import grokray
     from grokray import tracking
     runs = grokray.phase_map(sweep, tracking_uri=tracking_uri)
     runs = runs[runs["label"].notna()]
     client = tracking.existing_client(tracking_uri)
     match = match or GROUP
-    pairs = pick_pairs(runs, ood_below=ood_below, id_at_least=id_at_least, max_pairs=max_pairs, match=match)
+    jobs = _jobs(client, runs, within_run=within_run, match=match, max_pairs=max_pairs, ood_below=ood_below,
+                 id_at_least=id_at_least)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (a, b) in enumerate(pairs):
-            ha, hb = _history(client, a["run_id"]), _history(client, b["run_id"])
-            ca, cb = sorted(tracking.checkpoints(client, a["run_id"])), sorted(tracking.checkpoints(client, b["run_id"]))
-            b_step = cb[-1]
-            a_step = matched_step(ha, ca, nearest_acc(hb, b_step))
+        for i, (a, a_step, b, b_step) in enumerate(jobs):
+            ha = _history(client, a["run_id"])
             pa = tracking.download_checkpoint(client, a["run_id"], a_step, f"{tmp}/{i}a")
             pb = tracking.download_checkpoint(client, b["run_id"], b_step, f"{tmp}/{i}b")
-            entry = {"a": _describe(a), "b": _describe(b), "cell": {k: _plain(a[k]) for k in match if k in a},
+            entry = {"a": {**_describe(a), "step": int(a_step)}, "b": {**_describe(b), "step": int(b_step)},
+                     "cell": {k: _plain(a[k]) for k in match if k in a},
                      "a_cell": {k: _plain(a[k]) for k in GROUP if k in a},
                      "b_cell": {k: _plain(b[k]) for k in GROUP if k in b},
-                     "pair": _compare(pa, pb, ("A grokked OOD", "B did not"), n),
+                     "pair": _compare(pa, pb, ("A grokked OOD", "B did not" if not within_run else "B: A before it did"), n),
                      "interchange_id": {"a": _interchange_by_depth(pa), "b": _interchange_by_depth(pb)}}
-            # Prefer a checkpoint that had memorized (same training accuracy, different paths), else the
-            # latest one before ID composition at all.
+            # The contrast: A against its own checkpoint before it composed ID, preferably one that had
+            # memorized (same training accuracy, different paths), else the latest one below ID 0.3.
+            ca = sorted(tracking.checkpoints(client, a["run_id"]))
             early = [s for s in ca if nearest_acc(ha, s) < 0.3]
-            memorized = [s for s in early if s >= (a["t_memorize"] or np.inf)]
+            memorized = [s for s in early if s >= (a["t_memorize"] if a["t_memorize"] == a["t_memorize"] else np.inf)]
             if early:
                 step = memorized[0] if memorized else early[-1]
                 pe = tracking.download_checkpoint(client, a["run_id"], step, f"{tmp}/{i}e")
-                entry["contrast"] = _compare(pa, pe, ("A", "A before it composed ID"), n)
+                entry["contrast"] = {**_compare(pa, pe, ("A", "A before it composed ID"), n), "step": int(step)}
             out.append(entry)
             p = entry["pair"]
-            print(f"pair {i + 1}: {entry['cell']} wd {a['train.weight_decay']} vs {b['train.weight_decay']}: "
+            print(f"pair {i + 1}: {a['run_name']} @{a_step} vs {b['run_name']} @{b_step}: "
                   f"ID acc {p['id_accuracy']}, similarity {p['score']:.3f}"
                   + (f"; contrast {entry['contrast']['score']:.3f}" if "contrast" in entry else ""), flush=True)
     return {"what": "He et al.'s finding 1: ID inference paths of models that grokked OOD vs models that did not, "
                     "on the same data at matched ID accuracy (experiments/paths_pairs.py)",
-            "sweep": sweep, "tracking_uri": tracking_uri, "selection": {"ood_below": ood_below, "id_at_least": id_at_least, "same": match},
+            "sweep": sweep, "tracking_uri": tracking_uri,
+            "selection": {"ood_below": ood_below, "id_at_least": id_at_least,
+                          "same": "the same run before and after it generalized OOD" if within_run else match},
             "n_queries": n, "runs_considered": int(len(runs)),
-            "graphs": sorted({int(e["cell"]["data.seed"]) for e in out}) if out else [], "pairs": out}
+            "graphs": sorted({int(e["a_cell"]["data.seed"]) for e in out if "data.seed" in e["a_cell"]}),
+            "pairs": out}
 
 
 def _plain(v):
@@ -174,10 +219,12 @@ def _plain(v):
 
 def _tick(p: dict) -> str:
     """Graph, then A's and B's phi, augmentation and weight decay ("x vs y" where they differ)."""
-    a = {**p["a_cell"], "wd": p["a"]["train.weight_decay"]}
-    b = {**p["b_cell"], "wd": p["b"]["train.weight_decay"]}
+    a = {**p["a_cell"], "wd": p["a"].get("train.weight_decay"), "step": p["a"]["step"]}
+    b = {**p["b_cell"], "wd": p["b"].get("train.weight_decay"), "step": p["b"]["step"]}
     lines = [f"graph {b.get('data.seed')}"]
-    for key, name in (("data.phi", "phi "), ("data.augmentation", ""), ("wd", "wd ")):
+    for key, name in (("data.phi", "phi "), ("data.augmentation", ""), ("model", ""), ("wd", "wd "), ("step", "@")):
+        if a.get(key) is None and b.get(key) is None:
+            continue
         lines.append(f"{name}{a.get(key)}" if a.get(key) == b.get(key) else f"{name}{a.get(key)} vs {b.get(key)}")
     return "\n".join(lines)
 
@@ -195,7 +242,9 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xticks(xs, [_tick(p) for p in pairs], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("ID inference-path similarity")
-    ax.set_title("He et al.'s finding 1: same data, matched ID accuracy")
+    same = result["selection"]["same"]
+    what = ("same data" if same == GROUP else same if isinstance(same, str) else "same " + ", ".join(same))
+    ax.set_title(f"He et al.'s finding 1: {what}, matched ID accuracy", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,12 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--same", nargs="+", default=GROUP, metavar="PARAM",
                     help="what a pair shares (default: graph, phi and augmentation: the same training data; "
                          "--same data.seed pairs any two runs on one graph, a looser match the result says)")
+    ap.add_argument("--within-run", action="store_true",
+                    help="pair each run that grokked OOD late with itself before it did (same data, same init, "
+                         "matched ID accuracy): the strictest match")
     ap.add_argument("--out", type=Path, default=Path("experiments/results/paths_pairs.json"))
     ap.add_argument("--png", type=Path, default=Path("docs/paths/pairs.png"))
     a = ap.parse_args(argv)
     from grokray.config import ConfigError
     try:
-        result = run(a.tracking_uri, a.sweep, a.max_pairs, a.queries, a.ood_below, a.id_at_least, a.same)
+        result = run(a.tracking_uri, a.sweep, a.max_pairs, a.queries, a.ood_below, a.id_at_least, a.same, a.within_run)
     except ConfigError as e:
         print(f"paths_pairs: {e}", file=sys.stderr)
         return 2
