@@ -118,6 +118,7 @@ class SweepParam:
     CRITERION = "sweep.criterion"
     EVIDENCE = "sweep.evidence"
     N_SOURCES = "sweep.n_sources"              # finetune sweeps
+    BASE_PREFIX = "base."                      # + a dotted key of the base trial config: its value
 
 
 class TrialParam:

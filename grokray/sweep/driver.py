@@ -332,7 +332,7 @@ def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
               P.RESOURCES: f"{spec.resources.cpu}cpu,{spec.resources.gpu}gpu",
               P.STOPPING: json.dumps(spec.stopping.to_dict()), P.CRITERION: spec.classifier.criterion,
               P.EVIDENCE: spec.classifier.evidence}
-    params.update({f"base.{k}": v for k, v in spec.base.flat().items()})
+    params.update({f"{tracking.SweepParam.BASE_PREFIX}{k}": v for k, v in spec.base.flat().items()})
     tracking.log_params(client, parent, params)
 
     # The swept values as param columns: a grouped value of a section (``model: {n_layers, n_loops}``)
@@ -345,41 +345,14 @@ def _create_parent(client: Any, experiment_id: str, spec: SweepSpec) -> str:
         keys = ([f"{p.key}.{k.split('.')[0]}" for v in groups for k in flatten(without_name(v))]
                 if p.key in SECTIONS and groups else [p.key])
         swept += [k for k in keys if k not in swept]
-    verdict = [f"metrics.`{tracking.VERDICT_PREFIX}{k}`" for k in (
-        "final_target_level", "shortcut_best", "interchange", "t_memorize", "t_generalize", "delay_ratio")]
-    labels = [f"tags.`{t}`" for t in (tracking.Tag.LABEL, tracking.Tag.DETAIL, tracking.Tag.CONFIDENCE)]
-    columns = [f"params.`{k}`" for k in swept]
-    if spec.kind_impl.labelled:
-        columns = labels + verdict + columns
-    else:
-        columns = [f"metrics.`{m}`" for m in spec.kind_impl.reported] + columns
+    columns = spec.kind_impl.view_columns(spec) + [f"params.`{k}`" for k in swept]
     link = tracking.save_runs_view(
         client, experiment_id, tracking.sweep_view_id(spec.name), f"grokray: {spec.name}",
         search_filter=f"tags.`{tracking.Tag.PARENT}` = '{parent}'",   # children only, one flat row each
         order_by=f"tags.`{tracking.Tag.RUN_NAME}`", columns=columns)   # label first, not params
     link = link or tracking.runs_view_link(experiment_id)
 
-    split = spec.classifier.split.upper()
-    if spec.kind_impl.labelled:
-        reading = (
-            f"**Reading the results.** [Open this sweep's trials with grokray's columns]({link}) (the runs "
-            f"page's *Views* menu: \"grokray: {spec.name}\"). One row per trial, named by its swept values: "
-            "`grokray.label` true_grokking / fake_grokking / no_grokking; `grokray.detail` how (grokking, "
-            "comprehension, transient, semi, memorization; censored = stopped at its step budget without "
-            "generalizing, not proof of no grokking); `grokray.confidence` 0-1, a ranking score; "
-            f"`verdict/final_target_level` the {split} accuracy the run held at the end; `verdict/shortcut_best` "
-            f"what the best rule that never composes scores on {split} (a level not clearly above it is fake "
-            "grokking); `verdict/interchange` the share of correct answers that follow a swapped bridge entity "
-            "(true grokking needs it high); `verdict/t_memorize` / `verdict/t_generalize` the steps at which train "
-            f"accuracy held 0.99 / {split} accuracy held its threshold; `verdict/delay_ratio` "
-            "t_generalize / t_memorize. A column with no value in any trial is not shown. Click a trial for its "
-            "evidence: its description is the verdict with its reasons, its Artifacts `verdict/` hold README.md, "
-            "curves.png and, where the classifier examined the checkpoint (runs that generalized; tag "
-            "grokray.evidence), interchange.png, lens.png, patching.png. This run's Artifacts hold the phase map "
-            "(`phase_map/phase_map.png`, `.txt`, `.csv`): the labels over the swept values.")
-    else:
-        reading = (f"**Reading the results.** [Open this sweep's runs with its columns]({link}) (the runs page's "
-                   f"*Views* menu: \"grokray: {spec.name}\"). This run's Artifacts hold the {spec.kind_impl.map_name}.")
+    reading = spec.kind_impl.reading(spec, link)
     tracking.log_tags(client, parent, {
         tracking.Tag.NOTE: f"{spec.description or f'grokray sweep {spec.name}'}\n\n{reading}"})
     return parent

@@ -45,6 +45,8 @@ def test_four_trial_sweep_parent_children_labels_map(tmp_path, mlflow_uri):
     view = tracking.runs_view_link(parent.info.experiment_id, "grokray-four")
     assert f"then open http://127.0.0.1:5000/{view}" in out.stdout
     assert "mlflow.sharedViewState.grokray-four" in client.get_experiment(parent.info.experiment_id).tags
+    note = parent.data.tags["mlflow.note.content"]     # the kind's reading, after the sweep's description
+    assert "**Reading the results.**" in note and "`grokray.label` true_grokking" in note and "phase_map/" in note
 
     status = grokray("sweep", "status", "four", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
     assert status.returncode == 0 and "4 trial run(s)" in status.stdout and "finished 4" in status.stdout

@@ -82,3 +82,10 @@ class SweepKind(Protocol):
     def build(self, spec: "SweepSpec", config: Mapping[str, Any], client: "MlflowClient", run_id: str,
               work_dir: str) -> Built:
         """The trainer for one trial and what goes with it (``config``: Tune's values)."""
+
+    def view_columns(self, spec: "SweepSpec") -> list[str]:
+        """The MLflow UI columns of the sweep's saved view before the swept params (search syntax:
+        ``tags.`grokray.label```, ``metrics.`verdict/...```)."""
+
+    def reading(self, spec: "SweepSpec", link: str) -> str:
+        """The parent run's description after the sweep's own: how to read its runs (``link``: the view)."""

@@ -381,6 +381,13 @@ class FinetuneKind:
         return [f"fine-tuning {len(prepared)} source run(s): "
                 + ", ".join(f"{s['run_name'] or s['run_id']} ({s['label']})" for s in prepared)]
 
+    def view_columns(self, spec: "SweepSpec") -> list[str]:
+        return [f"metrics.`{m}`" for m in self.reported]
+
+    def reading(self, spec: "SweepSpec", link: str) -> str:
+        return (f"**Reading the results.** [Open this sweep's runs with its columns]({link}) (the runs page's "
+                f"*Views* menu: \"grokray: {spec.name}\"). This run's Artifacts hold the {self.map_name}.")
+
     def build(self, spec: "SweepSpec", config: Mapping[str, Any], client: "MlflowClient", run_id: str,
               work_dir: str) -> Built:
         fspec: FinetuneSpec = spec.kind_spec

@@ -61,6 +61,31 @@ class TrialKind:
     def log_prepared(self, client: "MlflowClient", parent_run_id: str, prepared: Any) -> list[str]:
         return []
 
+    def view_columns(self, spec: "SweepSpec") -> list[str]:
+        """The label, its evidence and its times first: what a reader of a labelled sweep looks for."""
+        verdict = [f"metrics.`{tracking.VERDICT_PREFIX}{k}`" for k in (
+            "final_target_level", "shortcut_best", "interchange", "t_memorize", "t_generalize", "delay_ratio")]
+        return [f"tags.`{t}`" for t in (tracking.Tag.LABEL, tracking.Tag.DETAIL, tracking.Tag.CONFIDENCE)] + verdict
+
+    def reading(self, spec: "SweepSpec", link: str) -> str:
+        split = spec.classifier.split.upper()
+        return (
+            f"**Reading the results.** [Open this sweep's trials with grokray's columns]({link}) (the runs "
+            f"page's *Views* menu: \"grokray: {spec.name}\"). One row per trial, named by its swept values: "
+            "`grokray.label` true_grokking / fake_grokking / no_grokking; `grokray.detail` how (grokking, "
+            "comprehension, transient, semi, memorization; censored = stopped at its step budget without "
+            "generalizing, not proof of no grokking); `grokray.confidence` 0-1, a ranking score; "
+            f"`verdict/final_target_level` the {split} accuracy the run held at the end; `verdict/shortcut_best` "
+            f"what the best rule that never composes scores on {split} (a level not clearly above it is fake "
+            "grokking); `verdict/interchange` the share of correct answers that follow a swapped bridge entity "
+            "(true grokking needs it high); `verdict/t_memorize` / `verdict/t_generalize` the steps at which train "
+            f"accuracy held 0.99 / {split} accuracy held its threshold; `verdict/delay_ratio` "
+            "t_generalize / t_memorize. A column with no value in any trial is not shown. Click a trial for its "
+            "evidence: its description is the verdict with its reasons, its Artifacts `verdict/` hold README.md, "
+            "curves.png and, where the classifier examined the checkpoint (runs that generalized; tag "
+            "grokray.evidence), interchange.png, lens.png, patching.png. This run's Artifacts hold the phase map "
+            "(`phase_map/phase_map.png`, `.txt`, `.csv`): the labels over the swept values.")
+
     def build(self, spec: "SweepSpec", config: Mapping[str, Any], client: "MlflowClient", run_id: str,
               work_dir: str) -> Built:
         cfg = spec.trial_config(config)
