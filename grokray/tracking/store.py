@@ -98,13 +98,26 @@ def check_sqlite_file(db: Path, uri: str, key: str = "tracking URI") -> None:
         raise ConfigError(f"cannot create the store's directory: {above} is a file, not a directory", key=key,
                           value=uri)
     if db.is_file() and db.stat().st_size:
+        # Through SQLite, never open(): closing any other descriptor on a database file releases every
+        # POSIX lock this process holds on it (SQLite's "how to corrupt", 2.2). A long-lived process
+        # (the driver, a trial, the classifier) calls this at every get_client while its MLflow
+        # connections hold locks: a plain open()/close() here let another process checkpoint the WAL
+        # under them, and a store came out "database disk image is malformed". SQLite's own open
+        # shares the inode's locks with the process's other connections.
+        import sqlite3
+
         try:
-            with open(db, "rb") as fh:
-                header = fh.read(16)
-        except OSError as e:
-            raise ConfigError(f"cannot read the MLflow store: {e.strerror}", key=key, value=uri) from None
-        if header != b"SQLite format 3\0":
-            raise ConfigError("is not an SQLite database, so not an MLflow store", key=key, value=uri)
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+            try:
+                con.execute("PRAGMA schema_version").fetchone()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as e:
+            if "not a database" in str(e) or "encrypted" in str(e):
+                raise ConfigError("is not an SQLite database, so not an MLflow store", key=key, value=uri) from None
+            if "locked" in str(e) or "busy" in str(e):
+                return                              # a writer at work: a database, whatever it holds
+            raise ConfigError(f"cannot read the MLflow store: {e}", key=key, value=uri) from None
 
 
 def check_store(uri: str | None, key: str = "tracking URI") -> str:

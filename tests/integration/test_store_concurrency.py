@@ -126,3 +126,40 @@ def test_a_store_behind_with_runs_is_reported_in_one_line_and_kept(tmp_path, mon
     con = sqlite3.connect(db)
     assert con.execute("SELECT run_uuid FROM runs").fetchall() == [(run_id,)]
     con.close()
+
+
+def test_opening_a_client_never_opens_the_database_file_outside_sqlite(mlflow_uri, monkeypatch):
+    """Closing any descriptor on a database file drops every POSIX lock the process holds on it
+    (SQLite's "how to corrupt", 2.2). get_client runs again and again in processes whose MLflow
+    connections hold locks (the driver, trials, the classifier); a header read with open() there
+    let another process checkpoint the WAL under them and corrupted a real store ("database disk
+    image is malformed", 2026-12-05). The store is checked through SQLite only."""
+    import builtins
+
+    from grokray import tracking
+
+    db = str(tracking.sqlite_path(mlflow_uri))
+    client = tracking.get_client(mlflow_uri)
+    exp = tracking.get_or_create_experiment(client, "locks")
+    real_open = builtins.open
+
+    def guarded(file, *a, **k):
+        assert str(file) != db, "the database file was opened outside SQLite"
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    again = tracking.get_client(mlflow_uri)                  # while `client` holds connections
+    run_id = tracking.start_run(again, exp, "r")
+    assert client.get_run(run_id).info.run_name == "r"
+    tracking.existing_client(mlflow_uri).set_terminated(run_id)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_file_that_is_not_sqlite_is_still_one_line(tmp_path):
+    from grokray import tracking
+    from grokray.config import ConfigError
+
+    bad = tmp_path / "mlflow.db"
+    bad.write_bytes(b"definitely not a database, but long enough to have a header" * 4)
+    with pytest.raises(ConfigError, match="is not an SQLite database"):
+        tracking.get_client(f"sqlite:///{bad}")
