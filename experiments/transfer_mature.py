@@ -102,7 +102,7 @@ def plot(runs: pd.DataFrame, path: Path) -> None:
             ax.scatter([x] * len(g), g[k].astype(float), color="k", s=8, zorder=3)
     ax.set_xticks(np.arange(len(tests)) + 0.4 - width / 2, [name for _, name in tests])
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy after fine-tuning (median of the last 5 evaluations)")
+    ax.set_ylabel("final accuracy (median, last 5 evals)")
     ax.set_title("Transfer to new facts by source kind (dots: graphs x fine-tuning sets)")
     ax.legend(fontsize=7)
     fig.tight_layout()
