@@ -27,7 +27,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from experiments.store_args import save_figure, store_parser
 
 GROUP = ["data.seed", "data.phi", "data.augmentation", "model"]
 OOD_ACC = "acc/test_inferred_ood"
@@ -247,15 +248,11 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"He et al.'s finding 1: {what}, matched ID accuracy", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tracking-uri", required=True)
-    ap.add_argument("--sweep", default="phase-map")
+    ap = store_parser(__doc__, "phase-map", "experiments/results/paths_pairs.json", "docs/paths/pairs.png")
     ap.add_argument("--max-pairs", type=int, default=4)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--ood-below", type=float, default=0.3)
@@ -266,8 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--within-run", action="store_true",
                     help="pair each run that grokked OOD late with itself before it did (same data, same init, "
                          "matched ID accuracy): the strictest match")
-    ap.add_argument("--out", type=Path, default=Path("experiments/results/paths_pairs.json"))
-    ap.add_argument("--png", type=Path, default=Path("docs/paths/pairs.png"))
     a = ap.parse_args(argv)
     from grokray.config import ConfigError
     try:

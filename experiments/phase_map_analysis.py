@@ -23,7 +23,6 @@ A reader never creates a store: a wrong path is one line saying where it looked 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from experiments.store_args import save_figure, store_parser
 
 PHI, WD, AUG, GRAPH, SEED = "data.phi", "train.weight_decay", "data.augmentation", "data.seed", "seed"
 ID_ACC = "acc/test_inferred_id"
@@ -246,17 +247,11 @@ def plot_scaling(runs: pd.DataFrame, fits: dict, path: Path) -> None:
     axes[0].set_title("time vs weight decay (Omnigrok: slope -1)")
     axes[1].set_title("time vs phi (Wang et al.: faster with phi)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tracking-uri", required=True)
-    ap.add_argument("--sweep", default="phase-map")
-    ap.add_argument("--out", type=Path, default=Path("experiments/results/phase_map.json"))
-    ap.add_argument("--png", type=Path, default=Path("docs/phase-map/scaling.png"))
+    ap = store_parser(__doc__, "phase-map", "experiments/results/phase_map.json", "docs/phase-map/scaling.png")
     ap.add_argument("--audit", metavar="SWEEP", default=None,
                     help="a sweep of the map's cells run to budget without a stop rule (sweeps/phase-map-audit.yaml)")
     a = ap.parse_args(argv)

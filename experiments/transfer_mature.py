@@ -19,7 +19,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from experiments.store_args import save_figure, store_parser
 
 #: He et al. (2026, section 5), as docs/transfer.md summarises them: exact match after fine-tuning.
 PAPER = {"true_grokking": {"new_old": "1.0 (within ~5-6k steps)", "old_new": "0", "new_new": "<= 0.04"},
@@ -106,17 +107,11 @@ def plot(runs: pd.DataFrame, path: Path) -> None:
     ax.set_title("Transfer to new facts by source kind (dots: graphs x fine-tuning sets)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tracking-uri", required=True)
-    ap.add_argument("--sweep", default="transfer-mature")
-    ap.add_argument("--out", type=Path, default=Path("experiments/results/transfer_mature.json"))
-    ap.add_argument("--png", type=Path, default=Path("docs/transfer/mature.png"))
+    ap = store_parser(__doc__, "transfer-mature", "experiments/results/transfer_mature.json", "docs/transfer/mature.png")
     a = ap.parse_args(argv)
     import grokray
     from grokray import tracking

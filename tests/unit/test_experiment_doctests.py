@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["experiments.phase_map_analysis", "experiments.paths_pairs",
+@pytest.mark.parametrize("module", ["experiments.phase_map_analysis", "experiments.paths_pairs", "experiments.store_args",
                                     "experiments.transfer_mature"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
