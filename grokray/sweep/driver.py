@@ -223,6 +223,12 @@ class _TrialNamer:
     def __init__(self, spec: SweepSpec, layout: Layout):
         self.spec, self.layout = spec, layout
 
+    def __setstate__(self, state: dict) -> None:
+        # Tune pickles the namer into its experiment state; one saved by an older grokray has no
+        # layout, and a resume with this one crashed on it (the phase-map sweep, 2026-12-05)
+        self.__dict__.update(state)
+        self.__dict__.setdefault("layout", Layout())
+
     def __call__(self, trial: Any) -> str:
         return (self.layout.trial_name(trial.config, trial.trial_id)
                 or f"{trial_label(self.spec, trial.config)}_{trial.trial_id[-5:]}")

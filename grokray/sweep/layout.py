@@ -103,7 +103,9 @@ class Layout:
 
     def trial_name(self, config: dict, trial_id: str) -> str | None:
         """A pack's Tune trial name (its members have their own run names); None: the trial's values."""
-        if self.packs and set(config) == {"pack"}:
+        # by the config alone ("pack" is no trial-config key): a namer restored from a sweep saved
+        # before layouts existed has an empty layout and must still name its packs
+        if set(config) == {"pack"}:
             return f"pack{config['pack']:03d}_{trial_id[-5:]}"
         return None
 

@@ -69,3 +69,23 @@ def test_running_puts_extra_callbacks_last_for_every_member():
     packed = Running(t, [["l0"], ["l1"]], [{}, {}], packed=True)
     packed.run("reporter")
     assert t.seen == [["l0", "reporter"], ["l1", "reporter"]]
+
+
+def test_a_trial_namer_saved_before_layouts_still_names_trials_after_a_resume():
+    """Tune restores the namer from its pickled experiment state; one pickled by an older grokray has
+    no layout (the phase-map sweep's resume crashed on it: AttributeError 'layout')."""
+    import pickle
+
+    from grokray.sweep.driver import _TrialNamer
+    from grokray.sweep.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "n", "parameters": {"seed": [0, 1]}})
+    old = _TrialNamer(spec, Layout())
+    del old.layout                                     # what an older grokray pickled
+    restored = pickle.loads(pickle.dumps(old))
+
+    class T:
+        config, trial_id = {"seed": 1}, "abcde_00001"
+    assert restored(T()).endswith("_00001") and "seed=1" in restored(T())
+    T.config = {"pack": 3}
+    assert restored(T()) == "pack003_00001"
