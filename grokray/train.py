@@ -168,6 +168,21 @@ def _call(callbacks: list, method: str, *args: Any) -> list:
     return [getattr(cb, method)(*args) for cb in callbacks if hasattr(cb, method)]
 
 
+def write_state(state: dict, path: str | os.PathLike) -> None:
+    """A trainer's resumable state (solo or packed) to ``path``, whole or not at all (a temp file
+    renamed into place: a restart never reads a half-written state)."""
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """What :func:`write_state` wrote, loaded on the CPU with ``weights_only``: the batch-order
+    generator is a CPU generator whose state must stay a CPU tensor; ``load_state_dict`` copies
+    weights, and the optimizer its moments, to the model's device."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 class Trainer:
     """One trial: dataset, model, optimizer and schedules built from a :class:`TrialConfig`.
 
@@ -281,14 +296,10 @@ class Trainer:
         self.seconds = float(state.get("seconds", 0.0))
 
     def save_state(self, path: str | os.PathLike) -> None:
-        tmp = f"{path}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        write_state(self.state_dict(), path)
 
     def load_state(self, path: str | os.PathLike) -> None:
-        # Loaded on the CPU: the batch-order generator is a CPU generator whose state must stay a CPU
-        # tensor; load_state_dict copies weights, and the optimizer its moments, to the model's device.
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.load_state_dict(read_state(path))
 
     # ------------------------------------------------------------------ loop
     def run(self, callbacks: list | tuple = ()) -> TrainResult:

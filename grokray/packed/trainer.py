@@ -19,7 +19,8 @@ from grokray.config import TrialConfig, to_plain
 from grokray.data import PROBES, Batch, Dataset, load_dataset
 from grokray.device import choose_device, resolve_precision
 from grokray.model import LoopedTransformer
-from grokray.train import TrainResult, checkpoint_steps, circuit_readings, eval_steps, evaluate, lr_at, param_norm
+from grokray.train import (TrainResult, checkpoint_steps, circuit_readings, eval_steps, evaluate, lr_at, param_norm,
+                           read_state, write_state)
 from grokray.packed.groups import check_packable
 from grokray.packed.model import PackedLoopedTransformer
 from grokray.packed.optim import PackedAdamW
@@ -536,9 +537,7 @@ class PackedTrainer:
         self._version += 1
 
     def save_state(self, path: str | os.PathLike) -> None:
-        tmp = f"{path}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        write_state(self.state_dict(), path)
 
     def load_state(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.load_state_dict(read_state(path))
