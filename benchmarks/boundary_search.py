@@ -39,11 +39,15 @@ phase-map grid.
 grid per augmentation and graph (``data.augmentation`` x ``data.seed``), ``data.phi`` x
 ``train.weight_decay``, each point labelled with the behaviour the search would have seen
 (:func:`run_behaviour`); only facets whose every point is labelled are replayed (results under
-``store``). The store is only read.
+``store``). The store is only read. ``--adaptive-spec sweeps/phase-map-adaptive.yaml`` replays
+that spec's own Tune searcher on the grid's runs (:func:`replay_searcher`: its settings, its budget,
+two in flight): the trials and map the real adaptive sweep would get, training on CPU being
+deterministic (results under ``store.adaptive``).
 
     python -m benchmarks.boundary_search            # ~20 s of CPU; writes benchmarks/results/boundary_search.json
     python -m benchmarks.boundary_search --quick
-    python -m benchmarks.boundary_search --from-store sqlite:////work/store/mlflow.db --sweep phase-map
+    python -m benchmarks.boundary_search --from-store sqlite:////work/store/mlflow.db --sweep phase-map \
+        --adaptive-spec sweeps/phase-map-adaptive.yaml
 """
 from __future__ import annotations
 
@@ -271,7 +275,7 @@ def declared_values(df: Any, tracking_uri: str) -> dict[str, list]:
     return out
 
 
-def replay_store(uri: str, sweep: str) -> dict:
+def replay_store(uri: str, sweep: str, adaptive_spec: str | None = None) -> dict:
     import grokray
 
     df = grokray.phase_map(sweep, tracking_uri=uri)
@@ -284,9 +288,96 @@ def replay_store(uri: str, sweep: str) -> dict:
         r = maps[name]
         C.say(f"store {name}: {r['median_share']:.0%} of its {g.size} points, recovered {r['recovered']}/1, "
               f"exact {r['exact']}/1")
-    return {"uri": uri, "sweep": sweep, "status": line, "facets": status, "maps": maps,
+    out = {"uri": uri, "sweep": sweep, "status": line, "facets": status, "maps": maps}
+    if adaptive_spec:
+        a = out["adaptive"] = replay_searcher(adaptive_spec, df)
+        C.say(f"store, as {adaptive_spec} would search it: {a['used']} of {a['grid']} trials "
+              f"({a['share']:.0%}), boundaries recovered: {a['recovered']}, map exact: {a['exact']}"
+              + (f"; STOPPED: no grid run at {a['missing']}" if a["missing"] else ""))
+    return {**out,
             "labels": "run_behaviour: the behaviour the search refines on (generalized / not_generalized / "
                       "confusion / diverged / failed), split ood"}
+
+
+#: A finished run's behaviour as the Tune result the searcher would have received
+#: (:func:`grokray.sweep.boundary.behaviour_label` reads it back to the same behaviour).
+_RESULT_OF = {"generalized": {"stop_reason": "generalized"}, "confusion": {"stop_reason": "no_memorization"},
+              "diverged": {"stop_reason": "diverged"}, "not_generalized": {"acc/test_inferred_ood": 0.0}}
+
+
+def replay_searcher(spec_path: str, df: Any) -> dict:
+    """Replay the adaptive sweep ``spec_path`` (``method: boundary``) on a finished grid's runs: the
+    real Tune searcher (:class:`grokray.sweep.boundary_searcher.BoundarySearcher`, built from the
+    spec as ``grokray sweep run`` builds it), ``max_concurrent`` trials in flight, the oldest
+    completing first, each trial's result the behaviour the grid's run at that config showed
+    (:func:`run_behaviour`). Deterministic CPU training makes the grid's run at a config the run
+    the adaptive sweep would train there, so this predicts the real adaptive sweep's trials and map.
+    Returns trials used, the grid's size, and per facet whether its boundaries and map came out
+    right; ``missing`` names a proposed config the grid has no label for (replay incomplete)."""
+    from grokray.sweep.boundary_searcher import BoundarySearcher
+    from grokray.sweep.spec import load_spec
+    from ray.tune.search import Searcher
+
+    spec = load_spec(spec_path)
+    axes, facets, constants, replicates = spec.boundary_axes()
+    searcher = BoundarySearcher(axes, facets, constants, budget=spec.num_samples, split=spec.stopping.split,
+                                replicates=replicates, **spec.boundary)
+    keys = [*facets, *axes, *replicates]
+
+    def key_of(cfg: Any) -> tuple:
+        return tuple(round(float(cfg[k]), 9) if isinstance(cfg[k], (int, float)) and not isinstance(cfg[k], bool)
+                     else cfg[k] for k in keys)
+
+    truth: dict[tuple, set] = {}
+    for _, r in df.iterrows():
+        lab = run_behaviour(r)
+        if lab is not None and all(k in r for k in keys):
+            truth.setdefault(key_of(r), set()).add(lab)
+    flight: list[tuple[str, dict]] = []
+    used, missing, n = 0, None, 0
+    while True:
+        while len(flight) < (spec.max_concurrent or 1):
+            cfg = searcher.suggest(f"t{n}")
+            if cfg is None or cfg == Searcher.FINISHED:
+                break
+            flight.append((f"t{n}", cfg))
+            n += 1
+        if not flight:
+            break
+        tid, cfg = flight.pop(0)
+        used += 1
+        labs = truth.get(key_of(cfg))
+        if not labs:
+            missing = {k: cfg[k] for k in keys}
+            break
+        lab = next(iter(labs)) if len(labs) == 1 else "not_generalized"
+        searcher.on_trial_complete(tid, None if lab == "failed" else _RESULT_OF[lab], error=lab == "failed")
+    per_facet, size, all_exact, all_recovered = {}, 0, True, True
+    for f, combo in enumerate(searcher.combos):
+        s = searcher.search.searches[f]
+        t = np.empty(s.shape, dtype=object)
+        for ix in np.ndindex(*s.shape):
+            cfg = {**dict(zip(facets, combo)), **{k: v[i] for (k, v), i in zip(axes.items(), ix)},
+                   **{k: v[0] for k, v in replicates.items()}}
+            labs = truth.get(key_of(cfg))
+            t[ix] = (next(iter(labs)) if len(labs) == 1 else MIXED) if labs else None
+        size += t.size
+        if any(v is None for v in t.flat):   # an unlabelled grid point: this facet cannot be scored
+            per_facet[", ".join(f"{k}={v}" for k, v in zip(facets, combo))] = {"labelled": s.n_labelled, "scored": False}
+            all_exact = all_recovered = False
+            continue
+        pred = s.predict()
+        err = boundary_error(t, pred)
+        wrong = int((pred != t).sum())
+        all_exact &= wrong == 0
+        all_recovered &= err <= 1.0
+        per_facet[", ".join(f"{k}={v}" for k, v in zip(facets, combo))] = {
+            "labelled": s.n_labelled, "points": int(t.size), "boundary_error": err, "wrong_points": wrong,
+            "truth": t.tolist(), "predicted": pred.tolist()}
+    return {"spec": spec_path, "budget": spec.num_samples, "in_flight": spec.max_concurrent or 1, "used": used,
+            "grid": size, "share": used / size if size else None, "finished": searcher.search.finished,
+            "recovered": all_recovered, "exact": all_exact, "missing": missing, "axes": list(axes),
+            "facets": per_facet}
 
 
 # --------------------------------------------------------------------------- main
@@ -297,6 +388,9 @@ def main() -> None:
     p.add_argument("--extra", type=int, default=200, help="more random 20 x 20 instances for the robustness check")
     p.add_argument("--from-store", default=None, metavar="URI", help="also replay a real sweep's map from this store")
     p.add_argument("--sweep", default=None, help="the sweep to replay with --from-store (e.g. phase-map)")
+    p.add_argument("--adaptive-spec", default=None, metavar="YAML",
+                   help="with --from-store: also replay this method-boundary spec's own searcher on the grid's runs "
+                        "(e.g. sweeps/phase-map-adaptive.yaml)")
     args = p.parse_args()
     if args.from_store and not args.sweep:
         p.error("--from-store needs --sweep NAME")
@@ -354,7 +448,7 @@ def main() -> None:
         "floor_share": "median share of points not strictly inside a run of their label along any axis: what a "
                        "search that infers labels only between agreeing labels must label to pin every boundary"}
     if args.from_store:
-        payload["store"] = replay_store(args.from_store, args.sweep)
+        payload["store"] = replay_store(args.from_store, args.sweep, args.adaptive_spec)
     C.write_result("boundary_search", args, payload, started, before)
 
 

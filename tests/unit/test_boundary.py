@@ -1,12 +1,16 @@
 """grokray.sweep.boundary: the adaptive phase-boundary search, on maps whose boundaries are known."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from grokray.sweep.boundary import (MIXED, BoundarySearch, FacetedSearch, boundary_error, boundary_points,
                                     coarse_indices, run_oracle)
 
+
+REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("n, min_coarse, expected", [
     (1, 3, [0]), (2, 3, [0, 1]), (3, 3, [0, 2]), (5, 3, [0, 4]), (5, 2, [0, 4]), (9, 3, [0, 4, 8]),
@@ -308,3 +312,27 @@ def test_a_complete_facet_becomes_an_oracle_grid_and_replays():
     assert bench.store_summary(status) == "1 of 6 facets complete (22 of 120 points labelled)"
     r = bench.replay(grids[name])
     assert r["finished"] and r["recovered"]
+
+
+def test_the_adaptive_specs_own_searcher_replays_on_a_finished_grid():
+    """sweeps/phase-map-adaptive.yaml's searcher, driven by a whole grid's runs (two in flight):
+    it must recover every facet's map exactly with fewer trials than the grid, and say so; a grid
+    with a hole stops the replay at the first config it has no run for."""
+    bench = pytest.importorskip("benchmarks.boundary_search")
+    phis, wds = PHASE_MAP_GRID["data.phi"], PHASE_MAP_GRID["train.weight_decay"]
+
+    def truth(aug, i, j):   # confusion at wd 3.0; both_full generalizes from wd 1.0 (0.1 at the largest phi)
+        if j == 3:
+            return "confusion"
+        return "generalized" if aug == "both_full" and j >= (0 if i == 4 else 2) else "not_generalized"
+
+    rows = [run_row(seed, wd, aug, phi, truth(aug, i, j)) for seed in (0, 1) for aug in PHASE_MAP_GRID["data.augmentation"]
+            for i, phi in enumerate(phis) for j, wd in enumerate(wds)]
+    r = bench.replay_searcher(str(REPO / "sweeps" / "phase-map-adaptive.yaml"), phase_map_frame(rows))
+    assert r["missing"] is None and r["grid"] == 120 and r["in_flight"] == 2
+    assert r["recovered"] and r["exact"] and r["finished"]
+    assert 36 <= r["used"] < 60                         # at least the 6 x 6 coarse points, under the budget
+    assert all(f["wrong_points"] == 0 for f in r["facets"].values())
+    hole = [row for row in rows if not (row["data.seed"] == 1 and row["train.weight_decay"] == 3.0)]
+    r = bench.replay_searcher(str(REPO / "sweeps" / "phase-map-adaptive.yaml"), phase_map_frame(hole))
+    assert r["missing"]["data.seed"] == 1 and r["missing"]["train.weight_decay"] == 3.0 and not r["exact"]
