@@ -17,7 +17,8 @@ What it measures, from the store alone (no training):
 Usage::
 
     python -m experiments.phase_map_analysis --tracking-uri sqlite:////work/store/mlflow.db \\
-        [--sweep phase-map] [--out experiments/results/phase_map.json] [--png docs/phase-map/scaling.png]
+        [--sweep phase-map] [--out experiments/results/phase_map.json] [--png docs/phase-map/scaling.png] \\
+        [--markdown docs/phase-map/cells.md] [--audit phase-map-audit]
 
 A reader never creates a store: a wrong path is one line saying where it looked (exit 2).
 """
@@ -222,6 +223,64 @@ def analyse(runs: pd.DataFrame, budget: int) -> dict:
     }
 
 
+_SHORT = {"true_grokking": "**true**", "fake_grokking": "**fake**", "no_grokking": "no"}
+
+
+def _cell_text(r: dict) -> str:
+    """One run in a cell: label (detail), Liu et al.'s phase letter, end accuracies, and the times.
+
+    >>> _cell_text({"label": "no_grokking", "detail": "comprehension", "phase": "comprehension", "determined": True,
+    ...             "final_id_acc": 0.92, "final_ood_acc": 0.84, "t_memorize": 2371.0, "t_generalize": 4642.0,
+    ...             "delay_ratio": 1.958, "interchange": 0.98})
+    'no (comprehension) C, ID 0.92 / OOD 0.84, t_gen 4,642 (1.96x), ichg 0.98'
+    """
+    phase = (r.get("phase") or "?")[0].upper() if r.get("phase") != "confusion" else "X"
+    out = f"{_SHORT.get(r.get('label'), r.get('label'))}{'' if r.get('determined', True) else '*'} ({r.get('detail')}) {phase}"
+    if r.get("final_id_acc") is not None:
+        out += f", ID {r['final_id_acc']:.2f} / OOD {r['final_ood_acc']:.2f}"
+    if r.get("t_generalize") is not None:
+        out += f", t_gen {r['t_generalize']:,.0f}"
+        if r.get("delay_ratio") is not None:
+            out += f" ({r['delay_ratio']:.2f}x)"
+    elif r.get("t_memorize") is not None:
+        out += f", t_mem {r['t_memorize']:,.0f}"
+    if r.get("interchange") is not None:
+        out += f", ichg {r['interchange']:.2f}"
+    return out
+
+
+def cells_markdown(rows: list[dict]) -> str:
+    """The map as markdown: one table per weight decay, phi down, augmentation across, each cell
+    every graph's run (``g0: ...<br>g1: ...``), from :func:`analyse`'s rows (nothing typed by hand).
+
+    >>> rows = [{"train.weight_decay": 1.0, "data.phi": 7.2, "data.augmentation": "both_full", "data.seed": g,
+    ...          "label": "no_grokking", "detail": "censored", "phase": "memorization", "determined": False,
+    ...          "t_memorize": 909.0} for g in (0, 1)]
+    >>> print(cells_markdown(rows).splitlines()[-1])
+    | 7.2 | g0: no* (censored) M, t_mem 909<br>g1: no* (censored) M, t_mem 909 |
+    """
+    def key(v):
+        return _same(v)
+    wds = sorted({key(r[WD]) for r in rows})
+    phis = sorted({key(r[PHI]) for r in rows})
+    augs = list(dict.fromkeys(r[AUG] for r in rows))
+    out = ["<!-- written by python -m experiments.phase_map_analysis --markdown; do not edit by hand -->", "",
+           "Each cell: every graph's run: label (detail), Liu et al.'s phase (G grokking, C comprehension, "
+           "M memorization, X confusion), end ID / OOD accuracy, OOD t_generalize with the delay "
+           "t_generalize / t_memorize (else t_memorize), interchange; `*` undetermined; `-` not labelled yet.", ""]
+    for wd in wds:
+        out += [f"### weight decay {wd:g}", "", "| phi | " + " | ".join(augs) + " |", "|---|" + "---|" * len(augs)]
+        for phi in phis:
+            cells = []
+            for aug in augs:
+                here = sorted((r for r in rows if key(r[WD]) == wd and key(r[PHI]) == phi and r[AUG] == aug),
+                              key=lambda r: (r.get(GRAPH) or 0, r.get(SEED) or 0))
+                cells.append("<br>".join(f"g{r.get(GRAPH)}: {_cell_text(r)}" for r in here) or "-")
+            out.append(f"| {phi:g} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def plot_scaling(runs: pd.DataFrame, fits: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -252,6 +311,8 @@ def plot_scaling(runs: pd.DataFrame, fits: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = store_parser(__doc__, "phase-map", "experiments/results/phase_map.json", "docs/phase-map/scaling.png")
+    ap.add_argument("--markdown", type=Path, default=None, metavar="FILE",
+                    help="also write the map's cells as markdown tables (e.g. docs/phase-map/cells.md)")
     ap.add_argument("--audit", metavar="SWEEP", default=None,
                     help="a sweep of the map's cells run to budget without a stop rule (sweeps/phase-map-audit.yaml)")
     a = ap.parse_args(argv)
@@ -276,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     plot_scaling(runs, result["fits"], a.png)
+    if a.markdown:
+        a.markdown.parent.mkdir(parents=True, exist_ok=True)
+        a.markdown.write_text(cells_markdown(result["rows"]) + "\n")
     f = result["fits"]
     print(f"{result['trials_labelled']} labelled of {result['trials_in_store']} runs in {a.sweep!r}; graphs {result['graphs']}")
     for name, fit in f.items():
@@ -290,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         au = st["audit"]
         print(f"  audit ({au['sweep']}): {au['n_compared']} cells run to budget; labels changed {au['labels_changed']}, "
               f"details changed {au['details_changed']}")
-    print(f"wrote {a.out} and {a.png}")
+    print(f"wrote {a.out} and {a.png}" + (f" and {a.markdown}" if a.markdown else ""))
     return 0
 
 
