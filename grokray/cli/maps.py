@@ -35,6 +35,9 @@ def add_phase_map(p: argparse.ArgumentParser) -> None:
                         "graphs disagree)")
     p.add_argument("--png", default=None, help="also write the phase diagram here (the sweep's parent run "
                                                f"holds it as {PHASE_MAP_ARTIFACT})")
+    p.add_argument("--color-by", choices=("label", "phase"), default="label",
+                   help="colour the picture's cells by grokray's label (default) or by Liu et al.'s phase "
+                        "(grokking / comprehension / memorization / confusion), the label then written in the cell")
     p.add_argument("--csv", default=None, help="also write one row per run as CSV")
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of the table")
     add_tracking(p)
@@ -56,7 +59,7 @@ def run_phase_map(args: argparse.Namespace) -> int:
     if args.csv:
         df.to_csv(args.csv, index=False)
     if args.png:
-        plot_phase_map(df, args.png, x, y, facets=facets)
+        plot_phase_map(df, args.png, x, y, facets=facets, color_by=args.color_by)
     if args.json:
         print(df.to_json(orient="records", lines=True), end="")
         return 0

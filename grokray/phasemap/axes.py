@@ -159,6 +159,10 @@ def majority(labels: Iterable[str | None]) -> tuple[str | None, int, bool]:
 GRAPH = "data.seed"
 #: Who wins a tie for a cell's phase: the weaker claim first.
 PHASE_TIE_ORDER = ("memorization", "confusion", "diverged", "comprehension", "grokking")
+#: Liu et al.'s phases in the picture coloured by phase (Okabe-Ito, distinct from the label colours'
+#: use: grokking green as true grokking's, comprehension sky blue, memorization yellow, confusion vermillion).
+PHASE_COLORS = {"grokking": "#009E73", "comprehension": "#56B4E9", "memorization": "#F0E442",
+                "confusion": "#D55E00", "diverged": "#000000"}
 #: One letter per Liu et al. phase in the terminal table.
 PHASE_LETTERS = {"grokking": "G", "comprehension": "C", "memorization": "M", "confusion": "X", "diverged": "D"}
 
@@ -254,9 +258,9 @@ def short_label(label: str | None) -> str:
 
 
 def grid_of(df: pd.DataFrame, x: str | None, y: str | None, facets: list[str]
-          ) -> tuple[list, list, list[tuple[str, dict[tuple, pd.DataFrame]]]]:
-    """``(x_levels, y_levels, [(panel title, {(y level, x level): runs})])``; the levels (and
-    bins) come from the whole frame so every panel shares its axes."""
+          ) -> tuple[list, list, list[tuple[str, dict[tuple, pd.DataFrame], tuple[int, ...]]]]:
+    """``(x_levels, y_levels, [(panel title, {(y level, x level): runs}, facet level indices)])``;
+    the levels (and bins) come from the whole frame so every panel shares its axes."""
     df = df.reset_index(drop=True)
     xs, x_levels = _levels(df, x)
     ys, y_levels = _levels(df, y)
@@ -272,12 +276,13 @@ def grid_of(df: pd.DataFrame, x: str | None, y: str | None, facets: list[str]
     panels = []
     for key in sorted(groups, key=lambda t: tuple(order[f].get(v, -1) for f, v in zip(facets, t))):
         title = ", ".join(f"{f}={fmt_value(v)}" for f, v in zip(facets, key))
-        panels.append((title, {cell: df.iloc[rows] for cell, rows in groups[key].items()}))
+        panels.append((title, {cell: df.iloc[rows] for cell, rows in groups[key].items()},
+                       tuple(order[f].get(v, -1) for f, v in zip(facets, key))))
     return x_levels, y_levels, panels
 
 
 def cells(df: pd.DataFrame, x: str | None = None, y: str | None = None,
-          facets: Sequence[str] | None = None) -> pd.DataFrame:
+          facets: Sequence[str] | None = None, color_by: str = "label") -> pd.DataFrame:
     """What :func:`plot_phase_map` draws: one row per (panel, y level, x level) of the full grid.
 
     Axes and facets default as in :func:`resolve_axes`. Columns: ``panel`` (facet title,
@@ -285,32 +290,40 @@ def cells(df: pd.DataFrame, x: str | None = None, y: str | None = None,
     ``y_value``, the :func:`pivot` counts, ``color`` (:data:`COLORS` by majority label:
     unlabelled grey, no runs white), ``hatch`` (:data:`HATCH` when a run is censored,
     else ``""``), ``text`` (median ``t_generalize`` in steps, newline, runs with the label
-    / runs; ``""`` for an empty cell). ``attrs``: ``x``, ``y``, ``facets``, ``x_levels``,
-    ``y_levels``, ``panels``.
+    / runs and Liu et al.'s phase letter; ``""`` for an empty cell). ``color_by="phase"``:
+    coloured by the cell's Liu et al. phase (:data:`PHASE_COLORS`) and the label's short word
+    written instead of the letter. ``attrs``: ``x``, ``y``, ``facets``, ``x_levels``,
+    ``y_levels``, ``panels``, ``panel_index`` (each panel's level index per facet), ``color_by``.
     """
+    if color_by not in ("label", "phase"):
+        raise ValueError(f"color_by must be 'label' or 'phase' (got {color_by!r})")
     x, y, facets = resolve_axes(df, x, y, facets)
     x_levels, y_levels, panels = grid_of(df, x, y, facets)
     empty = df.iloc[0:0]
     rows = []
-    for title, groups in panels:
+    for title, groups, _ in panels:
         for r, yv in enumerate(y_levels):
             for c, xv in enumerate(x_levels):
                 agg = aggregate(groups.get((yv, xv), empty))
                 if agg["n"] == 0:
                     color, hatch, text = EMPTY_COLOR, "", ""
                 else:
-                    color = COLORS.get(agg["label"], OTHER_COLOR)
                     hatch = HATCH if agg["n_undetermined"] else ""
                     graphs = ("\n" + "|".join(short_label(v) for v in agg["graph_labels"].values())
                               if agg["graphs_agree"] is False else "")
-                    phase = f" {PHASE_LETTERS.get(agg['phase'], '')}" if agg["phase"] else ""
-                    text = f"{_steps(agg['median_t_generalize'])}\n{agg['n_label']}/{agg['n']}{phase}{graphs}"
+                    if color_by == "phase":
+                        color = PHASE_COLORS.get(agg["phase"], COLORS[None]) if agg["label"] else COLORS[None]
+                        word = f" {short_label(agg['label'])}" if agg["label"] else ""
+                    else:
+                        color = COLORS.get(agg["label"], OTHER_COLOR)
+                        word = f" {PHASE_LETTERS.get(agg['phase'], '')}" if agg["phase"] else ""
+                    text = f"{_steps(agg['median_t_generalize'])}\n{agg['n_label']}/{agg['n']}{word}{graphs}"
                 rows.append({"panel": title, "row": r, "col": c, "x_value": xv, "y_value": yv, **agg,
                              "color": color, "hatch": hatch, "text": text})
     out = pd.DataFrame(rows, columns=["panel", "row", "col", "x_value", "y_value", *PIVOT_COLUMNS, "color",
                                       "hatch", "text"])
     out.attrs.update(x=x, y=y, facets=facets, x_levels=x_levels, y_levels=y_levels,
-                     panels=[t for t, _ in panels])
+                     panels=[t for t, _, _ in panels], panel_index=[i for _, _, i in panels], color_by=color_by)
     return out
 
 

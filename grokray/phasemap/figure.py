@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from grokray.phasemap.axes import COLORS, HATCH, cells, fmt_value
+from grokray.phasemap.axes import COLORS, HATCH, PHASE_COLORS, cells, fmt_value
 from grokray.phasemap.table import breaks
 from grokray.plots import plt
 from grokray.verdict import LABELS
@@ -61,18 +61,41 @@ class _Sizes:
         return out
 
 
+#: Fill colours on which a cell's text is drawn white.
+_DARK = {COLORS["true_grokking"], COLORS["no_grokking"], PHASE_COLORS["confusion"], PHASE_COLORS["diverged"]}
+
+
+def _layout(panel_index: list[tuple[int, ...]], npanel: int, ncols: int, fits: int) -> list[tuple[int, int]]:
+    """Where each panel goes, ``(row, col)``. Two facets (e.g. weight decay, and ``--by data.seed``):
+    a table of panels, the first facet's values across and the second's down, when that many
+    columns fit (``fits``); otherwise panels fill rows of ``ncols`` in order.
+
+    >>> _layout([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)], 5, 3, 4)
+    [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)]
+    >>> _layout([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)], 5, 3, 2)
+    [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    """
+    if panel_index and all(len(i) == 2 for i in panel_index):
+        width = 1 + max(i[0] for i in panel_index)
+        if 1 < width <= fits and max(i[1] for i in panel_index) > 0:
+            return [(i[1], i[0]) for i in panel_index]
+    return [divmod(k, ncols) for k in range(npanel)]
+
+
 def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = None, *,
-                     facets: Sequence[str] | None = None, title: str | None = None) -> Any:
+                     facets: Sequence[str] | None = None, title: str | None = None, color_by: str = "label") -> Any:
     """The matplotlib Figure :func:`plot_phase_map` saves (close it with ``plt.close``).
 
     The figure is sized from its content: every text is measured with the renderer first, the
     cells are as wide as their longest tick label (wrapped to :data:`X_LABEL_CHARS` /
     :data:`Y_LABEL_CHARS` characters a line, after commas) and as tall as their longest row
     label, and every part (title, panels with their tick and axis labels, the legend) gets its
-    own band, so no two texts overlap and none leaves the figure, at any grid size."""
+    own band, so no two texts overlap and none leaves the figure, at any grid size. Two facets are
+    laid out as a table of panels (:func:`_layout`). ``color_by="phase"``: cells coloured by Liu
+    et al.'s phase, the label's word in the text (:func:`grokray.phasemap.axes.cells`)."""
     from matplotlib.patches import Patch, Rectangle
 
-    grid = cells(df, x, y, facets)
+    grid = cells(df, x, y, facets, color_by=color_by)
     x, y = grid.attrs["x"], grid.attrs["y"]
     x_levels, y_levels, panels = grid.attrs["x_levels"], grid.attrs["y_levels"], grid.attrs["panels"]
     nx, ny, npanel = len(x_levels), len(y_levels), len(panels)
@@ -105,10 +128,14 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
     bw, bh = left + aw + right, top + ah + bottom
     ncols = min(npanel, 3 if npanel > 4 else npanel)
     ncols = max(1, min(ncols, int(30 // bw)))
-    nrows = math.ceil(npanel / ncols)
+    places = _layout(grid.attrs["panel_index"], npanel, ncols, max(1, int(30 // bw)))
+    nrows, ncols = 1 + max(r for r, _ in places), 1 + max(c for _, c in places)
 
     # ---- the legend and the title: sized for the figure's width
-    handles = [Patch(facecolor=COLORS[lab], label=lab.replace("_", " ")) for lab in LABELS]
+    if color_by == "phase":
+        handles = [Patch(facecolor=c, label=ph) for ph, c in PHASE_COLORS.items() if ph != "diverged"]
+    else:
+        handles = [Patch(facecolor=COLORS[lab], label=lab.replace("_", " ")) for lab in LABELS]
     handles.append(Patch(facecolor=COLORS[None], label="not labelled yet"))
     handles.append(Patch(facecolor="white", edgecolor="0.15", hatch=HATCH, label="undetermined run(s)"))
     em = 8 * _PT
@@ -124,9 +151,14 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
     labelled = int(df["label"].notna().sum()) if "label" in df else 0
     runs = f"{len(df)} run{'' if len(df) == 1 else 's'}"
     head = title or f"phase map{': ' + name if name else ''} ({runs}, {labelled} labelled)"
-    note = ("cell: median steps to generalize (t_generalize); runs with the majority label / runs, Liu et al.'s "
-            "phase (G/C/M/X: grokking, comprehension, memorization, confusion); graphs that disagree: each "
-            "graph's label (true|no)")
+    if color_by == "phase":
+        note = ("colour: Liu et al.'s phase (the cell's majority); cell: median steps to generalize "
+                "(t_generalize); runs with the majority label / runs, the label (true / fake / no); graphs "
+                "that disagree: each graph's label (true|no)")
+    else:
+        note = ("cell: median steps to generalize (t_generalize); runs with the majority label / runs, Liu et "
+                "al.'s phase (G/C/M/X: grokking, comprehension, memorization, confusion); graphs that "
+                "disagree: each graph's label (true|no)")
     heading = size.fit(f"{head}\n{note}", fig_w - 2 * _PAD, sentence=True, fontsize=9)
     head_h = size(heading, fontsize=9)[1]
     fig_h = _PAD + head_h + _PAD + nrows * bh + leg_h + _PAD
@@ -136,7 +168,7 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
     fig.text(0.5, 1 - _PAD / fig_h, heading, ha="center", va="top", fontsize=9)
     x0 = (fig_w - ncols * bw) / 2
     for k, panel in enumerate(panels):
-        r, c = divmod(k, ncols)
+        r, c = places[k]
         bx, by = x0 + c * bw, _PAD + leg_h + (nrows - 1 - r) * bh
         ax = fig.add_axes(((bx + left) / fig_w, (by + bottom) / fig_h, aw / fig_w, ah / fig_h))
         sub = grid[grid["panel"] == panel]
@@ -150,7 +182,7 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
                 ax.add_patch(Rectangle((cx + 0.015, cy + 0.02), 0.97, 0.96, fill=False, hatch=rec["hatch"],
                                        edgecolor="0.15", linewidth=0, alpha=0.5))
             if rec["text"]:
-                dark = rec["color"] in (COLORS["true_grokking"], COLORS["no_grokking"])
+                dark = rec["color"] in _DARK
                 ax.text(cx + 0.5, cy + 0.5, rec["text"], ha="center", va="center",
                         color="white" if dark else "black", **cell_kw)
         ax.set_xlim(0, nx)
@@ -172,12 +204,12 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
 
 
 def plot_phase_map(df: pd.DataFrame, path: str | Path, x: str | None = None, y: str | None = None, *,
-                   facets: Sequence[str] | None = None, title: str | None = None) -> str:
+                   facets: Sequence[str] | None = None, title: str | None = None, color_by: str = "label") -> str:
     """A phase-diagram PNG of :func:`cells`: one coloured square per cell (majority label),
     hatched when censored, with the median ``t_generalize`` and ``k/n`` written in it; one
     panel per facet combination; a legend below. Sized from its content at any grid size
-    (:func:`phase_map_figure`). Returns ``path``."""
-    fig = phase_map_figure(df, x, y, facets=facets, title=title)
+    (:func:`phase_map_figure`); ``color_by="phase"`` colours by Liu et al.'s phase. Returns ``path``."""
+    fig = phase_map_figure(df, x, y, facets=facets, title=title, color_by=color_by)
     try:
         fig.savefig(path, dpi=DPI)
     finally:

@@ -139,7 +139,7 @@ def format_table(df: pd.DataFrame, x: str | None, y: str | None = None, *,
     x_levels, y_levels, panels = grid_of(df, x, y, facets)
     corner = f"{y} \\ {x}" if y else (x or "all runs")
     blocks = []
-    for title, groups in panels:
+    for title, groups, _ in panels:
         head = [f"[{ln}" if i == 0 else f" {ln}" for i, ln in enumerate(breaks(title, width - 2))] if title else []
         if head:
             head[-1] += "]"

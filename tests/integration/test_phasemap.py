@@ -524,7 +524,8 @@ def test_log_phase_map_artifacts_on_the_parent(store, tmp_path):
     client, parent = store["client"], store["parent"]
     log_phase_map(store["uri"], parent, SWEEP, SWEEP_EXP)
     names = sorted(a.path for a in client.list_artifacts(parent, "phase_map"))
-    assert names == ["phase_map/phase_map.csv", "phase_map/phase_map.png", "phase_map/phase_map.txt"]
+    assert names == ["phase_map/phase_map.csv", "phase_map/phase_map.png", "phase_map/phase_map.txt",
+                     "phase_map/phase_map_phases.png"]
 
     from mlflow.entities import RunTag
     running = store["ids"][(7.2, "both_full", 1)]
@@ -676,3 +677,37 @@ def test_graphs_are_not_outvoted_and_the_phase_is_shown():
     by_graph = format_table(df, "data.phi", facets=["data.seed"]).split("\n\n")
     assert [b.splitlines()[0] for b in by_graph] == ["[data.seed=0]", "[data.seed=1]"]
     assert by_graph[0].splitlines()[2].split()[3:5] == ["true", "2/2"]
+
+
+def test_colour_by_phase_and_two_facets_as_a_table_of_panels():
+    """Issue 20: the map at its real size reads as Liu et al.'s phase diagram: cells coloured by
+    phase (the label written in them), and weight decay x graph laid out as a table of panels
+    (weight decay across, graphs down), not one long row."""
+    import pandas as pd
+
+    from grokray.phasemap.axes import PHASE_COLORS
+    from grokray.plots import plt
+    rows = [(wd, g, aug, phi, "no_grokking", "memorization" if phi < 7 else "comprehension")
+            for wd in (0.1, 0.3, 1.0) for g in (0, 1) for aug in ("none", "both_full") for phi in (3.6, 12.6)]
+    df = pd.DataFrame(rows, columns=["train.weight_decay", "data.seed", "data.augmentation", "data.phi", "label",
+                                     "phase"])
+    df = df.assign(t_generalize=[float("nan") if r[3] < 7 else 2000.0 for r in rows], censored=False, determined=True)
+    df.attrs["params"] = ["train.weight_decay", "data.seed", "data.augmentation", "data.phi"]
+    xy, facets = ("data.phi", "data.augmentation"), ["train.weight_decay", "data.seed"]
+    grid = cells(df, *xy, facets=facets, color_by="phase")
+    got = {(r["panel"], r["y_value"], r["x_value"]): (r["color"], r["text"]) for r in grid.to_dict("records")}
+    assert got[("train.weight_decay=0.1, data.seed=0", "none", 3.6)] == (PHASE_COLORS["memorization"], "-\n1/1 no")
+    assert got[("train.weight_decay=1, data.seed=1", "both_full", 12.6)] == (PHASE_COLORS["comprehension"],
+                                                                              "2k\n1/1 no")
+    assert grid.attrs["panel_index"] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    with pytest.raises(ValueError, match="color_by"):
+        cells(df, *xy, color_by="rainbow")
+    fig = phasemap.phase_map_figure(df, *xy, facets=facets, color_by="phase")
+    try:
+        boxes = [ax.get_position() for ax in fig.axes]
+    finally:
+        plt.close(fig)
+    assert len(boxes) == 6
+    assert boxes[0].x0 == pytest.approx(boxes[1].x0) and boxes[1].y0 < boxes[0].y0       # graph 1 below graph 0
+    assert boxes[2].y0 == pytest.approx(boxes[0].y0) and boxes[2].x0 > boxes[0].x0       # next weight decay right
+    assert boxes[4].x0 > boxes[2].x0
