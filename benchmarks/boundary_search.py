@@ -171,12 +171,13 @@ def summarize(runs: list[dict], keep_runs: bool = True) -> dict:
 def run_behaviour(row: Any) -> str | None:
     """The label the search would have refined on for one finished trial of a sweep, from its
     :func:`grokray.phase_map` row (the classes of :func:`grokray.sweep.boundary.behaviour_label`,
-    split ood): ``failed`` (the run failed), ``confusion`` / ``diverged`` (Liu et al.'s phase),
-    ``generalized`` (labelled true / fake grokking, phase grokking or comprehension, or final OOD
-    accuracy >= 0.5), else ``not_generalized``; None while unlabelled (running, or not classified).
+    split ood): ``failed`` (the run failed), ``confusion`` / ``diverged`` / ``grokking`` /
+    ``comprehension`` (Liu et al.'s phase), ``generalized`` (labelled true / fake grokking, or final
+    OOD accuracy >= 0.5, without either phase), else ``not_generalized``; None while unlabelled
+    (running, or not classified).
 
     >>> run_behaviour({"label": "no_grokking", "phase": "comprehension", "status": "FINISHED"})
-    'generalized'
+    'comprehension'
     >>> run_behaviour({"label": "no_grokking", "phase": "memorization", "final_ood_acc": 0.31})
     'not_generalized'
     """
@@ -191,7 +192,9 @@ def run_behaviour(row: Any) -> str | None:
     phase, acc = get("phase"), get("final_ood_acc")
     if phase in ("confusion", "diverged"):
         return phase
-    if get("label") in ("true_grokking", "fake_grokking") or phase in GENERALIZED_PHASES or (acc or 0.0) >= 0.5:
+    if phase in GENERALIZED_PHASES:
+        return phase
+    if get("label") in ("true_grokking", "fake_grokking") or (acc or 0.0) >= 0.5:
         return "generalized"
     return "not_generalized"
 
@@ -295,13 +298,15 @@ def replay_store(uri: str, sweep: str, adaptive_spec: str | None = None) -> dict
               f"({a['share']:.0%}), boundaries recovered: {a['recovered']}, map exact: {a['exact']}"
               + (f"; STOPPED: no grid run at {a['missing']}" if a["missing"] else ""))
     return {**out,
-            "labels": "run_behaviour: the behaviour the search refines on (generalized / not_generalized / "
-                      "confusion / diverged / failed), split ood"}
+            "labels": "run_behaviour: the behaviour the search refines on (grokking / comprehension / "
+                      "generalized / not_generalized / confusion / diverged / failed), split ood"}
 
 
 #: A finished run's behaviour as the Tune result the searcher would have received
 #: (:func:`grokray.sweep.boundary.behaviour_label` reads it back to the same behaviour).
-_RESULT_OF = {"generalized": {"stop_reason": "generalized"}, "confusion": {"stop_reason": "no_memorization"},
+_RESULT_OF = {"grokking": {"stop_reason": "generalized", "phase": "grokking"},
+              "comprehension": {"stop_reason": "generalized", "phase": "comprehension"},
+              "generalized": {"stop_reason": "generalized"}, "confusion": {"stop_reason": "no_memorization"},
               "diverged": {"stop_reason": "diverged"}, "not_generalized": {"acc/test_inferred_ood": 0.0}}
 
 

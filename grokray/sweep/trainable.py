@@ -100,16 +100,41 @@ class TuneReporter:
             tune.report(result)
         return None
 
-    def final(self, results: list) -> dict:
+    def final(self, results: list, split: str = "ood") -> dict:
         """The Tune trial's last result: the last metrics of its longest-running member, why each
-        stopped and after how many steps."""
+        stopped and after how many steps, and that member's Liu et al. phase and times read off
+        its curves (:func:`curve_phase`, target ``split``)."""
         last = max(results, key=lambda r: r.steps_run)
         final = dict(self.result(last.steps_run, last.history[-1], results.index(last)))
         final.update(stop_reason=", ".join(sorted({r.stop_reason for r in results})), steps_run=last.steps_run)
+        final.update(curve_phase(last, split))
         if len(results) > 1:
             final["members"] = [{"run_id": rid, "stop_reason": r.stop_reason, "steps_run": r.steps_run}
                                 for rid, r in zip(self.run_ids, results)]
         return final
+
+
+def curve_phase(result: Any, split: str = "ood") -> dict:
+    """Liu et al.'s phase (grokking / comprehension / memorization / confusion / diverged) and the
+    times the verdict reads off one member's curves alone (no checkpoint, no circuit evidence):
+    what ``method: boundary`` refines on as soon as the trial ends, before the classifier's label
+    (:func:`grokray.sweep.boundary.behaviour_label`). Grokking and comprehension differ only in the
+    delay t_generalize / t_memorize, so a search on "generalized" alone could not find where
+    grokking ends. ``{}`` for a history the verdict cannot read (nothing to add then).
+
+    >>> from types import SimpleNamespace as R
+    >>> h = [{"step": s, "acc/train": 1.0 if s >= 1000 else 0.1, "acc/test_inferred_ood": 0.9 if s >= 5000 else 0.0}
+    ...      for s in range(0, 10001, 250)]
+    >>> curve_phase(R(history=h, steps_run=10000, stop_reason="generalized"))
+    {'phase': 'grokking', 't_memorize': 1000, 't_generalize': 5000}
+    """
+    from grokray.verdict import classify_history
+    try:
+        v = classify_history(result.history, max_steps=max(1, int(result.steps_run)), stop_reason=result.stop_reason,
+                             split=split)
+    except ValueError:
+        return {}
+    return {"phase": v.phase, "t_memorize": v.t_memorize, "t_generalize": v.t_generalize}
 
 
 def restore_state(trainer: Any) -> None:
@@ -146,4 +171,4 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         restore_state(running.trainer)
         reporter = TuneReporter(run_ids, spec.kind_impl.reported)
         results = running.run(reporter)
-    tune.report(to_plain(reporter.final(results)))
+    tune.report(to_plain(reporter.final(results, split=spec.stopping.split)))

@@ -254,8 +254,9 @@ def run_row(seed, wd, aug, phi, behaviour, **kw):
     row = {"data.seed": seed, "train.weight_decay": wd, "data.augmentation": aug, "data.phi": phi,
            "status": "FINISHED", "label": "no_grokking", "phase": "memorization", "detail": "censored",
            "final_ood_acc": 0.02, "run_id": f"{seed}-{wd}-{aug}-{phi}"}
-    row.update({"generalized": {"label": "true_grokking", "phase": "grokking", "detail": "grokking",
-                                "final_ood_acc": 0.97},
+    row.update({"grokking": {"label": "true_grokking", "phase": "grokking", "detail": "grokking",
+                             "final_ood_acc": 0.97},
+                "comprehension": {"phase": "comprehension", "detail": "comprehension", "final_ood_acc": 0.85},
                 "confusion": {"phase": "confusion", "detail": "confusion"},
                 "not_generalized": {}}[behaviour])
     row.update(kw)
@@ -266,8 +267,9 @@ def run_row(seed, wd, aug, phi, behaviour, **kw):
     ({"status": "RUNNING", "label": None}, None),                                       # not labelled yet
     ({"status": "FAILED", "label": None}, "failed"),
     ({"label": "no_grokking", "phase": "memorization", "final_ood_acc": 0.31}, "not_generalized"),   # semi
-    ({"label": "no_grokking", "phase": "comprehension", "final_ood_acc": 0.80}, "generalized"),
-    ({"label": "fake_grokking", "phase": "grokking", "final_ood_acc": 0.9}, "generalized"),
+    ({"label": "no_grokking", "phase": "comprehension", "final_ood_acc": 0.80}, "comprehension"),
+    ({"label": "fake_grokking", "phase": "grokking", "final_ood_acc": 0.9}, "grokking"),
+    ({"label": "true_grokking", "final_ood_acc": 0.9}, "generalized"),                   # labelled before phases
     ({"label": "no_grokking", "phase": "memorization", "final_ood_acc": 0.62}, "generalized"),    # ended >= 0.5
     ({"label": "no_grokking", "phase": "confusion", "final_ood_acc": float("nan")}, "confusion"),
     ({"label": "no_grokking", "phase": "diverged"}, "diverged"),
@@ -280,7 +282,7 @@ def test_a_runs_behaviour_is_what_the_search_would_have_seen(row, expected):
 def test_a_partly_finished_phase_map_has_no_complete_facet_yet():
     """Today's store: the weight-decay-0.1 block on both graphs, two runs of 0.3 still running."""
     bench = pytest.importorskip("benchmarks.boundary_search")
-    rows = [run_row(seed, 0.1, aug, phi, "generalized" if (aug, phi) == ("both_full", 18.0) else "not_generalized")
+    rows = [run_row(seed, 0.1, aug, phi, "comprehension" if (aug, phi) == ("both_full", 18.0) else "not_generalized")
             for seed in (0, 1) for aug in PHASE_MAP_GRID["data.augmentation"] for phi in PHASE_MAP_GRID["data.phi"]]
     rows += [run_row(0, 0.3, "none", 3.6, "not_generalized"),
              run_row(0, 0.3, "hop2_full", 3.6, "not_generalized", status="RUNNING", label=None, phase=None)]
@@ -296,10 +298,10 @@ def test_a_complete_facet_becomes_an_oracle_grid_and_replays():
     phis, wds = PHASE_MAP_GRID["data.phi"], PHASE_MAP_GRID["train.weight_decay"]
 
     def truth(i, j):   # confusion at wd 3.0, generalized from wd 1.0 (from 0.3 at the two largest phi)
-        return "confusion" if j == 3 else ("generalized" if j >= (1 if i >= 3 else 2) else "not_generalized")
+        return "confusion" if j == 3 else ("grokking" if j >= (1 if i >= 3 else 2) else "not_generalized")
 
     rows = [run_row(0, wd, "both_full", phi, truth(i, j)) for i, phi in enumerate(phis) for j, wd in enumerate(wds)]
-    rows.append(run_row(0, 0.3, "both_full", 3.6, "generalized", run_id="replicate"))   # a second seed disagrees
+    rows.append(run_row(0, 0.3, "both_full", 3.6, "grokking", run_id="replicate"))      # a second seed disagrees
     rows.append(run_row(1, 0.1, "both_full", 3.6, "not_generalized"))                  # graph 1: one point
     rows.append(run_row(1, 0.1, "none", 3.6, "not_generalized", status="FAILED", label=None))
     grids, status = bench.store_oracles(phase_map_frame(rows), PHASE_MAP_GRID)
@@ -321,10 +323,12 @@ def test_the_adaptive_specs_own_searcher_replays_on_a_finished_grid():
     bench = pytest.importorskip("benchmarks.boundary_search")
     phis, wds = PHASE_MAP_GRID["data.phi"], PHASE_MAP_GRID["train.weight_decay"]
 
-    def truth(aug, i, j):   # confusion at wd 3.0; both_full generalizes from wd 1.0 (0.1 at the largest phi)
+    def truth(aug, i, j):   # confusion at wd 3.0; both_full groks at wd 1.0 and comprehends at the largest phi
         if j == 3:
             return "confusion"
-        return "generalized" if aug == "both_full" and j >= (0 if i == 4 else 2) else "not_generalized"
+        if aug != "both_full":
+            return "not_generalized"
+        return "comprehension" if i == 4 else ("grokking" if j == 2 else "not_generalized")
 
     rows = [run_row(seed, wd, aug, phi, truth(aug, i, j)) for seed in (0, 1) for aug in PHASE_MAP_GRID["data.augmentation"]
             for i, phi in enumerate(phis) for j, wd in enumerate(wds)]

@@ -53,6 +53,7 @@ class Result:
 def test_one_reporter_for_a_trial_of_one_and_a_pack(run_ids, results, want):
     final = TuneReporter(run_ids, ("acc/train",)).final(results)
     assert {k: final[k] for k in want} == want
+    assert {"phase", "t_memorize", "t_generalize"} <= set(final)   # what method: boundary refines on
     assert ("members" in final) == (len(run_ids) > 1) and ("slot" in final) == (len(run_ids) > 1)
     if len(run_ids) > 1:
         assert [m["steps_run"] for m in final["members"]] == [900, 1200]
