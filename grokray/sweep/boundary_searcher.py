@@ -4,8 +4,9 @@
 grid values (refined) within every combination of its categorical values and graphs (facets,
 searched separately), each point once per initialisation seed (replicates: seeds that disagree make
 the point mixed), proposing at most ``num_samples`` trials. It learns each trial's label from the trial's
-final Tune result (:func:`grokray.sweep.boundary.behaviour_label`: generalized / not_generalized /
-confusion / diverged / failed): the classifier's true / fake / no arrive later, from its actor,
+final Tune result (:func:`grokray.sweep.boundary.behaviour_label`: Liu et al.'s phase from its curves,
+grokking / comprehension / not_generalized / confusion / diverged / failed): the classifier's
+true / fake / no arrive later, from its actor,
 and are not waited for. Every proposed config carries why it was proposed
 (:data:`~grokray.sweep.boundary.REASON_KEY`, tagged on the trial's run as
 ``grokray.search_reason``). The state is plain data: Tune saves it with the experiment, so
