@@ -36,7 +36,7 @@ import pandas as pd
 from experiments.store_args import save_figure, store_parser
 
 PHI, WD, AUG, GRAPH, SEED = "data.phi", "train.weight_decay", "data.augmentation", "data.seed", "seed"
-ID_ACC = "acc/test_inferred_id"
+ID_ACC, TRAIN_ACC = "acc/test_inferred_id", "acc/train"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,18 +171,30 @@ def id_milestones(client, run_id: str, sustain: int = 2) -> tuple[int | None, in
     return first_sustained(steps, vals, 0.5, sustain), first_sustained(steps, vals, 0.9, sustain)
 
 
+def active_seconds(timestamps_ms: list[int], gap_s: float = 600.0) -> float:
+    """Seconds a run trained: the sum of the gaps between its consecutive evaluations' timestamps,
+    leaving out gaps over ``gap_s`` (the sweep was interrupted there, between sessions).
+
+    >>> active_seconds([0, 60_000, 120_000, 7_320_000, 7_380_000])
+    180.0
+    """
+    t = sorted(timestamps_ms)
+    return float(sum(b - a for a, b in zip(t, t[1:]) if b - a <= gap_s * 1000) / 1000.0)
+
+
 def load(tracking_uri: str, sweep: str) -> tuple[pd.DataFrame, int]:
     import grokray
     from grokray import tracking
     runs = grokray.phase_map(sweep, tracking_uri=tracking_uri)
     client = tracking.existing_client(tracking_uri)
-    t50, t90, reasons = [], [], []
+    t50, t90, reasons, seconds = [], [], [], []
     for rid in runs["run_id"]:
         a, b = id_milestones(client, rid)
         t50.append(a)
         t90.append(b)
         reasons.append(client.get_run(rid).data.tags.get(tracking.Tag.STOP_REASON))
-    runs = runs.assign(t_id50=t50, t_id90=t90, stop_reason=reasons)
+        seconds.append(active_seconds([m.timestamp for m in client.get_metric_history(rid, TRAIN_ACC)]))
+    runs = runs.assign(t_id50=t50, t_id90=t90, stop_reason=reasons, train_seconds=seconds)
     budget = int(runs.attrs.get("max_steps") or runs["steps_run"].max())
     return runs, budget
 
@@ -219,8 +231,30 @@ def analyse(runs: pd.DataFrame, budget: int) -> dict:
         "classifier_versions": sorted(set(map(str, labelled["classifier_version"].dropna()))),
         "labels": [{"label": r.label, "detail": r.detail, "n": int(r.n)} for r in counts.itertuples()],
         "fits": fits, "graph_disagreements": graph_disagreements(labelled, cell),
-        "stop_rule": stop_savings(labelled, budget), "rows": rows,
+        "stop_rule": stop_savings(labelled, budget), "cost": cost(labelled), "rows": rows,
     }
+
+
+def cost(runs: pd.DataFrame) -> dict:
+    """What the map cost: core-hours of training (one core per trial: the sum of the runs' active
+    seconds, :func:`active_seconds`), the median minutes a trial, by weight decay.
+
+    >>> df = pd.DataFrame({"train_seconds": [300.0, 240.0, 60.0], WD: [0.1, 0.1, 3.0]})
+    >>> c = cost(df)
+    >>> c["core_hours"], c["median_trial_minutes"], c["by_weight_decay"]["0.1"]["median_trial_minutes"]
+    (0.1667, 4.0, 4.5)
+    """
+    sec = runs["train_seconds"].astype(float) if "train_seconds" in runs else pd.Series(dtype=float)
+    by = {}
+    if WD in runs:
+        for wd, g in runs.groupby(WD):
+            by[f"{wd:g}"] = {"trials": int(len(g)), "core_hours": round(float(g["train_seconds"].sum()) / 3600, 4),
+                             "median_trial_minutes": round(float(g["train_seconds"].median()) / 60, 2)}
+    return {"core_hours": round(float(sec.sum()) / 3600, 4), "trials": int(len(sec)),
+            "median_trial_minutes": round(float(sec.median()) / 60, 2) if len(sec) else None,
+            "by_weight_decay": by,
+            "note": "training only (evaluations included), one core per trial, from the runs' metric timestamps; "
+                    "gaps over 10 minutes (interruptions) left out; the classifier's evidence is not counted"}
 
 
 _SHORT = {"true_grokking": "**true**", "fake_grokking": "**fake**", "no_grokking": "no"}
@@ -348,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:36s} slope {s:16s} ({fit['n_points']} runs in {fit['n_groups']} groups)")
     print(f"  graph disagreements: {len(result['graph_disagreements'])} cells")
     st = result["stop_rule"]
+    c = result["cost"]
+    print(f"  cost: {c['core_hours']:.2f} core-hours of training over {c['trials']} trials "
+          f"(median {c['median_trial_minutes']} min a trial)")
     print(f"  stop rule: {st['steps_run']:,} of {st['steps_if_all_ran_to_budget']:,} trial-steps run "
           f"({100 * st['saved_fraction']:.1f}% saved)")
     if "audit" in st:
