@@ -49,6 +49,7 @@ print(cells[["label", "n_label", "n", "graph_labels", "phase", "n_undetermined",
 
 # %%
 grokray.plot_phase_map(runs, OUT / "notebook_phase_map.png")
+grokray.plot_phase_map(runs, OUT / "notebook_phases.png", color_by="phase")   # Liu et al.'s phases as colours
 client = tracking.existing_client(STORE)
 labelled = runs[runs["label"].notna()]
 pick = labelled.iloc[0] if len(labelled) else runs.iloc[0]

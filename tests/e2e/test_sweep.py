@@ -244,6 +244,7 @@ def test_a_sweep_started_elsewhere_is_followed_live(tmp_path, mlflow_uri):
     assert nb.returncode == 0, nb.stderr[-2000:]
     assert "2 runs, 2 cells" in nb.stdout and "graph_labels" in nb.stdout
     assert (tmp_path / "notebook_phase_map.png").stat().st_size > 1000
+    assert (tmp_path / "notebook_phases.png").stat().st_size > 1000
     assert (tmp_path / "notebook_curves.png").stat().st_size > 1000
 
 
