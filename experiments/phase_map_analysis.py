@@ -210,7 +210,7 @@ def _with_params(tracking_uri: str, runs: pd.DataFrame, keys: list[str]) -> pd.D
 def analyse(runs: pd.DataFrame, budget: int) -> dict:
     labelled = runs[runs["label"].notna()].copy()
     cell = [c for c in (PHI, WD, AUG) if c in labelled]
-    cols = [*cell, GRAPH, *([SEED] if SEED in labelled else []), "label", "detail", "phase", "determined",
+    cols = ["run_id", *cell, GRAPH, *([SEED] if SEED in labelled else []), "label", "detail", "phase", "determined",
             "t_memorize", "t_generalize", "delay_ratio", "t_circuit", "t_id50", "t_id90", "final_id_acc",
             "final_ood_acc", "shortcut_best", "interchange", "steps_run", "stop_reason"]
     rows = [{k: _plain(r[k]) for k in cols if k in r} for _, r in labelled.sort_values([*cell, GRAPH]).iterrows()]
@@ -315,6 +315,51 @@ def cells_markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def representatives(rows: list[dict]) -> list[dict]:
+    """One run per (label, Liu et al. phase) the map has: the one of median ``t_generalize`` (else
+    the first) among graph 0's, by weight decay, phi, augmentation: the cells whose curves the doc shows.
+
+    >>> rows = [{"label": "no_grokking", "phase": "memorization", "data.seed": 0, "train.weight_decay": w,
+    ...          "data.phi": 3.6, "data.augmentation": "none", "t_generalize": None} for w in (0.3, 0.1)]
+    >>> [r["train.weight_decay"] for r in representatives(rows)]
+    [0.1]
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r.get("label"), r.get("phase")), []).append(r)
+    out = []
+    for key in sorted(groups, key=str):
+        g = sorted(groups[key], key=lambda r: (r.get(GRAPH) or 0, r.get(WD), r.get(PHI), str(r.get(AUG))))
+        g0 = [r for r in g if (r.get(GRAPH) or 0) == g[0].get(GRAPH)]
+        timed = sorted((r for r in g0 if r.get("t_generalize") is not None), key=lambda r: r["t_generalize"])
+        out.append(timed[(len(timed) - 1) // 2] if timed else g0[0])
+    return out
+
+
+def copy_curves(tracking_uri: str, picks: list[dict], folder: Path) -> list[str]:
+    """Each picked run's ``curves.png`` (drawn by the classifier) into ``folder`` as
+    ``wd<wd>-phi<phi>-<aug>-g<graph>_curves.png``; returns the names written."""
+    import shutil
+    import tempfile
+
+    from grokray import tracking
+    from grokray.contract import CURVES_PNG
+    client = tracking.existing_client(tracking_uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for r in picks:
+        name = f"wd{r[WD]:g}-phi{r[PHI]:g}-{r[AUG]}-g{r.get(GRAPH) or 0}_curves.png"
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                got = client.download_artifacts(r["run_id"], CURVES_PNG, tmp)
+            except Exception:   # noqa: BLE001 - a run without the picture: say so, copy the others
+                print(f"  no {CURVES_PNG} on {r['run_id']}", file=sys.stderr)
+                continue
+            shutil.copy(got, folder / name)
+        names.append(name)
+    return names
+
+
 def plot_scaling(runs: pd.DataFrame, fits: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -347,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = store_parser(__doc__, "phase-map", "experiments/results/phase_map.json", "docs/phase-map/scaling.png")
     ap.add_argument("--markdown", type=Path, default=None, metavar="FILE",
                     help="also write the map's cells as markdown tables (e.g. docs/phase-map/cells.md)")
+    ap.add_argument("--curves", type=Path, default=None, metavar="DIR",
+                    help="also copy the curves of one run per (label, phase) into DIR (e.g. docs/phase-map)")
     ap.add_argument("--audit", metavar="SWEEP", default=None,
                     help="a sweep of the map's cells run to budget without a stop rule (sweeps/phase-map-audit.yaml)")
     a = ap.parse_args(argv)
@@ -371,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     plot_scaling(runs, result["fits"], a.png)
+    if a.curves:
+        result["representatives"] = copy_curves(a.tracking_uri, representatives(result["rows"]), a.curves)
+        a.out.write_text(json.dumps(result, indent=1) + "\n")
     if a.markdown:
         a.markdown.parent.mkdir(parents=True, exist_ok=True)
         a.markdown.write_text(cells_markdown(result["rows"]) + "\n")
