@@ -59,12 +59,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common as C
-from grokray.sweep.boundary import MIXED, BoundarySearch, boundary_error, run_oracle
+from grokray.sweep.boundary import MIXED, PHASE_BEHAVIOUR, BoundarySearch, boundary_error, run_oracle
 
 #: The real phase map's oracle: rows, columns, facets (``sweeps/phase-map.yaml``).
 ROW_AXIS, COL_AXIS, FACET_KEYS = "data.phi", "train.weight_decay", ("data.augmentation", "data.seed")
-#: Liu et al.'s phases that mean the run generalized (:data:`grokray.verdict.PHASES`).
-GENERALIZED_PHASES = ("grokking", "comprehension")
 
 
 def smooth_map(rng: np.random.Generator, n: int = 20) -> np.ndarray:
@@ -171,10 +169,11 @@ def summarize(runs: list[dict], keep_runs: bool = True) -> dict:
 def run_behaviour(row: Any) -> str | None:
     """The label the search would have refined on for one finished trial of a sweep, from its
     :func:`grokray.phase_map` row (the classes of :func:`grokray.sweep.boundary.behaviour_label`,
-    split ood): ``failed`` (the run failed), ``confusion`` / ``diverged`` / ``grokking`` /
-    ``comprehension`` (Liu et al.'s phase), ``generalized`` (labelled true / fake grokking, or final
-    OOD accuracy >= 0.5, without either phase), else ``not_generalized``; None while unlabelled
-    (running, or not classified).
+    split ood): ``failed`` (the run failed), its Liu et al. phase as the search reads it
+    (:data:`~grokray.sweep.boundary.PHASE_BEHAVIOUR`: grokking, comprehension, not_generalized for
+    memorization, confusion, diverged), or for a run labelled before phases were tagged
+    ``generalized`` (labelled true / fake grokking, or final OOD accuracy >= 0.5) else
+    ``not_generalized``; None while unlabelled (running, or not classified).
 
     >>> run_behaviour({"label": "no_grokking", "phase": "comprehension", "status": "FINISHED"})
     'comprehension'
@@ -190,10 +189,8 @@ def run_behaviour(row: Any) -> str | None:
     if get("label") is None:
         return None
     phase, acc = get("phase"), get("final_ood_acc")
-    if phase in ("confusion", "diverged"):
-        return phase
-    if phase in GENERALIZED_PHASES:
-        return phase
+    if phase in PHASE_BEHAVIOUR:          # the classifier's phase: what the live search read off the curves
+        return PHASE_BEHAVIOUR[phase]
     if get("label") in ("true_grokking", "fake_grokking") or (acc or 0.0) >= 0.5:
         return "generalized"
     return "not_generalized"
@@ -304,43 +301,51 @@ def replay_store(uri: str, sweep: str, adaptive_spec: str | None = None) -> dict
 
 #: A finished run's behaviour as the Tune result the searcher would have received
 #: (:func:`grokray.sweep.boundary.behaviour_label` reads it back to the same behaviour).
-_RESULT_OF = {"grokking": {"stop_reason": "generalized", "phase": "grokking"},
-              "comprehension": {"stop_reason": "generalized", "phase": "comprehension"},
-              "generalized": {"stop_reason": "generalized"}, "confusion": {"stop_reason": "no_memorization"},
-              "diverged": {"stop_reason": "diverged"}, "not_generalized": {"acc/test_inferred_ood": 0.0}}
+_RESULT_OF = {**{b: {"phase": ph} for ph, b in PHASE_BEHAVIOUR.items()},
+              "generalized": {"stop_reason": "generalized"}}       # a run labelled before phases were tagged
 
 
 def replay_searcher(spec_path: str, df: Any) -> dict:
     """Replay the adaptive sweep ``spec_path`` (``method: boundary``) on a finished grid's runs: the
-    real Tune searcher (:class:`grokray.sweep.boundary_searcher.BoundarySearcher`, built from the
-    spec as ``grokray sweep run`` builds it), ``max_concurrent`` trials in flight, the oldest
-    completing first, each trial's result the behaviour the grid's run at that config showed
-    (:func:`run_behaviour`). Deterministic CPU training makes the grid's run at a config the run
-    the adaptive sweep would train there, so this predicts the real adaptive sweep's trials and map.
-    Returns trials used, the grid's size, and per facet whether its boundaries and map came out
-    right; ``missing`` names a proposed config the grid has no label for (replay incomplete)."""
-    from grokray.sweep.boundary_searcher import BoundarySearcher
-    from grokray.sweep.spec import load_spec
+    real Tune searcher, built from the spec as ``grokray sweep run`` builds it
+    (:func:`grokray.sweep.boundary_searcher.searcher_for`), ``max_concurrent`` trials in flight, the
+    one that trained fewest steps completing first (a run stopped early ends first, as on the
+    cluster), each trial's result the behaviour the grid's run at that config showed
+    (:func:`run_behaviour`: the phase the classifier tagged, which is what the trial reported).
+    Deterministic CPU training makes the grid's run at a config the run the adaptive sweep would
+    train there, so this predicts the real adaptive sweep's trials and map (up to the order in
+    which trials of equal length finish). Returns trials used, the grid's size, and per facet
+    whether its boundaries and map came out right; ``missing`` names a proposed config the grid
+    has no label for (the replay stops there)."""
     from ray.tune.search import Searcher
+
+    from grokray.sweep.boundary_searcher import searcher_for
+    from grokray.sweep.spec import load_spec
 
     spec = load_spec(spec_path)
     axes, facets, constants, replicates = spec.boundary_axes()
-    searcher = BoundarySearcher(axes, facets, constants, budget=spec.num_samples, split=spec.stopping.split,
-                                replicates=replicates, **spec.boundary)
-    keys = [*facets, *axes, *replicates]
+    searcher = searcher_for(spec)
+    keys = [*facets, *axes, *replicates, *(k for k in constants if k in df.columns)]
 
     def key_of(cfg: Any) -> tuple:
         return tuple(round(float(cfg[k]), 9) if isinstance(cfg[k], (int, float)) and not isinstance(cfg[k], bool)
                      else cfg[k] for k in keys)
 
-    truth: dict[tuple, set] = {}
+    truth: dict[tuple, list[tuple[str, int]]] = {}
     for _, r in df.iterrows():
         lab = run_behaviour(r)
         if lab is not None and all(k in r for k in keys):
-            truth.setdefault(key_of(r), set()).add(lab)
+            steps = r.get("steps_run")
+            truth.setdefault(key_of(r), []).append((lab, int(steps) if steps == steps and steps is not None else 0))
+
+    def label_at(cfg: Any) -> tuple[str, int] | None:
+        """The grid's label at a config (two runs there: the first by label, both read alike) and its steps."""
+        runs = truth.get(key_of(cfg))
+        return sorted(runs)[0] if runs else None
+
     flight: list[tuple[str, dict]] = []
     used, missing, n = 0, None, 0
-    while True:
+    while missing is None:
         while len(flight) < (spec.max_concurrent or 1):
             cfg = searcher.suggest(f"t{n}")
             if cfg is None or cfg == Searcher.FINISHED:
@@ -349,13 +354,13 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
             n += 1
         if not flight:
             break
-        tid, cfg = flight.pop(0)
-        used += 1
-        labs = truth.get(key_of(cfg))
-        if not labs:
-            missing = {k: cfg[k] for k in keys}
+        known = [label_at(cfg) for _, cfg in flight]
+        if None in known:
+            missing = {k: flight[known.index(None)][1][k] for k in keys}
             break
-        lab = next(iter(labs)) if len(labs) == 1 else "not_generalized"
+        i = min(range(len(flight)), key=lambda j: (known[j][1], j))     # the shortest run ends first
+        (tid, cfg), (lab, _) = flight.pop(i), known[i]
+        used += 1
         searcher.on_trial_complete(tid, None if lab == "failed" else _RESULT_OF[lab], error=lab == "failed")
     per_facet, size, all_exact, all_recovered = {}, 0, True, True
     for f, combo in enumerate(searcher.combos):
@@ -364,8 +369,8 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
         for ix in np.ndindex(*s.shape):
             cfg = {**dict(zip(facets, combo)), **{k: v[i] for (k, v), i in zip(axes.items(), ix)},
                    **{k: v[0] for k, v in replicates.items()}}
-            labs = truth.get(key_of(cfg))
-            t[ix] = (next(iter(labs)) if len(labs) == 1 else MIXED) if labs else None
+            got = label_at(cfg)
+            t[ix] = got[0] if got else None
         size += t.size
         if any(v is None for v in t.flat):   # an unlabelled grid point: this facet cannot be scored
             per_facet[", ".join(f"{k}={v}" for k, v in zip(facets, combo))] = {"labelled": s.n_labelled, "scored": False}
@@ -399,6 +404,16 @@ def main() -> None:
     args = p.parse_args()
     if args.from_store and not args.sweep:
         p.error("--from-store needs --sweep NAME")
+    if args.adaptive_spec and not args.from_store:
+        p.error("--adaptive-spec replays a spec on a finished grid: it needs --from-store URI --sweep NAME")
+    if args.adaptive_spec:
+        from grokray.config import ConfigError
+        from grokray.sweep.spec import load_spec
+        try:
+            if load_spec(args.adaptive_spec).method != "boundary":
+                p.error(f"--adaptive-spec {args.adaptive_spec}: not a method: boundary spec")
+        except (ConfigError, OSError) as e:
+            p.error(f"--adaptive-spec {args.adaptive_spec}: {e}")
     if args.quick:
         args.instances, args.extra = 3, 3
     started, before = time.perf_counter(), C.snapshot()

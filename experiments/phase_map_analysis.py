@@ -270,8 +270,9 @@ def _cell_text(r: dict) -> str:
     """
     phase = (r.get("phase") or "?")[0].upper() if r.get("phase") != "confusion" else "X"
     out = f"{_SHORT.get(r.get('label'), r.get('label'))}{'' if r.get('determined', True) else '*'} ({r.get('detail')}) {phase}"
-    if r.get("final_id_acc") is not None:
-        out += f", ID {r['final_id_acc']:.2f} / OOD {r['final_ood_acc']:.2f}"
+    accs = [f"{name} {r[k]:.2f}" for name, k in (("ID", "final_id_acc"), ("OOD", "final_ood_acc")) if r.get(k) is not None]
+    if accs:
+        out += ", " + " / ".join(accs)
     if r.get("t_generalize") is not None:
         out += f", t_gen {r['t_generalize']:,.0f}"
         if r.get("delay_ratio") is not None:
@@ -402,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         runs, budget = load(a.tracking_uri, a.sweep)
     except ConfigError as e:
         print(f"phase_map_analysis: {e}", file=sys.stderr)
+        return 2
+    missing = [k for k in (WD, PHI, AUG) if k not in runs.columns]
+    if (a.markdown or a.curves) and missing:
+        print(f"phase_map_analysis: --markdown / --curves lay the map out by {WD}, {PHI} and {AUG}; "
+              f"{a.sweep!r} does not vary {', '.join(missing)}", file=sys.stderr)
         return 2
     result = analyse(runs, budget)
     if a.audit:

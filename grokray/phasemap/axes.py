@@ -312,7 +312,8 @@ def cells(df: pd.DataFrame, x: str | None = None, y: str | None = None,
                     graphs = ("\n" + "|".join(short_label(v) for v in agg["graph_labels"].values())
                               if agg["graphs_agree"] is False else "")
                     if color_by == "phase":
-                        color = PHASE_COLORS.get(agg["phase"], COLORS[None]) if agg["label"] else COLORS[None]
+                        # a run labelled before phases were tagged: labelled, phase unknown (not "not labelled")
+                        color = PHASE_COLORS.get(agg["phase"], OTHER_COLOR) if agg["label"] else COLORS[None]
                         word = f" {short_label(agg['label'])}" if agg["label"] else ""
                     else:
                         color = COLORS.get(agg["label"], OTHER_COLOR)

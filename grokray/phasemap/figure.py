@@ -13,7 +13,7 @@ import pandas as pd
 
 from grokray.phasemap.axes import COLORS, HATCH, PHASE_COLORS, cells, fmt_value
 from grokray.phasemap.table import breaks
-from grokray.plots import plt
+from grokray.plots import OTHER_COLOR, plt
 from grokray.verdict import LABELS
 
 #: Tick labels of the picture: at most this many characters a line (x / y), this many lines.
@@ -133,7 +133,10 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
 
     # ---- the legend and the title: sized for the figure's width
     if color_by == "phase":
-        handles = [Patch(facecolor=c, label=ph) for ph, c in PHASE_COLORS.items() if ph != "diverged"]
+        present = set(grid["phase"].dropna())
+        handles = [Patch(facecolor=c, label=ph) for ph, c in PHASE_COLORS.items() if ph != "diverged" or ph in present]
+        if (grid["color"] == OTHER_COLOR).any():
+            handles.append(Patch(facecolor=OTHER_COLOR, label="labelled, phase not tagged"))
     else:
         handles = [Patch(facecolor=COLORS[lab], label=lab.replace("_", " ")) for lab in LABELS]
     handles.append(Patch(facecolor=COLORS[None], label="not labelled yet"))

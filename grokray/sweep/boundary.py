@@ -409,33 +409,37 @@ REASON_KEY = "_boundary_reason"
 REASON_TAG = Tag.SEARCH_REASON
 
 
+#: Liu et al.'s phase -> the label the search refines on (memorization: it did not generalize).
+PHASE_BEHAVIOUR = {"grokking": "grokking", "comprehension": "comprehension", "memorization": "not_generalized",
+                   "confusion": "confusion", "diverged": "diverged"}
+
+
 def behaviour_label(result: dict | None, generalize_acc: float = 0.5, split: str = "ood") -> str:
-    """The label the search refines on, from a trial's final Tune result: when its target held the
-    verdict's threshold (stopped as generalized, or ended above it), Liu et al.'s phase the trial
-    reported (``grokking``: late, t_generalize / t_memorize above the verdict's delay;
-    ``comprehension``: not; :func:`grokray.sweep.trainable.curve_phase`), or ``generalized`` for a
-    result without one; ``confusion`` (stopped for never memorizing), ``diverged``, ``failed``, else
+    """The label the search refines on, from a trial's final Tune result: Liu et al.'s phase the
+    trial reported (:func:`grokray.sweep.trainable.curve_phase`: the verdict's reading of its
+    curves, the same the classifier tags on the run, so a replay from the store sees what the live
+    search saw): ``grokking`` (generalized late, t_generalize / t_memorize above the verdict's
+    delay), ``comprehension`` (generalized, not late), ``not_generalized`` (memorization),
+    ``confusion``, ``diverged``; ``failed``. A result without a phase (an older trainable) is read
+    off its stop reason and last accuracy instead: ``generalized``, ``confusion``, ``diverged``,
     ``not_generalized``. The classifier's labels (true / fake / no) arrive later from its actor; the
     search does not wait for them, so true and fake grokking are one label here (the map so far
     has no fake cell; a spec that needs them apart is a search on the classifier's labels, not built).
 
     >>> behaviour_label({"stop_reason": "generalized", "phase": "grokking"}), behaviour_label({"stop_reason": "generalized"})
     ('grokking', 'generalized')
-    >>> behaviour_label({"acc/test_inferred_ood": 0.9, "phase": "comprehension"}), behaviour_label({"acc/test_inferred_ood": 0.1})
-    ('comprehension', 'not_generalized')
+    >>> behaviour_label({"acc/test_inferred_ood": 0.7, "phase": "memorization"}), behaviour_label({"acc/test_inferred_ood": 0.1})
+    ('not_generalized', 'not_generalized')
     """
     if not result:
         return "failed"
+    if result.get("phase") in PHASE_BEHAVIOUR:
+        return PHASE_BEHAVIOUR[result["phase"]]
     if result.get("stop_reason") == "generalized":
-        return _generalized(result)
+        return "generalized"
     if result.get("stop_reason") == "no_memorization":
         return "confusion"
     if result.get("stop_reason") == "diverged":
         return "diverged"
     acc = result.get(f"acc/test_inferred_{split}")
-    return _generalized(result) if acc is not None and acc >= generalize_acc else "not_generalized"
-
-
-def _generalized(result: dict) -> str:
-    phase = result.get("phase")
-    return phase if phase in ("grokking", "comprehension") else "generalized"
+    return "generalized" if acc is not None and acc >= generalize_acc else "not_generalized"

@@ -88,3 +88,13 @@ class BoundarySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as fh:
             self.set_state(json.load(fh))
+
+
+def searcher_for(spec: Any) -> BoundarySearcher:
+    """The searcher of a ``method: boundary`` spec, as ``grokray sweep run`` builds it (and the
+    replay benchmark, so both run the same search): the spec's axes, facets, replicates, budget,
+    split (the classifier's, whose phase the map shows) and ``boundary:`` settings."""
+    axes, facets, constants, replicates = spec.boundary_axes()
+    split = spec.classifier.split if spec.classifier.enabled else spec.stopping.split
+    return BoundarySearcher(axes, facets, constants, budget=spec.num_samples, split=split, replicates=replicates,
+                            generalize_acc=spec.stopping.params.generalize_acc(split), **spec.boundary)

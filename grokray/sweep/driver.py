@@ -242,13 +242,9 @@ def _tune_config(spec: SweepSpec, layout: Layout):
     if spec.method == "boundary":
         from ray.tune.search import ConcurrencyLimiter
 
-        from grokray.sweep.boundary_searcher import BoundarySearcher
+        from grokray.sweep.boundary_searcher import searcher_for
 
-        axes, facets, constants, replicates = spec.boundary_axes()
-        search_alg = BoundarySearcher(axes, facets, constants, budget=spec.num_samples, split=spec.stopping.split,
-                                      replicates=replicates,
-                                      generalize_acc=spec.stopping.params.generalize_acc(spec.stopping.split),
-                                      **spec.boundary)
+        search_alg = searcher_for(spec)
         if spec.max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=spec.max_concurrent)
     if spec.method == "optuna":

@@ -171,4 +171,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         restore_state(running.trainer)
         reporter = TuneReporter(run_ids, spec.kind_impl.reported)
         results = running.run(reporter)
-    tune.report(to_plain(reporter.final(results, split=spec.stopping.split)))
+    # the phase on the split the classifier labels (the map's), so the search and the map read one phase
+    split = spec.classifier.split if spec.classifier.enabled else spec.stopping.split
+    tune.report(to_plain(reporter.final(results, split=split)))

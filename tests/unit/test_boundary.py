@@ -270,7 +270,8 @@ def run_row(seed, wd, aug, phi, behaviour, **kw):
     ({"label": "no_grokking", "phase": "comprehension", "final_ood_acc": 0.80}, "comprehension"),
     ({"label": "fake_grokking", "phase": "grokking", "final_ood_acc": 0.9}, "grokking"),
     ({"label": "true_grokking", "final_ood_acc": 0.9}, "generalized"),                   # labelled before phases
-    ({"label": "no_grokking", "phase": "memorization", "final_ood_acc": 0.62}, "generalized"),    # ended >= 0.5
+    ({"label": "no_grokking", "phase": "memorization", "final_ood_acc": 0.62}, "not_generalized"),  # the phase wins
+    ({"label": "no_grokking", "final_ood_acc": 0.62}, "generalized"),            # no phase tagged: ended >= 0.5
     ({"label": "no_grokking", "phase": "confusion", "final_ood_acc": float("nan")}, "confusion"),
     ({"label": "no_grokking", "phase": "diverged"}, "diverged"),
 ])
@@ -340,3 +341,32 @@ def test_the_adaptive_specs_own_searcher_replays_on_a_finished_grid():
     hole = [row for row in rows if not (row["data.seed"] == 1 and row["train.weight_decay"] == 3.0)]
     r = bench.replay_searcher(str(REPO / "sweeps" / "phase-map-adaptive.yaml"), phase_map_frame(hole))
     assert r["missing"]["data.seed"] == 1 and r["missing"]["train.weight_decay"] == 3.0 and not r["exact"]
+
+
+@pytest.mark.parametrize("history_phase", ["grokking", "comprehension", "memorization", "confusion", "diverged"])
+def test_the_live_search_and_the_replay_read_one_label_for_one_phase(history_phase):
+    """A trial's final result carries the verdict's phase (curve_phase); the classifier tags the same
+    phase on the run; the search (behaviour_label) and the replay (run_behaviour) must agree on it,
+    whatever the last raw accuracy reads (a dip at the end, a late spike)."""
+    from grokray.sweep.boundary import behaviour_label
+    bench = pytest.importorskip("benchmarks.boundary_search")
+    for acc in (0.05, 0.7):
+        live = behaviour_label({"phase": history_phase, "acc/test_inferred_ood": acc, "stop_reason": "max_steps"})
+        replay = bench.run_behaviour({"status": "FINISHED", "label": "no_grokking", "phase": history_phase,
+                                      "final_ood_acc": acc})
+        assert live == replay
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--adaptive-spec", "sweeps/phase-map-adaptive.yaml"], "needs --from-store"),
+    (["--from-store", "sqlite:////nowhere/m.db", "--sweep", "s", "--adaptive-spec", "sweeps/phase-map.yaml"],
+     "not a method: boundary spec"),
+    (["--from-store", "sqlite:////nowhere/m.db", "--sweep", "s", "--adaptive-spec", "sweeps/no-such.yaml"],
+     "--adaptive-spec sweeps/no-such.yaml"),
+])
+def test_replay_arguments_that_cannot_work_are_one_line_and_exit_2(argv, says):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "benchmarks.boundary_search", "--quick", *argv], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
