@@ -52,14 +52,21 @@ def value_label(value: Any, alternatives: Sequence[Any] | None = None) -> str:
 
 def run_name(values: Mapping[str, Any], keys: Sequence[str],
              alternatives: Mapping[str, Sequence[Any]] | None = None) -> str:
-    """``phi=7.2,augmentation=none,seed=0`` from a trial's swept values (last segment of each key);
-    a grouped section value without a name reads as its own pairs."""
+    """``phi=7.2,augmentation=none,seed=0`` from a trial's swept values (last segment of each key,
+    the whole key where two keys end alike: ``data.seed`` beside ``seed``); a grouped section
+    value without a name reads as its own pairs.
+
+    >>> run_name({"data.seed": 1, "seed": 0, "data.phi": 7.2}, ["data.seed", "seed", "data.phi"])
+    'data.seed=1,seed=0,phi=7.2'
+    """
     parts = []
+    ends = [k.split(".")[-1] for k in keys]
     for k in keys:
         v = values.get(k)
         label = value_label(v, (alternatives or {}).get(k))
         if isinstance(v, Mapping) and k in SECTIONS and value_name(v) is None:
             parts.append(label)
         else:
-            parts.append(f"{k.split('.')[-1]}={label}")
+            end = k.split(".")[-1]
+            parts.append(f"{end if ends.count(end) == 1 else k}={label}")
     return ",".join(parts) or "trial"
