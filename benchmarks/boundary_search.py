@@ -364,7 +364,7 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
         searcher.on_trial_complete(tid, None if lab == "failed" else _RESULT_OF[lab], error=lab == "failed")
     per_facet, size, all_exact, all_recovered = {}, 0, True, True
     for f, combo in enumerate(searcher.combos):
-        s = searcher.search.searches[f]
+        s, name = searcher.search.searches[f], ", ".join(f"{k}={v}" for k, v in zip(facets, combo))
         t = np.empty(s.shape, dtype=object)
         for ix in np.ndindex(*s.shape):
             cfg = {**dict(zip(facets, combo)), **{k: v[i] for (k, v), i in zip(axes.items(), ix)},
@@ -373,7 +373,7 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
             t[ix] = got[0] if got else None
         size += t.size
         if any(v is None for v in t.flat):   # an unlabelled grid point: this facet cannot be scored
-            per_facet[", ".join(f"{k}={v}" for k, v in zip(facets, combo))] = {"labelled": s.n_labelled, "scored": False}
+            per_facet[name] = {"labelled": s.n_labelled, "scored": False}
             all_exact = all_recovered = False
             continue
         pred = s.predict()
@@ -381,7 +381,7 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
         wrong = int((pred != t).sum())
         all_exact &= wrong == 0
         all_recovered &= err <= 1.0
-        per_facet[", ".join(f"{k}={v}" for k, v in zip(facets, combo))] = {
+        per_facet[name] = {
             "labelled": s.n_labelled, "points": int(t.size), "boundary_error": err, "wrong_points": wrong,
             "truth": t.tolist(), "predicted": pred.tolist()}
     return {"spec": spec_path, "budget": spec.num_samples, "in_flight": spec.max_concurrent or 1, "used": used,

@@ -273,11 +273,13 @@ def grid_of(df: pd.DataFrame, x: str | None, y: str | None, facets: list[str]
     if not groups:
         groups[tuple(None for _ in facets)] = {}
     order = {f: {v: j for j, v in enumerate(fs[f][1])} for f in facets}
+    def index(key: tuple) -> tuple[int, ...]:
+        return tuple(order[f].get(v, -1) for f, v in zip(facets, key))
+
     panels = []
-    for key in sorted(groups, key=lambda t: tuple(order[f].get(v, -1) for f, v in zip(facets, t))):
+    for key in sorted(groups, key=index):
         title = ", ".join(f"{f}={fmt_value(v)}" for f, v in zip(facets, key))
-        panels.append((title, {cell: df.iloc[rows] for cell, rows in groups[key].items()},
-                       tuple(order[f].get(v, -1) for f, v in zip(facets, key))))
+        panels.append((title, {cell: df.iloc[rows] for cell, rows in groups[key].items()}, index(key)))
     return x_levels, y_levels, panels
 
 

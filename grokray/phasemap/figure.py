@@ -127,8 +127,9 @@ def phase_map_figure(df: pd.DataFrame, x: str | None = None, y: str | None = Non
     top = t_h + _TITLE_PAD + _PAD if t_h else _PAD
     bw, bh = left + aw + right, top + ah + bottom
     ncols = min(npanel, 3 if npanel > 4 else npanel)
-    ncols = max(1, min(ncols, int(30 // bw)))
-    places = _layout(grid.attrs["panel_index"], npanel, ncols, max(1, int(30 // bw)))
+    fit_cols = max(1, int(30 // bw))          # panels side by side within a 30-inch figure
+    ncols = max(1, min(ncols, fit_cols))
+    places = _layout(grid.attrs["panel_index"], npanel, ncols, fit_cols)
     nrows, ncols = 1 + max(r for r, _ in places), 1 + max(c for _, c in places)
 
     # ---- the legend and the title: sized for the figure's width

@@ -95,6 +95,6 @@ def searcher_for(spec: Any) -> BoundarySearcher:
     replay benchmark, so both run the same search): the spec's axes, facets, replicates, budget,
     split (the classifier's, whose phase the map shows) and ``boundary:`` settings."""
     axes, facets, constants, replicates = spec.boundary_axes()
-    split = spec.classifier.split if spec.classifier.enabled else spec.stopping.split
+    split = spec.map_split
     return BoundarySearcher(axes, facets, constants, budget=spec.num_samples, split=split, replicates=replicates,
                             generalize_acc=spec.stopping.params.generalize_acc(split), **spec.boundary)

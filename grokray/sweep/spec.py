@@ -152,6 +152,12 @@ class SweepSpec:
             out.append("tracking: $MLFLOW_TRACKING_URI, else ./mlflow.db")
         return out
 
+    @property
+    def map_split(self) -> str:
+        """The split whose Liu et al. phase the map shows: the classifier's, else the stop rule's.
+        A trial reports its phase on it and the boundary search refines on it, so both read one phase."""
+        return self.classifier.split if self.classifier.enabled else self.stopping.split
+
     def alternatives(self) -> dict[str, list]:
         """Each listed parameter's values (naming a grouped value by what differs needs them all)."""
         return {p.key: list(p.values) for p in self.parameters if p.values is not None}

@@ -171,6 +171,4 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         restore_state(running.trainer)
         reporter = TuneReporter(run_ids, spec.kind_impl.reported)
         results = running.run(reporter)
-    # the phase on the split the classifier labels (the map's), so the search and the map read one phase
-    split = spec.classifier.split if spec.classifier.enabled else spec.stopping.split
-    tune.report(to_plain(reporter.final(results, split=split)))
+    tune.report(to_plain(reporter.final(results, split=spec.map_split)))
