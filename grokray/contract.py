@@ -196,6 +196,8 @@ PHASE_MAP_DIR, TRANSFER_MAP_DIR = "phase_map", "transfer_map"
 PHASE_MAP_CSV, PHASE_MAP_PNG, PHASE_MAP_TXT = "phase_map.csv", "phase_map.png", "phase_map.txt"
 #: The same picture coloured by Liu et al.'s phase (``grokray phase-map --color-by phase``).
 PHASE_MAP_PHASES_PNG = "phase_map_phases.png"
+#: Method boundary: every grid point with the search's label and its source (grokray.sweep.search_map).
+SEARCH_MAP_CSV = "search_map.csv"
 TRANSFER_MAP_CSV, TRANSFER_MAP_TXT = "transfer_map.csv", "transfer_map.txt"
 
 
@@ -212,4 +214,4 @@ __all__ = ["TAG_PREFIX", "Tag", "KIND_SWEEP", "KIND_TRIAL", "KIND_FINETUNE", "EX
            "CURVES_PNG", "CHECKPOINT_DIR", "TRANSFER_CURVES_PNG", "VERDICT_DIR", "VERDICT_README", "VERDICT_JSON",
            "EVIDENCE_JSON", "LENS_PNG", "INTERCHANGE_PNG", "PATCHING_PNG", "PATCHING_JSON", "SWEEP_YAML",
            "SOURCES_JSON", "PHASE_MAP_DIR", "TRANSFER_MAP_DIR", "PHASE_MAP_CSV", "PHASE_MAP_PNG", "PHASE_MAP_TXT",
-           "PHASE_MAP_PHASES_PNG", "TRANSFER_MAP_CSV", "TRANSFER_MAP_TXT", "checkpoint_step"]
+           "PHASE_MAP_PHASES_PNG", "SEARCH_MAP_CSV", "TRANSFER_MAP_CSV", "TRANSFER_MAP_TXT", "checkpoint_step"]

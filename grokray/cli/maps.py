@@ -40,7 +40,35 @@ def add_phase_map(p: argparse.ArgumentParser) -> None:
                         "(grokking / comprehension / memorization / confusion), the label then written in the cell")
     p.add_argument("--csv", default=None, help="also write one row per run as CSV")
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of the table")
+    p.add_argument("--search", action="store_true",
+                   help="method boundary: the search's whole map instead, every grid point with the search's label "
+                        "and where it came from (a run, or the search's rule); --csv / --json then write its rows")
+    p.add_argument("--storage", default=None, metavar="DIR",
+                   help="with --search: the sweep's Ray Tune storage, where the spec set one (read live while it runs)")
     add_tracking(p)
+
+
+def run_search_map(args: argparse.Namespace, client: Any) -> int:
+    """``grokray phase-map NAME --search``: the boundary search's map (:mod:`grokray.sweep.search_map`)."""
+    from grokray.phasemap.table import format_search_map
+    from grokray.sweep.search_map import SearchStateError, load_search_map
+
+    if args.png:
+        raise UserError("--png draws the runs' map; with --search use --csv (the picture of a search map: "
+                        "experiments/adaptive_vs_grid.py)")
+    try:
+        df = load_search_map(args.name, client.tracking_uri, args.storage)
+    except (LookupError, SearchStateError) as e:
+        raise UserError(str(e).strip("'\"")) from None
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    if args.json:
+        print(df.to_json(orient="records", lines=True), end="")
+        return 0
+    print(f"{args.name}: the boundary search's map")
+    print(format_search_map(df))
+    say_written([("search map", args.csv)], "its rows: --csv FILE")
+    return 0
 
 
 def run_phase_map(args: argparse.Namespace) -> int:
@@ -49,6 +77,8 @@ def run_phase_map(args: argparse.Namespace) -> int:
     check_output(args.csv, "--csv")
     check_output(args.png, "--png")
     client = existing_client(args.tracking_uri)
+    if args.search:
+        return run_search_map(args, client)
     try:
         df = phase_map(args.name, client.tracking_uri)
         x, y, facets = resolve_axes(df, args.x, args.y)

@@ -169,3 +169,66 @@ def search_summary(df: pd.DataFrame) -> str:
     order = sorted(counts.index, key=lambda k: ("coarse" not in k, "refine" not in k, k))
     return (f"\nboundary search: {int(counts.sum())} point(s) chosen: "
             + ", ".join(f"{counts[k]} {k}" for k in order) + " (each run's reason: --csv or --json)\n")
+
+
+#: A search-map cell's word per search label (:func:`format_search_map`).
+SEARCH_WORDS = {"grokking": "grok", "comprehension": "comp", "not_generalized": "mem", "confusion": "conf",
+                "diverged": "div", "failed": "fail", "generalized": "gen", "mixed": "mixed"}
+SEARCH_LEGEND = ("search map: grok / comp / mem / conf = the search's label (grokking / comprehension /\n"
+                 "memorization, i.e. not generalized / confusion); * = a run; no mark = the search's rule (agreeing\n"
+                 "neighbours, or inside a cell whose known points agree); ? = unresolved: the nearest known\n"
+                 "point's label; + = its trial is running")
+
+
+def format_search_map(df: pd.DataFrame, width: int = TABLE_WIDTH) -> str:
+    """The whole map of a boundary search (:func:`grokray.sweep.search_map.search_map`'s frame):
+    one table per facet, columns = the axis with most values (ties: the first), rows = the next; a cell is the
+    search's label, ``*`` where a run gave it, ``?`` where only the nearest known point did.
+
+    >>> df = pd.DataFrame({"phi": [3.6, 18.0, 3.6, 18.0], "wd": [0.1, 0.1, 1.0, 1.0],
+    ...                    "search_label": ["not_generalized", "comprehension", "not_generalized", "grokking"],
+    ...                    "source": ["run", "cell", "run", "nearest"], "in_flight": [False, False, False, True],
+    ...                    "reason": ["coarse design", None, "coarse design", None]})
+    >>> print(format_search_map(df).split("\\n\\nsearch map:")[0])
+    wd \\ phi  3.6   18
+    0.1       mem*  comp
+    1         mem*  grok?+
+    """
+    from grokray.sweep.search_map import COLUMNS
+
+    keys = [c for c in df.columns if c not in COLUMNS]
+    numeric = [k for k in keys if pd.api.types.is_numeric_dtype(df[k]) and not k.split(".")[-1] == "seed"]
+    axes = sorted(numeric, key=lambda k: -df[k].nunique())[:2]
+    x, y = axes[0] if axes else None, axes[1] if len(axes) > 1 else None
+    facets = [k for k in keys if k not in (x, y)]
+
+    def word(r: pd.Series) -> str:
+        if r["source"] == "none" or r["search_label"] is None or r["search_label"] != r["search_label"]:
+            return "." + ("+" if r["in_flight"] else "")
+        mark = {"run": "*", "nearest": "?"}.get(r["source"], "")
+        return SEARCH_WORDS.get(r["search_label"], str(r["search_label"])) + mark + ("+" if r["in_flight"] else "")
+
+    blocks = []
+    groups = df.groupby(facets, sort=False, dropna=False) if facets else [((), df)]
+    for combo, part in groups:
+        combo = combo if isinstance(combo, tuple) else (combo,)
+        head = [", ".join(f"{k}={fmt_value(v)}" for k, v in zip(facets, combo))] if facets else []
+        if x is None:
+            blocks.append(head + [word(part.iloc[0])])
+            continue
+        xs = sorted(part[x].unique())
+        ys = sorted(part[y].unique()) if y else [None]
+        rows = []
+        for yv in ys:
+            sel = part[part[y] == yv] if y else part
+            by_x = {r[x]: word(r) for _, r in sel.iterrows()}
+            rows.append((fmt_value(yv) if y else "", [by_x.get(xv, ".") for xv in xs]))
+        corner = f"{y} \\ {x}" if y else x
+        blocks.append(([f"[{head[0]}]"] if head else []) + _table_block(corner, [fmt_value(v) for v in xs], rows, width))
+    n_run = int((df["source"] == "run").sum())
+    counts = df["source"].value_counts()
+    said = {"inferred": "inferred from agreeing neighbours", "cell": "inside agreeing cells",
+            "nearest": "unresolved (nearest)", "none": "not reached"}
+    summary = (f"{len(df)} grid point(s): {n_run} from runs, " + ", ".join(
+        f"{int(counts.get(s, 0))} {w}" for s, w in said.items() if counts.get(s, 0))).rstrip(", ")
+    return "\n\n".join("\n".join(b) for b in blocks) + "\n\n" + SEARCH_LEGEND + "\n" + summary + "\n"

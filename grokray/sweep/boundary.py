@@ -265,22 +265,30 @@ class BoundarySearch:
         """Every grid point's label: its own (observed or inferred); else, inside a cell whose known
         points agree, that label (the refinement's own assumption); else its nearest known point's
         (squared index distance; ties to the lowest index). An object array of ``shape``."""
+        return self.predict_with_sources()[0]
+
+    def predict_with_sources(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` and, per point, where its label came from: ``run`` (observed),
+        ``inferred`` (from agreeing neighbours, no trial), ``cell`` (inside a cell whose known points
+        agree), ``nearest`` (the nearest known point's), None (nothing known)."""
         known = sorted({**self.inferred, **self.labels}.items())
         out = np.empty(self.shape, dtype=object)
+        src = np.empty(self.shape, dtype=object)
         if not known:
-            return out
+            return out, src
         for cell in [*self.settled, *self.cells]:
             values = self._values(cell)
             if len(values) == 1 and MIXED not in values and all(self.known(c) is not None for c in self._corners(cell)):
                 lo, hi = cell
-                out[tuple(slice(a, b + 1) for a, b in zip(lo, hi))] = values.pop()
+                box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
+                out[box], src[box] = values.pop(), "cell"
         for p, lab in known:
-            out[p] = lab
+            out[p], src[p] = lab, "run" if p in self.labels else "inferred"
         pts = np.array([p for p, _ in known])
         for p in itertools.product(*[range(n) for n in self.shape]):
             if out[p] is None:
-                out[p] = known[int(np.argmin(((pts - np.array(p)) ** 2).sum(1)))][1]
-        return out
+                out[p], src[p] = known[int(np.argmin(((pts - np.array(p)) ** 2).sum(1)))][1], "nearest"
+        return out, src
 
     def state_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "min_coarse": self.min_coarse, "island_probe": self.island_probe,

@@ -24,12 +24,14 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from grokray import tracking
+from grokray.contract import PHASE_MAP_DIR, SEARCH_MAP_CSV
 from grokray.version import __version__
 from grokray.sweep.classifier import ClassifierCallback, get_classifier
 from grokray.sweep.progress import RESUME_LOG_ENV, SweepProgress
@@ -435,6 +437,29 @@ def _callbacks(spec: SweepSpec, record: SweepRecord, refresher: MapRefresher, n_
     return callbacks
 
 
+def _log_search_map(record: SweepRecord, spec: SweepSpec, exp_dir: Path) -> None:
+    """Method boundary: the search's whole map (every grid point, its label and source) on the
+    parent run, ``phase_map/search_map.csv`` (:mod:`grokray.sweep.search_map`), from the state Tune
+    saved as ``fit()`` returned. A state that cannot be read is said in one line; the sweep's runs
+    are unaffected."""
+    from grokray.sweep.search_map import SearchStateError, sweep_search_map
+
+    try:
+        df = sweep_search_map(spec, exp_dir)
+    except SearchStateError as e:
+        print(f"[grokray] search map not logged: {e}", flush=True)
+        return
+    if df is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="grokray-search-map-") as tmp:
+        path = Path(tmp) / SEARCH_MAP_CSV
+        df.to_csv(path, index=False)
+        tracking.get_client(record.tracking_uri).log_artifact(record.parent_run_id, str(path), PHASE_MAP_DIR)
+    runs = int((df["source"] == "run").sum())
+    print(f"[grokray] search map: {len(df)} grid points, {runs} from runs, {len(df) - runs} from the search's rule "
+          f"({PHASE_MAP_DIR}/{SEARCH_MAP_CSV} on the parent run)", flush=True)
+
+
 def _fit(tuner: Any, record: SweepRecord) -> Any:
     try:
         return tuner.fit()
@@ -473,7 +498,9 @@ def run_sweep(spec: SweepSpec, name: str | None = None, address: str | None = No
                        run_config=_run_config(record, spec, _callbacks(spec, record, refresher, n_tune)))
     # method boundary: num_samples is a budget, and the search may resolve every boundary with fewer
     expected = None if spec.method == "boundary" else n_tune
-    return _finish(record, _fit(tuner, record), refresher, started, expected=expected)
+    results = _fit(tuner, record)
+    _log_search_map(record, spec, exp_dir)
+    return _finish(record, results, refresher, started, expected=expected)
 
 
 def _count_trials(spec: SweepSpec, space: dict[str, Any]) -> int:
@@ -510,6 +537,7 @@ def resume_sweep(name: str, storage: str | None = None, address: str | None = No
     tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, record, Layout.from_saved(record.packs)),
                                resume_unfinished=True, resume_errored=True)
     results = _fit(tuner, record)
+    _log_search_map(record, spec, exp_dir)
     return _finish(record, results, refresher, started)
 
 

@@ -270,3 +270,23 @@ def test_method_boundary_runs_like_any_sweep_and_says_why_it_chose_each_point(tm
     assert "boundary search: 5 point(s) chosen: 5 coarse design" in table.stdout, table.stdout
     import pandas as pd
     assert sorted(pd.read_csv(tmp_path / "bnd.csv")["search_reason"]) == sorted(reasons)
+    # the search's whole map: every grid point of both facets, the five runs' points marked as runs,
+    # the same from the live state folder and from the parent run's artifact logged at the end
+    smap = grokray("phase-map", "bnd", "--search", "--storage", str(tmp_path / "results"), "--csv",
+                   str(tmp_path / "search.csv"), uri=mlflow_uri, cwd=tmp_path)
+    assert smap.returncode == 0, smap.stderr
+    assert "18 grid point(s): 5 from runs," in smap.stdout, smap.stdout
+    assert "[data.augmentation=none]" in smap.stdout and "[data.augmentation=both_full]" in smap.stdout
+    live = pd.read_csv(tmp_path / "search.csv", keep_default_na=False, na_values=[""])
+    assert len(live) == 18 and (live["source"] == "run").sum() == 5 and not live["in_flight"].any()
+    ran = {(float(r.data.params["train.weight_decay"]), r.data.params["data.augmentation"]) for r in runs}
+    assert set(zip(live.loc[live["source"] == "run", "train.weight_decay"],
+                   live.loc[live["source"] == "run", "data.augmentation"])) == ran
+    assert live.loc[live["source"] == "run", "reason"].str.startswith("coarse design").all()
+    from grokray.sweep.driver import find_sweep
+    from grokray.sweep.search_map import load_search_map
+    _, exp_dir = find_sweep("bnd", storage=str(tmp_path / "results"))
+    exp_dir.rename(exp_dir.with_name("bnd-moved"))      # only the parent run's copy is left
+    logged = load_search_map("bnd", mlflow_uri)
+    assert logged[["train.weight_decay", "data.augmentation", "search_label", "source"]].values.tolist() == \
+        live[["train.weight_decay", "data.augmentation", "search_label", "source"]].values.tolist()
