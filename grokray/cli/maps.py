@@ -79,6 +79,8 @@ def run_phase_map(args: argparse.Namespace) -> int:
     client = existing_client(args.tracking_uri)
     if args.search:
         return run_search_map(args, client)
+    if args.storage:
+        raise UserError("--storage: only with --search (the runs' map is read from the MLflow store)")
     try:
         df = phase_map(args.name, client.tracking_uri)
         x, y, facets = resolve_axes(df, args.x, args.y)

@@ -117,7 +117,7 @@ def load_search_map(name: str, tracking_uri: str | None = None, storage: str | N
         SearchStateError: the saved state is not a boundary search's.
     """
     from grokray import tracking
-    from grokray.contract import PHASE_MAP_DIR, SEARCH_MAP_CSV
+    from grokray.contract import PHASE_MAP_DIR, SEARCH_MAP_CSV, SweepParam
     from grokray.sweep.driver import SweepError, find_sweep
 
     try:
@@ -135,6 +135,9 @@ def load_search_map(name: str, tracking_uri: str | None = None, storage: str | N
     parent = tracking.find_sweep_parent(client, name)
     if parent is None:
         raise LookupError(f"no sweep {name!r} in {client.tracking_uri}")
+    method = parent.data.params.get(SweepParam.METHOD)
+    if method not in (None, "boundary"):
+        raise LookupError(f"sweep {name!r} is a {method} sweep: a search map is drawn by method: boundary")
     with tempfile.TemporaryDirectory(prefix="grokray-search-map-") as tmp:
         try:
             local = client.download_artifacts(parent.info.run_id, f"{PHASE_MAP_DIR}/{SEARCH_MAP_CSV}", tmp)

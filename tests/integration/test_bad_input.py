@@ -365,6 +365,10 @@ def test_runs_sweeps_checkpoints_and_axes_that_do_not_exist(sandbox, capsys, tmp
         (["phase-map", "sw", "--y", "zzz", *uri], "y 'zzz' is not a parameter of this map"),
         (["phase-map", "sw", "--x", "phi", "--y", "data.phi", *uri], "x and y are both 'data.phi'"),
         (["phase-map", "it's", *uri], "no sweep or experiment named \"it's\""),
+        (["phase-map", "nope", "--search", *uri], "no sweep 'nope' in"),
+        (["phase-map", "sw", "--search", *uri], "sweep 'sw' is a grid sweep: a search map is drawn by method: boundary"),
+        (["phase-map", "sw", "--storage", folder, *uri], "--storage: only with --search"),
+        (["phase-map", "sw", "--search", "--png", "x.png", *uri], "--png draws the runs' map; with --search use --csv"),
         (["transfer-map", "nope", *uri], "no sweep named 'nope'"),
         (["transfer-map", "sw", *uri], "sweep 'sw' is a trial sweep, not a finetune sweep; its map is `grokray "
                                        "phase-map sw`"),
