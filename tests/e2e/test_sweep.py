@@ -5,9 +5,12 @@ so a test can kill it (or one of its trial workers) and resume.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 from grokray import tracking
@@ -290,3 +293,33 @@ def test_method_boundary_runs_like_any_sweep_and_says_why_it_chose_each_point(tm
     logged = load_search_map("bnd", mlflow_uri)
     assert logged[["train.weight_decay", "data.augmentation", "search_label", "source"]].values.tolist() == \
         live[["train.weight_decay", "data.augmentation", "search_label", "source"]].values.tolist()
+
+
+def test_the_adaptive_map_beside_the_grid_s_reproduces_the_grid_s_runs(tmp_path, mlflow_uri):
+    """Issue 21 item 3 at test scale: a grid and a boundary search over the same space in one store;
+    experiments.adaptive_vs_grid pairs every adaptive run with the grid's run at its config (CPU
+    training is deterministic: the same run, step for step, so the same label, phase and times) and
+    scores the search's whole map against the grid's, point by point."""
+    space = {"train.weight_decay": {"values": [0.01, 0.1, 1.0]}, "data.augmentation": {"values": ["none", "both_full"]}}
+    common = dict(max_steps=60, max_concurrent=2, parameters=space, classifier={"evidence": "never"})
+    for name, method, extra in (("g", "grid", {}), ("b", "boundary", {"num_samples": 4, "boundary": {"min_coarse": 2}})):
+        out = grokray("sweep", "run", str(write_spec(tmp_path, name, method=method, **common, **extra)), "--no-map",
+                      uri=mlflow_uri, cwd=tmp_path)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    res = subprocess.run([sys.executable, "-m", "experiments.adaptive_vs_grid", "--tracking-uri", mlflow_uri,
+                          "--grid", "g", "--sweep", "b", "--storage", str(tmp_path / "results"),
+                          "--out", str(tmp_path / "cmp.json"), "--png", str(tmp_path / "cmp.png")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "cmp.json").read_text())
+    assert (r["grid"]["trials"], r["adaptive"]["trials"]) == (6, 4)
+    assert r["runs"]["matched"] == 4 and r["runs"]["identical"] == 4, r["runs"]["differences"]
+    assert r["map"]["points"] == 6 and r["map"]["scored"] == 6
+    for f in r["map"]["facets"].values():                 # each facet: the two ends run, the middle inferred
+        assert f["points"] == 3 and f["runs"] == 2
+    assert r["map"]["agree"] == 6 - sum(len(f["disagree"]) for f in r["map"]["facets"].values())
+    assert (tmp_path / "cmp.png").stat().st_size > 5000
+    bad = subprocess.run([sys.executable, "-m", "experiments.adaptive_vs_grid", "--tracking-uri", mlflow_uri,
+                          "--grid", "g", "--sweep", "g"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "is a grid sweep" in bad.stderr and "Traceback" not in bad.stderr

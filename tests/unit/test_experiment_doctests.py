@@ -7,7 +7,8 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["experiments.phase_map_analysis", "experiments.paths_pairs", "experiments.store_args",
-                                    "experiments.transfer_mature", "experiments.past_the_stop"])
+                                    "experiments.transfer_mature", "experiments.past_the_stop",
+                                    "experiments.adaptive_vs_grid"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

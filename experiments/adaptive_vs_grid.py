@@ -1,0 +1,310 @@
+"""The adaptive phase map beside the grid's (issue 21, item 3): cell by cell, run by run.
+
+Reads two sweeps of one store, no training: a grid (``sweeps/phase-map.yaml``) and an adaptive
+search of the same space (``sweeps/phase-map-adaptive.yaml``, ``method: boundary``). Reports:
+
+* **Trials and cost**: trials the search ran against the grid's, and the core-hours of each
+  (the runs' active training seconds, :func:`experiments.phase_map_analysis.active_seconds`).
+* **Runs**: every adaptive run beside the grid's run at the same config (training on CPU is
+  deterministic, so they should be the same run): label, detail, phase, ``t_memorize`` and
+  ``t_generalize`` equal or not (:func:`compare_runs`).
+* **The map**: the search's whole map (:mod:`grokray.sweep.search_map`: every grid point, from a
+  run or from the search's rule) against the grid's behaviour at every point (Liu et al.'s phase
+  as the search reads it: grokking / comprehension / not_generalized / confusion), per facet:
+  points that agree, those that do not (with where the search's label came from), and the
+  boundary error in grid steps (:func:`grokray.sweep.boundary.boundary_error`; <= 1 is "recovered")
+  (:func:`compare_maps`).
+* Optionally, the replay's prediction (``benchmarks/results/boundary_search.json``, ``store.adaptive``:
+  the same searcher replayed on the grid's runs before the sweep ran): trials per facet and
+  predicted map against what the real search did.
+
+The figure: one panel per facet (graphs in rows, augmentations in columns), phi across, weight
+decay up; a cell is the search's label in Liu et al.'s phase colours, solid where a run gave it,
+pale where the search's rule did, hatched where unresolved; a red frame where the grid disagrees,
+the grid's label written under.
+
+Usage::
+
+    python -m experiments.adaptive_vs_grid --tracking-uri sqlite:////work/store/mlflow.db \\
+        [--grid phase-map] [--sweep phase-map-adaptive] [--storage DIR] \\
+        [--replay benchmarks/results/boundary_search.json] \\
+        [--out experiments/results/adaptive_vs_grid.json] [--png docs/phase-map/adaptive-vs-grid.png]
+
+A sweep the search has not finished is compared as far as it went (``finished: false`` in the JSON).
+A reader never creates a store: a wrong path is one line saying where it looked (exit 2).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from experiments.store_args import save_figure, store_parser
+
+PHI, WD, AUG, GRAPH = "data.phi", "train.weight_decay", "data.augmentation", "data.seed"
+#: What must be equal for two runs to be "the same run".
+RUN_FIELDS = ("label", "detail", "phase", "t_memorize", "t_generalize")
+
+
+def behaviour(phase: Any) -> str | None:
+    """The label the search refines on, from a run's phase tag (None: no phase yet).
+
+    >>> behaviour("memorization"), behaviour("grokking"), behaviour(None)
+    ('not_generalized', 'grokking', None)
+    """
+    from grokray.sweep.boundary import PHASE_BEHAVIOUR
+
+    return PHASE_BEHAVIOUR.get(phase) if isinstance(phase, str) else None
+
+
+def _key(row: Any, keys: Sequence[str]) -> tuple:
+    return tuple(round(float(row[k]), 9) if isinstance(row[k], (int, float, np.number)) and not isinstance(row[k], bool)
+                 else row[k] for k in keys)
+
+
+def _same(a: Any, b: Any) -> bool:
+    na, nb = a is None or a != a, b is None or b != b    # None and NaN alike
+    return (na and nb) or (not na and not nb and a == b)
+
+
+def compare_runs(grid: pd.DataFrame, adaptive: pd.DataFrame, keys: Sequence[str]) -> dict:
+    """Each adaptive run beside the grid's run with the same ``keys``: how many have every field
+    of :data:`RUN_FIELDS` equal, and every difference.
+
+    >>> g = pd.DataFrame({"x": [1.0, 2.0], "label": ["no_grokking", "true_grokking"], "detail": ["m", "g"],
+    ...                   "phase": ["memorization", "grokking"], "t_memorize": [100.0, 100.0],
+    ...                   "t_generalize": [None, 900.0]})
+    >>> a = g.copy(); a.loc[1, "t_generalize"] = 950.0
+    >>> r = compare_runs(g, a, ["x"])
+    >>> r["matched"], r["identical"], r["same_label"], r["differences"][0]["fields"]
+    (2, 1, 2, {'t_generalize': [900, 950]})
+    """
+    by_key = {_key(r, keys): r for _, r in grid.iterrows()}
+    diffs, identical, same_label, matched, unmatched = [], 0, 0, 0, []
+    for _, r in adaptive.iterrows():
+        k = _key(r, keys)
+        g = by_key.get(k)
+        if g is None:
+            unmatched.append(dict(zip(keys, k)))
+            continue
+        matched += 1
+        fields = {f: [_plain(g.get(f)), _plain(r.get(f))] for f in RUN_FIELDS if not _same(g.get(f), r.get(f))}
+        same_label += "label" not in fields and "phase" not in fields
+        identical += not fields
+        if fields:
+            diffs.append({**dict(zip(keys, k)), "fields": fields})
+    return {"matched": matched, "identical": identical, "same_label": same_label, "differences": diffs,
+            "not_in_grid": unmatched}
+
+
+def compare_maps(grid: pd.DataFrame, search: pd.DataFrame, facets: Sequence[str], axes: Sequence[str]) -> dict:
+    """The search's map (one row per grid point: ``search_label``, ``source``) against the grid's
+    behaviour at each point, per facet: agreeing points, disagreements (with the search's source)
+    and the boundary error in grid steps.
+
+    >>> grid = pd.DataFrame({"f": ["a"] * 3, "x": [1, 2, 3], "phase": ["memorization", "grokking", "grokking"]})
+    >>> search = pd.DataFrame({"f": ["a"] * 3, "x": [1, 2, 3],
+    ...                        "search_label": ["not_generalized", "not_generalized", "grokking"],
+    ...                        "source": ["run", "cell", "run"]})
+    >>> r = compare_maps(grid, search, ["f"], ["x"])
+    >>> r["points"], r["agree"], r["facets"]["f=a"]["disagree"], r["facets"]["f=a"]["boundary_error"]
+    (3, 2, [{'x': 2, 'grid': 'grokking', 'search': 'not_generalized', 'source': 'cell'}], 1.0)
+    """
+    from grokray.sweep.boundary import boundary_error
+
+    truth = {_key(r, [*facets, *axes]): behaviour(r.get("phase")) for _, r in grid.iterrows()}
+    out, points, agree, scored = {}, 0, 0, 0
+    groups = search.groupby(list(facets), sort=False) if facets else [((), search)]
+    for combo, part in groups:
+        combo = combo if isinstance(combo, tuple) else (combo,)
+        name = ", ".join(f"{k}={_plain(v)}" for k, v in zip(facets, combo)) or "all"
+        levels = [sorted(part[a].unique()) for a in axes]
+        t = np.full([len(v) for v in levels], None, dtype=object)
+        p = np.full(t.shape, None, dtype=object)
+        disagree, missing = [], 0
+        for _, r in part.iterrows():
+            ix = tuple(v.index(r[a]) for a, v in zip(axes, levels))
+            want = truth.get(_key(r, [*facets, *axes]))
+            got = r["search_label"] if isinstance(r["search_label"], str) else None
+            t[ix], p[ix] = want, got
+            if want is None:
+                missing += 1
+            elif got != want:
+                disagree.append({**{a: _plain(r[a]) for a in axes}, "grid": want, "search": got, "source": r["source"]})
+        n = int(t.size)
+        ok = n - missing - len(disagree)
+        complete = missing == 0 and all(v is not None for v in p.flat)
+        out[name] = {"points": n, "runs": int((part["source"] == "run").sum()), "agree": ok, "disagree": disagree,
+                     "grid_unlabelled": missing,
+                     "boundary_error": boundary_error(t, p) if complete else None}
+        points, agree, scored = points + n, agree + ok, scored + (n - missing)
+    return {"points": points, "scored": scored, "agree": agree, "facets": out}
+
+
+def compare_replay(replay: dict, maps: dict, search: pd.DataFrame, facets: Sequence[str], axes: Sequence[str]) -> dict:
+    """The replay's prediction (``store.adaptive`` of ``benchmarks/results/boundary_search.json``)
+    against the real search: runs per facet and predicted labels per point."""
+    out = {}
+    for name, f in (replay.get("facets") or {}).items():
+        real = maps["facets"].get(name)
+        if real is None or "predicted" not in f:
+            out[name] = {"replay_runs": f.get("labelled"), "real_runs": real and real["runs"]}
+            continue
+        combo = dict(kv.split("=", 1) for kv in name.split(", "))
+        part = search
+        for k in facets:
+            part = part[part[k].astype(str) == combo[k]]
+        levels = [sorted(part[a].unique()) for a in axes]
+        differ = 0
+        for _, r in part.iterrows():
+            ix = tuple(v.index(r[a]) for a, v in zip(axes, levels))
+            predicted = np.array(f["predicted"], dtype=object)[ix]
+            differ += predicted != r["search_label"]
+        out[name] = {"replay_runs": f["labelled"], "real_runs": real["runs"], "map_points_differ": int(differ)}
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return None if v != v else (int(v) if float(v).is_integer() else float(v))
+    return v
+
+
+# --------------------------------------------------------------------------- the figure
+
+def plot(search: pd.DataFrame, maps: dict, facets: Sequence[str], axes: Sequence[str], path: Path, title: str) -> None:
+    """One panel per facet; see the module docstring."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    from grokray.phasemap.axes import PHASE_COLORS
+    from grokray.sweep.boundary import PHASE_BEHAVIOUR
+
+    colour = {b: PHASE_COLORS[ph] for ph, b in PHASE_BEHAVIOUR.items()}
+    word = {"grokking": "grok", "comprehension": "comp", "not_generalized": "mem", "confusion": "conf",
+            "diverged": "div", "mixed": "mixed", "failed": "fail"}
+    x, y = (axes[1], axes[0]) if len(axes) > 1 else (axes[0], None)
+    rows_f = [f for f in facets if f == GRAPH]          # graphs in rows, the other facets across
+    cols_f = [f for f in facets if f != GRAPH]
+    row_vals = [tuple(v) for v in search[rows_f].drop_duplicates().values] if rows_f else [()]
+    col_vals = [tuple(v) for v in search[cols_f].drop_duplicates().values] if cols_f else [()]
+    fig, axs = plt.subplots(len(row_vals), len(col_vals), figsize=(4.3 * len(col_vals), 3.6 * len(row_vals) + 1.0),
+                            squeeze=False)
+    for i, rv in enumerate(row_vals):
+        for j, cv in enumerate(col_vals):
+            ax = axs[i][j]
+            combo = dict(zip([*rows_f, *cols_f], [*rv, *cv]))
+            part = search
+            for k, v in combo.items():
+                part = part[part[k] == v]
+            name = ", ".join(f"{k}={_plain(combo[k])}" for k in facets)
+            wrong = {tuple(d[a] for a in axes): d["grid"] for d in maps["facets"].get(name, {}).get("disagree", [])}
+            xs, ys = sorted(part[x].unique()), sorted(part[y].unique()) if y else [None]
+            for _, r in part.iterrows():
+                cx, cy = xs.index(r[x]), ys.index(r[y]) if y else 0
+                lab, src = r["search_label"], r["source"]
+                run = src == "run"
+                ax.add_patch(Rectangle((cx, cy), 1, 1, facecolor=colour.get(lab, "#dddddd"),
+                                       alpha=1.0 if run else 0.35, hatch="//" if src == "nearest" else None,
+                                       edgecolor="white", linewidth=1.5))
+                text = word.get(lab, str(lab)) + ("\n(run)" if run else "")
+                g = wrong.get(tuple(_plain(r[a]) for a in axes))
+                if g is not None:
+                    ax.add_patch(Rectangle((cx + 0.04, cy + 0.04), 0.92, 0.92, fill=False, edgecolor="red", linewidth=2.5))
+                    text += f"\ngrid: {word.get(g, g)}"
+                ax.text(cx + 0.5, cy + 0.5, text, ha="center", va="center", fontsize=8,
+                        color="white" if run and lab in ("grokking", "confusion", "diverged") else "black")
+            ax.set_xlim(0, len(xs))
+            ax.set_ylim(0, len(ys))
+            ax.set_xticks(np.arange(len(xs)) + 0.5, [f"{v:g}" for v in xs])
+            ax.set_yticks(np.arange(len(ys)) + 0.5, [f"{v:g}" for v in ys] if y else [""])
+            ax.set_xlabel(x)
+            if j == 0 and y:
+                ax.set_ylabel(y)
+            f = maps["facets"].get(name, {})
+            ax.set_title(f"{', '.join(str(_plain(v)) for v in cv)}" + (f", graph {_plain(rv[0])}" if rv else "") + "\n"
+                         f"{f.get('runs', 0)} runs, {f.get('agree', 0)}/{f.get('points', 0)} agree, "
+                         f"boundary err {f.get('boundary_error')}", fontsize=9)
+    handles = [Patch(facecolor=c, label=b.replace("_", " ")) for b, c in colour.items() if b != "diverged"]
+    handles += [Patch(facecolor="#999999", label="solid: a run"), Patch(facecolor="#999999", alpha=0.35,
+                label="pale: the search's rule"), Patch(facecolor="white", hatch="//", edgecolor="#666666",
+                label="hatched: unresolved"), Patch(facecolor="white", edgecolor="red", linewidth=2,
+                label="red: the grid disagrees")]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = store_parser(__doc__, "phase-map-adaptive", "experiments/results/adaptive_vs_grid.json",
+                      "docs/phase-map/adaptive-vs-grid.png")
+    ap.add_argument("--grid", default="phase-map", help="the grid sweep of the same space")
+    ap.add_argument("--storage", default=None, help="the adaptive sweep's Ray Tune storage, where its spec set one")
+    ap.add_argument("--replay", type=Path, default=None, metavar="JSON",
+                    help="the replay's prediction to compare with (benchmarks/results/boundary_search.json)")
+    a = ap.parse_args(argv)
+    from grokray.config import ConfigError
+    from grokray.sweep.search_map import SearchStateError, load_search_map
+
+    from experiments.phase_map_analysis import load
+
+    try:
+        grid, _ = load(a.tracking_uri, a.grid)
+        adaptive, _ = load(a.tracking_uri, a.sweep)
+        search = load_search_map(a.sweep, a.tracking_uri, a.storage)
+        replay = json.loads(a.replay.read_text())["store"]["adaptive"] if a.replay else None
+    except (ConfigError, LookupError, SearchStateError, OSError, KeyError, json.JSONDecodeError) as e:
+        print(f"adaptive_vs_grid: {e}".replace("\n", " "), file=sys.stderr)
+        return 2
+    facets = [k for k in (GRAPH, AUG) if k in search.columns]
+    axes = [k for k in (WD, PHI) if k in search.columns]
+    keys = [*facets, *axes]
+    missing = [k for k in keys if k not in grid.columns or k not in adaptive.columns]
+    if missing:
+        print(f"adaptive_vs_grid: {', '.join(missing)} not swept by both {a.grid!r} and {a.sweep!r}", file=sys.stderr)
+        return 2
+    runs = compare_runs(grid, adaptive, keys)
+    maps = compare_maps(grid, search, facets, axes)
+    unresolved = int((search["source"].isin(["nearest", "none"])).sum())
+    in_flight = int(search["in_flight"].astype(bool).sum())
+    result = {
+        "grid": {"sweep": a.grid, "trials": int(len(grid)), "core_hours": round(float(grid["train_seconds"].sum()) / 3600, 3)},
+        "adaptive": {"sweep": a.sweep, "trials": int(len(adaptive)),
+                     "core_hours": round(float(adaptive["train_seconds"].sum()) / 3600, 3),
+                     "unresolved_points": unresolved, "in_flight": in_flight,
+                     "finished": unresolved == 0 and in_flight == 0 and bool(adaptive["label"].notna().all())},
+        "share_of_grid_trials": round(len(adaptive) / max(len(grid), 1), 3),
+        "runs": runs, "map": maps,
+        "recovered": all(f["boundary_error"] is not None and f["boundary_error"] <= 1.0 for f in maps["facets"].values()),
+        "exact": maps["agree"] == maps["points"],
+        "tracking_uri": a.tracking_uri, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if replay is not None:
+        result["replay"] = {"predicted_trials": replay.get("used"), "facets": compare_replay(replay, maps, search, facets, axes)}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1, default=_plain) + "\n")
+    plot(search, maps, facets, axes, a.png,
+         f"{a.sweep}: {len(adaptive)} trials against the grid's {len(grid)}; "
+         f"{maps['agree']}/{maps['points']} points agree with {a.grid}")
+    print(f"{a.sweep}: {len(adaptive)} trials ({result['share_of_grid_trials']:.0%} of {a.grid}'s {len(grid)}), "
+          f"{result['adaptive']['core_hours']} core-hours against {result['grid']['core_hours']}; runs identical to "
+          f"the grid's: {runs['identical']}/{runs['matched']} (same label and phase: {runs['same_label']}); map: "
+          f"{maps['agree']}/{maps['points']} points agree, boundaries recovered: {result['recovered']}"
+          + ("" if result["adaptive"]["finished"] else f" (search not finished: {unresolved} points unresolved, "
+             f"{in_flight} in flight)"))
+    print(f"wrote {a.out} and {a.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
