@@ -62,7 +62,9 @@ def read_search_state(exp_dir: str | Path) -> dict | None:
     Raises:
         SearchStateError: the file is not a boundary search's JSON state.
     """
-    files = sorted(Path(exp_dir).glob(STATE_GLOB), key=lambda f: f.stat().st_mtime)
+    # the newest session's by name (its session stamp, as Tune picks its own state): a resumed sweep
+    # has one file per session, and Tune's end-of-run sync rewrites old ones, so modification times lie
+    files = sorted(Path(exp_dir).glob(STATE_GLOB), key=lambda f: f.name)
     if not files:
         return None
     try:

@@ -323,3 +323,47 @@ def test_the_adaptive_map_beside_the_grid_s_reproduces_the_grid_s_runs(tmp_path,
     bad = subprocess.run([sys.executable, "-m", "experiments.adaptive_vs_grid", "--tracking-uri", mlflow_uri,
                           "--grid", "g", "--sweep", "g"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "is a grid sweep" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_killed_boundary_sweep_resumes_the_same_search(tmp_path, mlflow_uri):
+    """Issue 21: the searcher's state survives a killed driver. Killed with one trial finished and
+    one checkpointed mid-run, `grokray sweep resume` continues that trial and the same search:
+    no point proposed twice, the proposals numbered on from where they were, the refinement
+    proposed by the restored search, and its whole map resolved at the end."""
+    spec = write_spec(tmp_path, "bres", method="boundary", max_steps=700, max_concurrent=1, num_samples=5,
+                      parameters={"train.weight_decay": {"values": [0.01, 0.1, 1.0, 10.0, 100.0]}},
+                      boundary={"min_coarse": 2}, classifier={"evidence": "never"})
+    log = tmp_path / "driver.log"
+    proc = start("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path, log=log)
+
+    def one_done_one_checkpointed():
+        done = [r for r in child_runs(mlflow_uri, "bres") if r.info.status == "FINISHED"]
+        running = [d for d in trial_dirs(tmp_path, "bres")
+                   if has_checkpoint(d) and results_of(d)[-1].get("step", 0) < 700
+                   and "stop_reason" not in results_of(d)[-1]]
+        return len(done) >= 1 and len(running) >= 1
+
+    try:
+        wait_for(one_done_one_checkpointed, 300, "one finished trial and one checkpointed running trial", proc, log)
+    finally:
+        kill_group(proc)
+    before = {r.info.run_id for r in child_runs(mlflow_uri, "bres")}
+    out = grokray("sweep", "resume", "bres", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = child_runs(mlflow_uri, "bres")
+    assert before <= {r.info.run_id for r in runs}                                 # no run started again
+    wds = [float(r.data.params["train.weight_decay"]) for r in runs]
+    assert len(wds) == len(set(wds)) and 2 <= len(runs) <= 5, wds                   # no point proposed twice
+    numbers = sorted(int(re.match(r"trial (\d)/5: ", r.data.tags["grokray.search_reason"]).group(1)) for r in runs)
+    assert numbers == list(range(1, len(runs) + 1)), numbers                        # numbered on, not restarted
+    assert {0.01, 100.0} <= set(wds)                                               # the coarse design: the two ends
+    smap = grokray("phase-map", "bres", "--search", "--storage", str(tmp_path / "results"), "--json",
+                   uri=mlflow_uri, cwd=tmp_path)
+    rows = [json.loads(line) for line in smap.stdout.splitlines()]
+    assert len(rows) == 5 and not any(r["in_flight"] for r in rows)
+    assert sum(r["source"] == "run" for r in rows) == len(runs)
+    assert {r["source"] for r in rows} <= {"run", "inferred", "cell"}, rows         # every point resolved
+    labels = {float(r["train.weight_decay"]): r["search_label"] for r in rows if r["source"] == "run"}
+    if labels[0.01] != labels[100.0]:                       # the ends differ: the restored search refined between
+        assert len(runs) >= 3 and any("refine" in r.data.tags["grokray.search_reason"] for r in runs)
+    assert parent_run(mlflow_uri, "bres").info.status == "FINISHED"

@@ -3,6 +3,7 @@ Tune saves, each point's label and where it came from."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -86,6 +87,11 @@ def test_the_state_tune_saves_reads_back_and_a_foreign_one_is_one_line(tmp_path)
     s.save(str(tmp_path / "searcher-state-2026-12-05.pkl"))          # Tune's name; our JSON inside
     m = search_map(s.axes, s.facets, read_search_state(tmp_path))
     assert m.equals(search_map(s.axes, s.facets, s.get_state()))
+    # a resumed sweep has one state per session: the newest session's counts, whatever the files' times
+    old = tmp_path / "searcher-state-2026-12-04_09-00-00.pkl"
+    run_search(budget=2).save(str(old))
+    os.utime(old, (4e9, 4e9))
+    assert read_search_state(tmp_path)["proposed"] == 12
     (tmp_path / "searcher-state-2026-12-06.pkl").write_bytes(b"\x80\x04\x95binary pickle")
     with pytest.raises(SearchStateError, match=r"searcher-state-2026-12-06.pkl: not a boundary search's state"):
         read_search_state(tmp_path)
