@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the replay's prediction to compare with (benchmarks/results/boundary_search.json)")
     a = ap.parse_args(argv)
     from grokray.config import ConfigError
-    from grokray.sweep.search_map import SearchStateError, load_search_map
+    from grokray.phasemap.search import load_search_map
+    from grokray.sweep.search_map import SearchStateError
 
     from experiments.phase_map_analysis import load
 

@@ -51,7 +51,8 @@ def add_phase_map(p: argparse.ArgumentParser) -> None:
 def run_search_map(args: argparse.Namespace, client: Any) -> int:
     """``grokray phase-map NAME --search``: the boundary search's map (:mod:`grokray.sweep.search_map`)."""
     from grokray.phasemap.table import format_search_map
-    from grokray.sweep.search_map import SearchStateError, load_search_map
+    from grokray.phasemap.search import load_search_map
+    from grokray.sweep.search_map import SearchStateError
 
     if args.png:
         raise UserError("--png draws the runs' map; with --search use --csv (the picture of a search map: "

@@ -5,7 +5,8 @@ A ``method: boundary`` sweep trains only some points of its grid; the search lab
 its rule (:mod:`grokray.sweep.boundary`): between agreeing neighbours (*inferred*), inside a cell
 whose known points agree (*cell*), or from the nearest known point (*nearest*). The phase map of the runs
 shows only the trained points; this is the whole map the search stands behind, so a user can
-compare it with a grid's, cell by cell, and see which cells rest on a run.
+compare it with a grid's, cell by cell, and see which cells rest on a run
+(:func:`grokray.phasemap.search.load_search_map` reads it by sweep name).
 
 Ray Tune saves the searcher with the experiment (``searcher-state-<session>.pkl`` beside the
 trials; :class:`~grokray.sweep.boundary_searcher.BoundarySearcher` writes it as JSON, read here
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -109,44 +109,4 @@ def sweep_search_map(spec: Any, exp_dir: str | Path) -> pd.DataFrame | None:
     return search_map(axes, facets, state)
 
 
-def load_search_map(name: str, tracking_uri: str | None = None, storage: str | None = None) -> pd.DataFrame:
-    """A boundary sweep's search map by name: from its state folder (under ``storage``, default
-    beside the store) when this machine has it (live while the sweep runs), else from its parent run's
-    ``phase_map/search_map.csv`` (logged when the sweep ended).
-
-    Raises:
-        LookupError: one line: no such sweep, not a boundary sweep, or no map saved yet.
-        SearchStateError: the saved state is not a boundary search's.
-    """
-    from grokray import tracking
-    from grokray.contract import PHASE_MAP_DIR, SEARCH_MAP_CSV, SweepParam
-    from grokray.sweep.driver import SweepError, find_sweep
-
-    try:
-        record, exp_dir = find_sweep(name, storage, tracking_uri)
-    except SweepError:
-        record = exp_dir = None
-    if record is not None:
-        spec = record.spec_obj()
-        if spec.method != "boundary":
-            raise LookupError(f"sweep {name!r} is a {spec.method} sweep: a search map is drawn by method: boundary")
-        df = sweep_search_map(spec, exp_dir)
-        if df is not None:
-            return df
-    client = tracking.get_client(tracking_uri)
-    parent = tracking.find_sweep_parent(client, name)
-    if parent is None:
-        raise LookupError(f"no sweep {name!r} in {client.tracking_uri}")
-    method = parent.data.params.get(SweepParam.METHOD)
-    if method not in (None, "boundary"):
-        raise LookupError(f"sweep {name!r} is a {method} sweep: a search map is drawn by method: boundary")
-    with tempfile.TemporaryDirectory(prefix="grokray-search-map-") as tmp:
-        try:
-            local = client.download_artifacts(parent.info.run_id, f"{PHASE_MAP_DIR}/{SEARCH_MAP_CSV}", tmp)
-        except Exception:  # MLflow raises several types for a missing artifact
-            raise LookupError(f"sweep {name!r} has no search map yet (method boundary only; its parent run "
-                              f"gets {PHASE_MAP_DIR}/{SEARCH_MAP_CSV} when the sweep ends)") from None
-        return pd.read_csv(local, keep_default_na=False, na_values=[""])
-
-
-__all__ = ["SearchStateError", "read_search_state", "search_map", "sweep_search_map", "load_search_map"]
+__all__ = ["SearchStateError", "read_search_state", "search_map", "sweep_search_map"]
