@@ -46,7 +46,7 @@ import pandas as pd
 
 from experiments.store_args import save_figure, store_parser
 
-PHI, WD, AUG, GRAPH = "data.phi", "train.weight_decay", "data.augmentation", "data.seed"
+GRAPH = "data.seed"
 #: What must be equal for two runs to be "the same run".
 RUN_FIELDS = ("label", "detail", "phase", "t_memorize", "t_generalize")
 
@@ -72,6 +72,33 @@ def _same(a: Any, b: Any) -> bool:
     return (na and nb) or (not na and not nb and a == b)
 
 
+def facet_name(facets: Sequence[str], combo: Sequence[Any]) -> str:
+    """A facet's name, as the replay benchmark writes it (``data.seed=0, data.augmentation=none``;
+    ``""`` without facets), so the two can be joined on it.
+
+    >>> facet_name(["data.seed", "data.augmentation"], [np.int64(0), "none"]), facet_name([], [])
+    ('data.seed=0, data.augmentation=none', '')
+    """
+    return ", ".join(f"{k}={_plain(v)}" for k, v in zip(facets, combo))
+
+
+def split_keys(search: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """``(facets, axes)`` of a search map, by the rule of :meth:`grokray.sweep.spec.SweepSpec.boundary_axes`:
+    numeric parameters are refined axes, except ``*.seed`` (a graph is a facet); the rest are facets.
+
+    >>> split_keys(pd.DataFrame({"data.seed": [0], "train.weight_decay": [0.1], "data.augmentation": ["none"],
+    ...                          "data.phi": [3.6], "search_label": ["grokking"], "source": ["run"],
+    ...                          "in_flight": [False], "reason": [None]}))
+    (['data.seed', 'data.augmentation'], ['train.weight_decay', 'data.phi'])
+    """
+    from grokray.sweep.search_map import COLUMNS
+
+    keys = [c for c in search.columns if c not in COLUMNS]
+    axes = [k for k in keys if k.split(".")[-1] != "seed" and pd.api.types.is_numeric_dtype(search[k])
+            and not pd.api.types.is_bool_dtype(search[k])]
+    return [k for k in keys if k not in axes], axes
+
+
 def compare_runs(grid: pd.DataFrame, adaptive: pd.DataFrame, keys: Sequence[str]) -> dict:
     """Each adaptive run beside the grid's run with the same ``keys``: how many have every field
     of :data:`RUN_FIELDS` equal, and every difference.
@@ -84,22 +111,25 @@ def compare_runs(grid: pd.DataFrame, adaptive: pd.DataFrame, keys: Sequence[str]
     >>> r["matched"], r["identical"], r["same_label"], r["differences"][0]["fields"]
     (2, 1, 2, {'t_generalize': [900, 950]})
     """
-    by_key = {_key(r, keys): r for _, r in grid.iterrows()}
-    diffs, identical, same_label, matched, unmatched = [], 0, 0, 0, []
+    by_key: dict[tuple, list] = {}
+    for _, r in grid.iterrows():
+        by_key.setdefault(_key(r, keys), []).append(r)
+    diffs, identical, same_label, matched, unmatched, ambiguous = [], 0, 0, 0, [], []
     for _, r in adaptive.iterrows():
         k = _key(r, keys)
-        g = by_key.get(k)
-        if g is None:
-            unmatched.append(dict(zip(keys, k)))
+        found = by_key.get(k, [])
+        if len(found) != 1:           # none, or several grid runs there (a key both sweeps do not name)
+            (unmatched if not found else ambiguous).append(dict(zip(keys, map(_plain, k))))
             continue
+        g = found[0]
         matched += 1
         fields = {f: [_plain(g.get(f)), _plain(r.get(f))] for f in RUN_FIELDS if not _same(g.get(f), r.get(f))}
         same_label += "label" not in fields and "phase" not in fields
         identical += not fields
         if fields:
-            diffs.append({**dict(zip(keys, k)), "fields": fields})
+            diffs.append({**dict(zip(keys, map(_plain, k))), "fields": fields})
     return {"matched": matched, "identical": identical, "same_label": same_label, "differences": diffs,
-            "not_in_grid": unmatched}
+            "not_in_grid": unmatched, "ambiguous": ambiguous}
 
 
 def compare_maps(grid: pd.DataFrame, search: pd.DataFrame, facets: Sequence[str], axes: Sequence[str]) -> dict:
@@ -117,12 +147,16 @@ def compare_maps(grid: pd.DataFrame, search: pd.DataFrame, facets: Sequence[str]
     """
     from grokray.sweep.boundary import boundary_error
 
-    truth = {_key(r, [*facets, *axes]): behaviour(r.get("phase")) for _, r in grid.iterrows()}
+    seen: dict[tuple, set] = {}
+    for _, r in grid.iterrows():
+        seen.setdefault(_key(r, [*facets, *axes]), set()).add(behaviour(r.get("phase")))
+    # several grid runs at a point (initialisations): one behaviour, or mixed as the search reads them
+    truth = {k: (None if None in v else v.pop() if len(v) == 1 else "mixed") for k, v in seen.items()}
     out, points, agree, scored = {}, 0, 0, 0
-    groups = search.groupby(list(facets), sort=False) if facets else [((), search)]
+    groups = search.groupby(list(facets), sort=False, dropna=False) if facets else [((), search)]
     for combo, part in groups:
         combo = combo if isinstance(combo, tuple) else (combo,)
-        name = ", ".join(f"{k}={_plain(v)}" for k, v in zip(facets, combo)) or "all"
+        name = facet_name(facets, combo)
         levels = [sorted(part[a].unique()) for a in axes]
         t = np.full([len(v) for v in levels], None, dtype=object)
         p = np.full(t.shape, None, dtype=object)
@@ -139,33 +173,42 @@ def compare_maps(grid: pd.DataFrame, search: pd.DataFrame, facets: Sequence[str]
         n = int(t.size)
         ok = n - missing - len(disagree)
         complete = missing == 0 and all(v is not None for v in p.flat)
+        err = boundary_error(t, p) if complete else None
         out[name] = {"points": n, "runs": int((part["source"] == "run").sum()), "agree": ok, "disagree": disagree,
                      "grid_unlabelled": missing,
-                     "boundary_error": boundary_error(t, p) if complete else None}
+                     "boundary_error": err if err is None or np.isfinite(err) else "inf"}
         points, agree, scored = points + n, agree + ok, scored + (n - missing)
     return {"points": points, "scored": scored, "agree": agree, "facets": out}
 
 
-def compare_replay(replay: dict, maps: dict, search: pd.DataFrame, facets: Sequence[str], axes: Sequence[str]) -> dict:
+def compare_replay(replay: dict, maps: dict, search: pd.DataFrame, facets: Sequence[str]) -> dict:
     """The replay's prediction (``store.adaptive`` of ``benchmarks/results/boundary_search.json``)
-    against the real search: runs per facet and predicted labels per point."""
+    against the real search, per facet (joined on :func:`facet_name`): trials, and the points
+    whose predicted label differs from the search's map (the replay's axis order, ``replay["axes"]``).
+
+    >>> search = pd.DataFrame({"g": [0, 0], "x": [1.0, 2.0], "search_label": ["grokking", "mixed"],
+    ...                        "source": ["run", "run"]})
+    >>> replay = {"axes": ["x"], "facets": {"g=0": {"labelled": 2, "predicted": ["grokking", "__mixed__"]}}}
+    >>> compare_replay(replay, {"facets": {"g=0": {"runs": 2}}}, search, ["g"])
+    {'g=0': {'replay_runs': 2, 'real_runs': 2, 'map_points_differ': 0}}
+    """
+    from grokray.sweep.boundary import MIXED
+
+    axes = list(replay.get("axes") or [])
+    groups = dict(iter(search.groupby(list(facets), sort=False))) if facets else {(): search}
+    parts = {facet_name(facets, c if isinstance(c, tuple) else (c,)): g for c, g in groups.items()}
     out = {}
     for name, f in (replay.get("facets") or {}).items():
-        real = maps["facets"].get(name)
-        if real is None or "predicted" not in f:
-            out[name] = {"replay_runs": f.get("labelled"), "real_runs": real and real["runs"]}
-            continue
-        combo = dict(kv.split("=", 1) for kv in name.split(", "))
-        part = search
-        for k in facets:
-            part = part[part[k].astype(str) == combo[k]]
-        levels = [sorted(part[a].unique()) for a in axes]
-        differ = 0
-        for _, r in part.iterrows():
-            ix = tuple(v.index(r[a]) for a, v in zip(axes, levels))
-            predicted = np.array(f["predicted"], dtype=object)[ix]
-            differ += predicted != r["search_label"]
-        out[name] = {"replay_runs": f["labelled"], "real_runs": real["runs"], "map_points_differ": int(differ)}
+        real, part = maps["facets"].get(name), parts.get(name)
+        row = {"replay_runs": f.get("labelled"), "real_runs": real["runs"] if real else None}
+        if part is not None and "predicted" in f and all(a in part for a in axes):
+            predicted = np.array(f["predicted"], dtype=object)
+            levels = [sorted(part[a].unique()) for a in axes]
+            if list(predicted.shape) == [len(v) for v in levels]:
+                row["map_points_differ"] = int(sum(
+                    ("mixed" if (v := predicted[tuple(lv.index(r[a]) for a, lv in zip(axes, levels))]) == MIXED else v)
+                    != r["search_label"] for _, r in part.iterrows()))
+        out[name] = row
     return out
 
 
@@ -185,11 +228,10 @@ def plot(search: pd.DataFrame, maps: dict, facets: Sequence[str], axes: Sequence
     from matplotlib.patches import Patch, Rectangle
 
     from grokray.phasemap.axes import PHASE_COLORS
+    from grokray.phasemap.table import SEARCH_WORDS as word
     from grokray.sweep.boundary import PHASE_BEHAVIOUR
 
     colour = {b: PHASE_COLORS[ph] for ph, b in PHASE_BEHAVIOUR.items()}
-    word = {"grokking": "grok", "comprehension": "comp", "not_generalized": "mem", "confusion": "conf",
-            "diverged": "div", "mixed": "mixed", "failed": "fail"}
     x, y = (axes[1], axes[0]) if len(axes) > 1 else (axes[0], None)
     rows_f = [f for f in facets if f == GRAPH]          # graphs in rows, the other facets across
     cols_f = [f for f in facets if f != GRAPH]
@@ -204,7 +246,7 @@ def plot(search: pd.DataFrame, maps: dict, facets: Sequence[str], axes: Sequence
             part = search
             for k, v in combo.items():
                 part = part[part[k] == v]
-            name = ", ".join(f"{k}={_plain(combo[k])}" for k in facets)
+            name = facet_name(facets, [combo[k] for k in facets])
             wrong = {tuple(d[a] for a in axes): d["grid"] for d in maps["facets"].get(name, {}).get("disagree", [])}
             xs, ys = sorted(part[x].unique()), sorted(part[y].unique()) if y else [None]
             for _, r in part.iterrows():
@@ -267,14 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LookupError, SearchStateError, OSError, KeyError, json.JSONDecodeError) as e:
         print(f"adaptive_vs_grid: {e}".replace("\n", " "), file=sys.stderr)
         return 2
-    facets = [k for k in (GRAPH, AUG) if k in search.columns]
-    axes = [k for k in (WD, PHI) if k in search.columns]
+    facets, axes = split_keys(search)
     keys = [*facets, *axes]
     missing = [k for k in keys if k not in grid.columns or k not in adaptive.columns]
-    if missing:
-        print(f"adaptive_vs_grid: {', '.join(missing)} not swept by both {a.grid!r} and {a.sweep!r}", file=sys.stderr)
+    if missing or not axes:
+        print(f"adaptive_vs_grid: {', '.join(missing) or 'no numeric axis'} not swept by both {a.grid!r} and "
+              f"{a.sweep!r}", file=sys.stderr)
         return 2
-    runs = compare_runs(grid, adaptive, keys)
+    # a replicate both sweeps name (init seeds) pairs runs too; a key only one names leaves pairs ambiguous
+    runs = compare_runs(grid, adaptive, keys + [k for k in ("seed",) if k in grid.columns and k in adaptive.columns])
     maps = compare_maps(grid, search, facets, axes)
     unresolved = int((search["source"].isin(["nearest", "none"])).sum())
     in_flight = int(search["in_flight"].astype(bool).sum())
@@ -291,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "tracking_uri": a.tracking_uri, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     if replay is not None:
-        result["replay"] = {"predicted_trials": replay.get("used"), "facets": compare_replay(replay, maps, search, facets, axes)}
+        result["replay"] = {"predicted_trials": replay.get("used"), "facets": compare_replay(replay, maps, search, facets)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1, default=_plain) + "\n")
     plot(search, maps, facets, axes, a.png,

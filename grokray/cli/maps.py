@@ -57,6 +57,10 @@ def run_search_map(args: argparse.Namespace, client: Any) -> int:
     if args.png:
         raise UserError("--png draws the runs' map; with --search use --csv (the picture of a search map: "
                         "experiments/adaptive_vs_grid.py)")
+    for flag, given in (("--x", args.x), ("--y", args.y), ("--by", args.by), ("--color-by", args.color_by != "label")):
+        if given:
+            raise UserError(f"{flag} lays out the runs' map; the search map is laid out by the search's own axes "
+                            "(drop it, or drop --search)")
     try:
         df = load_search_map(args.name, client.tracking_uri, args.storage)
     except (LookupError, SearchStateError) as e:

@@ -19,12 +19,16 @@ def load_search_map(name: str, tracking_uri: str | None = None, storage: str | N
     ``phase_map/search_map.csv`` (logged when the sweep ended).
 
     Raises:
-        LookupError: one line: no such sweep, not a boundary sweep, or no map saved yet.
-        SearchStateError: the saved state is not a boundary search's.
+        LookupError: one line: no such sweep (under ``storage`` where given), not a boundary sweep,
+            or no map saved yet.
+        SearchStateError: the saved state is not a boundary search's, or not this spec's.
+        ConfigError: no MLflow store at ``tracking_uri`` (nothing is created).
     """
     try:
         record, exp_dir = find_sweep(name, storage, tracking_uri)
     except SweepError:
+        if storage:          # asked for a place: say it is not there, rather than read something else
+            raise LookupError(f"no sweep {name!r} under {storage} (storage: the folder its spec named)") from None
         record = exp_dir = None
     if record is not None:
         spec = record.spec_obj()
@@ -33,7 +37,7 @@ def load_search_map(name: str, tracking_uri: str | None = None, storage: str | N
         df = sweep_search_map(spec, exp_dir)
         if df is not None:
             return df
-    client = tracking.get_client(tracking_uri)
+    client = tracking.existing_client(tracking_uri)
     parent = tracking.find_sweep_parent(client, name)
     if parent is None:
         raise LookupError(f"no sweep {name!r} in {client.tracking_uri}")

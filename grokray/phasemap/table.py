@@ -177,7 +177,7 @@ SEARCH_WORDS = {"grokking": "grok", "comprehension": "comp", "not_generalized": 
 SEARCH_LEGEND = ("search map: grok / comp / mem / conf = the search's label (grokking / comprehension /\n"
                  "memorization, i.e. not generalized / confusion); * = a run; no mark = the search's rule (agreeing\n"
                  "neighbours, or inside a cell whose known points agree); ? = unresolved: the nearest known\n"
-                 "point's label; + = its trial is running")
+                 "point's label; + = its trial has not finished; . = nothing known in this facet yet")
 
 
 def format_search_map(df: pd.DataFrame, width: int = TABLE_WIDTH) -> str:
@@ -194,7 +194,7 @@ def format_search_map(df: pd.DataFrame, width: int = TABLE_WIDTH) -> str:
     0.1       mem*  comp
     1         mem*  grok?+
     """
-    from grokray.sweep.search_map import COLUMNS
+    from grokray.sweep.search_map import COLUMNS, describe_sources
 
     keys = [c for c in df.columns if c not in COLUMNS]
     numeric = [k for k in keys if pd.api.types.is_numeric_dtype(df[k]) and not k.split(".")[-1] == "seed"]
@@ -225,10 +225,5 @@ def format_search_map(df: pd.DataFrame, width: int = TABLE_WIDTH) -> str:
             rows.append((fmt_value(yv) if y else "", [by_x.get(xv, ".") for xv in xs]))
         corner = f"{y} \\ {x}" if y else x
         blocks.append(([f"[{head[0]}]"] if head else []) + _table_block(corner, [fmt_value(v) for v in xs], rows, width))
-    n_run = int((df["source"] == "run").sum())
-    counts = df["source"].value_counts()
-    said = {"inferred": "inferred from agreeing neighbours", "cell": "inside agreeing cells",
-            "nearest": "unresolved (nearest)", "none": "not reached"}
-    summary = (f"{len(df)} grid point(s): {n_run} from runs, " + ", ".join(
-        f"{int(counts.get(s, 0))} {w}" for s, w in said.items() if counts.get(s, 0))).rstrip(", ")
+    summary = describe_sources(df)
     return "\n\n".join("\n".join(b) for b in blocks) + "\n\n" + SEARCH_LEGEND + "\n" + summary + "\n"

@@ -442,22 +442,22 @@ def _log_search_map(record: SweepRecord, spec: SweepSpec, exp_dir: Path) -> None
     parent run, ``phase_map/search_map.csv`` (:mod:`grokray.sweep.search_map`), from the state Tune
     saved as ``fit()`` returned. A state that cannot be read is said in one line; the sweep's runs
     are unaffected."""
-    from grokray.sweep.search_map import SearchStateError, sweep_search_map
+    from grokray.sweep.search_map import describe_sources, sweep_search_map
 
     try:
         df = sweep_search_map(spec, exp_dir)
-    except SearchStateError as e:
-        print(f"[grokray] search map not logged: {e}", flush=True)
+        if df is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="grokray-search-map-") as tmp:
+            path = Path(tmp) / SEARCH_MAP_CSV
+            df.to_csv(path, index=False)
+            tracking.get_client(record.tracking_uri).log_artifact(record.parent_run_id, str(path), PHASE_MAP_DIR)
+    except Exception as e:  # a by-product: the sweep's runs, labels and parent run must still be finished
+        print(f"[grokray] search map not logged: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              flush=True)
         return
-    if df is None:
-        return
-    with tempfile.TemporaryDirectory(prefix="grokray-search-map-") as tmp:
-        path = Path(tmp) / SEARCH_MAP_CSV
-        df.to_csv(path, index=False)
-        tracking.get_client(record.tracking_uri).log_artifact(record.parent_run_id, str(path), PHASE_MAP_DIR)
-    runs = int((df["source"] == "run").sum())
-    print(f"[grokray] search map: {len(df)} grid points, {runs} from runs, {len(df) - runs} from the search's rule "
-          f"({PHASE_MAP_DIR}/{SEARCH_MAP_CSV} on the parent run)", flush=True)
+    print(f"[grokray] search map: {describe_sources(df)} ({PHASE_MAP_DIR}/{SEARCH_MAP_CSV} on the parent run)",
+          flush=True)
 
 
 def _fit(tuner: Any, record: SweepRecord) -> Any:

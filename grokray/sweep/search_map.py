@@ -19,7 +19,8 @@ search refines on: grokking / comprehension / not_generalized / confusion / dive
 ``mixed`` where replicates disagree), ``source`` (``run``: a trial's label; ``inferred``: taken
 from agreeing neighbours without a trial; ``cell``: inside a cell whose known points agree, the
 refinement's own assumption; ``nearest``: the nearest known point's, where the search has not
-resolved the point; ``none``: nothing known yet in the facet), ``in_flight`` (proposed, its trial not finished) and ``reason`` (why the search
+resolved the point; ``none``: nothing known yet in the facet), ``in_flight`` (proposed, its trial not finished; after a
+kill: the trials ``resume`` continues) and ``reason`` (why the search
 proposed the point, for the points it proposed).
 
 Example: a 1-D facet of 5 points whose label flips between the third and fourth, searched to the
@@ -62,39 +63,77 @@ def read_search_state(exp_dir: str | Path) -> dict | None:
     Raises:
         SearchStateError: the file is not a boundary search's JSON state.
     """
-    # the newest session's by name (its session stamp, as Tune picks its own state): a resumed sweep
-    # has one file per session, and Tune's end-of-run sync rewrites old ones, so modification times lie
-    files = sorted(Path(exp_dir).glob(STATE_GLOB), key=lambda f: f.name)
-    if not files:
+    path = latest_state_file(exp_dir)
+    if path is None:
         return None
     try:
-        state = json.loads(files[-1].read_text())
+        state = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SearchStateError(f"{files[-1]}: not a boundary search's state (not JSON: another searcher's "
+        raise SearchStateError(f"{path}: not a boundary search's state (not JSON: another searcher's "
                                "pickle?)") from None
     if not isinstance(state, dict) or not isinstance(state.get("searches"), dict):
-        raise SearchStateError(f"{files[-1]}: not a boundary search's state (no 'searches')")
+        raise SearchStateError(f"{path}: not a boundary search's state (no 'searches')")
     return state
 
 
-def search_map(axes: dict[str, list], facets: dict[str, list], state: dict) -> pd.DataFrame:
+def latest_state_file(exp_dir: str | Path) -> Path | None:
+    """The newest session's searcher state in ``exp_dir`` (None: none). By name, its session stamp,
+    as Tune picks its own: a resumed sweep has one file per session, and Tune's end-of-run sync
+    rewrites the old ones last, so modification times lie."""
+    files = sorted(Path(exp_dir).glob(STATE_GLOB), key=lambda f: f.name)
+    return files[-1] if files else None
+
+
+def search_map(axes: dict[str, list], facets: dict[str, list], state: dict, where: str = "the state") -> pd.DataFrame:
     """Every grid point of every facet with the search's label and its source (see the module
     docstring); ``axes`` and ``facets`` as :meth:`grokray.sweep.spec.SweepSpec.boundary_axes` gives
-    them (the searcher's own order)."""
+    them (the searcher's own order). A grouped facet value (a mapping) is written by its name, as
+    the phase map writes it.
+
+    Raises:
+        SearchStateError: the state is not this grid's (another spec's, or edited), naming ``where``.
+    """
+    from grokray.sweep.naming import value_label
+
     combos = [tuple(c) for c in itertools.product(*facets.values())] or [()]
-    in_flight = {(int(f), tuple(p)) for f, p in state.get("trials", {}).values()}
+    shape = [len(v) for v in axes.values()]
+    try:
+        searches = {int(f): BoundarySearch.from_state(raw) for f, raw in state["searches"].items()}
+        in_flight = {(int(f), tuple(p)) for f, p in state.get("trials", {}).values()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise SearchStateError(f"{where}: not a boundary search's state ({type(e).__name__}: {e})") from None
+    for f, s in searches.items():
+        if list(s.shape) != shape or not 0 <= f < len(combos):
+            raise SearchStateError(f"{where}: a search of shape {list(s.shape)} in facet {f}, but the spec's grid is "
+                                   f"{shape} in {len(combos)} facet(s): the state is another spec's")
     rows = []
     for f, combo in enumerate(combos):
-        raw = state["searches"].get(str(f))
-        s = BoundarySearch.from_state(raw) if raw is not None else None
+        s = searches.get(f)
         pred, src = s.predict_with_sources() if s is not None else (None, None)
-        for ix in itertools.product(*[range(len(v)) for v in axes.values()]):
+        names = {k: value_label(v, facets[k]) if isinstance(v, (dict, list)) else v for k, v in zip(facets, combo)}
+        for ix in itertools.product(*[range(n) for n in shape]):
             label, source = (pred[ix], src[ix] or "none") if pred is not None else (None, "none")
-            rows.append({**dict(zip(facets, combo)), **{k: v[i] for (k, v), i in zip(axes.items(), ix)},
+            rows.append({**names, **{k: v[i] for (k, v), i in zip(axes.items(), ix)},
                          "search_label": "mixed" if label == MIXED else label, "source": source,
                          "in_flight": (f, ix) in in_flight,
                          "reason": (s.reasons.get(ix) if s is not None else None) or None})
     return pd.DataFrame(rows, columns=[*facets, *axes, *COLUMNS])
+
+
+#: How each source reads in a one-line count (:func:`describe_sources`).
+SOURCE_WORDS = {"run": "from runs", "inferred": "inferred from agreeing neighbours", "cell": "inside agreeing cells",
+                "nearest": "unresolved (nearest known label)", "none": "not reached"}
+
+
+def describe_sources(df: pd.DataFrame) -> str:
+    """``N grid point(s): a from runs, b inferred ...``: where a search map's labels came from.
+
+    >>> describe_sources(pd.DataFrame({"source": ["run", "run", "cell", "nearest"]}))
+    '4 grid point(s): 2 from runs, 1 inside agreeing cells, 1 unresolved (nearest known label)'
+    """
+    counts = df["source"].value_counts()
+    parts = [f"{int(counts.get(s, 0))} {w}" for s, w in SOURCE_WORDS.items() if counts.get(s, 0) or s == "run"]
+    return f"{len(df)} grid point(s): " + ", ".join(parts)
 
 
 def sweep_search_map(spec: Any, exp_dir: str | Path) -> pd.DataFrame | None:
@@ -106,7 +145,8 @@ def sweep_search_map(spec: Any, exp_dir: str | Path) -> pd.DataFrame | None:
     if state is None:
         return None
     axes, facets, _, _ = spec.boundary_axes()
-    return search_map(axes, facets, state)
+    return search_map(axes, facets, state, where=str(latest_state_file(exp_dir)))
 
 
-__all__ = ["SearchStateError", "read_search_state", "search_map", "sweep_search_map"]
+__all__ = ["SearchStateError", "read_search_state", "latest_state_file", "search_map", "sweep_search_map",
+           "describe_sources", "SOURCE_WORDS"]

@@ -318,7 +318,8 @@ def test_the_adaptive_map_beside_the_grid_s_reproduces_the_grid_s_runs(tmp_path,
     assert r["map"]["points"] == 6 and r["map"]["scored"] == 6
     for f in r["map"]["facets"].values():                 # each facet: the two ends run, the middle inferred
         assert f["points"] == 3 and f["runs"] == 2
-    assert r["map"]["agree"] == 6 - sum(len(f["disagree"]) for f in r["map"]["facets"].values())
+    wrong = [d for f in r["map"]["facets"].values() for d in f["disagree"]]
+    assert r["map"]["agree"] >= 4 and not [d for d in wrong if d["source"] == "run"], wrong   # a run point is the grid's
     assert (tmp_path / "cmp.png").stat().st_size > 5000
     bad = subprocess.run([sys.executable, "-m", "experiments.adaptive_vs_grid", "--tracking-uri", mlflow_uri,
                           "--grid", "g", "--sweep", "g"], cwd=tmp_path, env=env, capture_output=True, text=True)

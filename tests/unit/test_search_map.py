@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
-import numpy as np
 import pytest
 
 from grokray.sweep.boundary_searcher import BoundarySearcher
@@ -98,4 +98,48 @@ def test_the_state_tune_saves_reads_back_and_a_foreign_one_is_one_line(tmp_path)
     (tmp_path / "searcher-state-2026-12-06.pkl").write_text(json.dumps({"live_trials": []}))
     with pytest.raises(SearchStateError, match="no 'searches'"):
         read_search_state(tmp_path)
-    assert np.isfinite(len(m))
+
+
+@pytest.mark.parametrize("state, says", [
+    ({"searches": {"0": {"labels": []}}}, "not a boundary search's state (KeyError"),      # no shape
+    (None, "a search of shape [4, 5] in facet 2, but the spec's grid is [4, 5] in 2 facet(s)"),   # another spec's
+])
+def test_a_state_that_is_not_this_grids_is_one_line_naming_it(state, says):
+    if state is None:                      # three facets searched, the spec has two
+        s = BoundarySearcher(AXES, {"data.augmentation": ["none", "both_full", "hop2_full"]}, {}, budget=3,
+                             min_coarse=2)
+        for i in range(3):
+            s.on_trial_complete(f"t{i}", truth(s.suggest(f"t{i}")) if i < 2 else {"phase": "grokking"})
+        state = s.get_state()
+    with pytest.raises(SearchStateError, match=re.escape(f"sweeps/x: {says}")):
+        search_map(AXES, FACETS, state, where="sweeps/x")
+
+
+def test_grouped_facet_values_are_written_by_name_and_the_table_reads_them():
+    """A facet of grouped values (model: {small: {...}, big: {...}}) is named in the map, as in the
+    phase map, so the table can group by it (a raw mapping cannot be a key)."""
+    from grokray.phasemap.table import format_search_map
+
+    facets = {"model": [{"name": "small", "n_layers": 1}, {"name": "big", "n_layers": 2}]}
+    s = BoundarySearcher({"data.phi": [3.6, 7.2, 18.0]}, facets, {}, budget=4, min_coarse=2)
+    n = 0
+    while isinstance(cfg := s.suggest(f"t{n}"), dict):
+        s.on_trial_complete(f"t{n}", {"phase": "grokking" if cfg["data.phi"] > 5 else "memorization"})
+        n += 1
+    m = search_map(s.axes, s.facets, s.get_state())
+    assert m["model"].tolist() == ["small"] * 3 + ["big"] * 3
+    text = format_search_map(m)
+    assert "[model=small]" in text and "[model=big]" in text and "6 grid point(s): 4 from runs" in text
+
+
+def test_a_one_axis_map_without_facets_is_one_row():
+    from grokray.phasemap.table import format_search_map
+
+    s = BoundarySearcher({"train.weight_decay": [0.1, 1.0, 10.0]}, {}, {}, budget=3, min_coarse=2)
+    n = 0
+    while isinstance(cfg := s.suggest(f"t{n}"), dict):
+        s.on_trial_complete(f"t{n}", {"phase": "confusion" if cfg["train.weight_decay"] > 5 else "memorization"})
+        n += 1
+    lines = format_search_map(search_map(s.axes, s.facets, s.get_state())).splitlines()
+    assert lines[0].split() == ["train.weight_decay", "0.1", "1", "10"]
+    assert lines[1].split() == ["mem*", "mem*", "conf*"]
