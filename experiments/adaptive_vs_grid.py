@@ -44,9 +44,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from experiments.store_args import save_figure, store_parser
+from experiments.store_args import store_parser
+from grokray.sweep.search_map import facet_name, map_keys
 
-GRAPH = "data.seed"
 #: What must be equal for two runs to be "the same run".
 RUN_FIELDS = ("label", "detail", "phase", "t_memorize", "t_generalize")
 
@@ -70,33 +70,6 @@ def _key(row: Any, keys: Sequence[str]) -> tuple:
 def _same(a: Any, b: Any) -> bool:
     na, nb = a is None or a != a, b is None or b != b    # None and NaN alike
     return (na and nb) or (not na and not nb and a == b)
-
-
-def facet_name(facets: Sequence[str], combo: Sequence[Any]) -> str:
-    """A facet's name, as the replay benchmark writes it (``data.seed=0, data.augmentation=none``;
-    ``""`` without facets), so the two can be joined on it.
-
-    >>> facet_name(["data.seed", "data.augmentation"], [np.int64(0), "none"]), facet_name([], [])
-    ('data.seed=0, data.augmentation=none', '')
-    """
-    return ", ".join(f"{k}={_plain(v)}" for k, v in zip(facets, combo))
-
-
-def split_keys(search: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """``(facets, axes)`` of a search map, by the rule of :meth:`grokray.sweep.spec.SweepSpec.boundary_axes`:
-    numeric parameters are refined axes, except ``*.seed`` (a graph is a facet); the rest are facets.
-
-    >>> split_keys(pd.DataFrame({"data.seed": [0], "train.weight_decay": [0.1], "data.augmentation": ["none"],
-    ...                          "data.phi": [3.6], "search_label": ["grokking"], "source": ["run"],
-    ...                          "in_flight": [False], "reason": [None]}))
-    (['data.seed', 'data.augmentation'], ['train.weight_decay', 'data.phi'])
-    """
-    from grokray.sweep.search_map import COLUMNS
-
-    keys = [c for c in search.columns if c not in COLUMNS]
-    axes = [k for k in keys if k.split(".")[-1] != "seed" and pd.api.types.is_numeric_dtype(search[k])
-            and not pd.api.types.is_bool_dtype(search[k])]
-    return [k for k in keys if k not in axes], axes
 
 
 def compare_runs(grid: pd.DataFrame, adaptive: pd.DataFrame, keys: Sequence[str]) -> dict:
@@ -220,71 +193,6 @@ def _plain(v: Any) -> Any:
     return v
 
 
-# --------------------------------------------------------------------------- the figure
-
-def plot(search: pd.DataFrame, maps: dict, facets: Sequence[str], axes: Sequence[str], path: Path, title: str) -> None:
-    """One panel per facet; see the module docstring."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
-
-    from grokray.phasemap.axes import PHASE_COLORS
-    from grokray.phasemap.table import SEARCH_WORDS as word
-    from grokray.sweep.boundary import PHASE_BEHAVIOUR
-
-    colour = {b: PHASE_COLORS[ph] for ph, b in PHASE_BEHAVIOUR.items()}
-    x, y = (axes[1], axes[0]) if len(axes) > 1 else (axes[0], None)
-    rows_f = [f for f in facets if f == GRAPH]          # graphs in rows, the other facets across
-    cols_f = [f for f in facets if f != GRAPH]
-    row_vals = [tuple(v) for v in search[rows_f].drop_duplicates().values] if rows_f else [()]
-    col_vals = [tuple(v) for v in search[cols_f].drop_duplicates().values] if cols_f else [()]
-    fig, axs = plt.subplots(len(row_vals), len(col_vals), figsize=(4.3 * len(col_vals), 3.6 * len(row_vals) + 1.0),
-                            squeeze=False)
-    for i, rv in enumerate(row_vals):
-        for j, cv in enumerate(col_vals):
-            ax = axs[i][j]
-            combo = dict(zip([*rows_f, *cols_f], [*rv, *cv]))
-            part = search
-            for k, v in combo.items():
-                part = part[part[k] == v]
-            name = facet_name(facets, [combo[k] for k in facets])
-            wrong = {tuple(d[a] for a in axes): d["grid"] for d in maps["facets"].get(name, {}).get("disagree", [])}
-            xs, ys = sorted(part[x].unique()), sorted(part[y].unique()) if y else [None]
-            for _, r in part.iterrows():
-                cx, cy = xs.index(r[x]), ys.index(r[y]) if y else 0
-                lab, src = r["search_label"], r["source"]
-                run = src == "run"
-                ax.add_patch(Rectangle((cx, cy), 1, 1, facecolor=colour.get(lab, "#dddddd"),
-                                       alpha=1.0 if run else 0.35, hatch="//" if src == "nearest" else None,
-                                       edgecolor="white", linewidth=1.5))
-                text = word.get(lab, str(lab)) + ("\n(run)" if run else "")
-                g = wrong.get(tuple(_plain(r[a]) for a in axes))
-                if g is not None:
-                    ax.add_patch(Rectangle((cx + 0.04, cy + 0.04), 0.92, 0.92, fill=False, edgecolor="red", linewidth=2.5))
-                    text += f"\ngrid: {word.get(g, g)}"
-                ax.text(cx + 0.5, cy + 0.5, text, ha="center", va="center", fontsize=8,
-                        color="white" if run and lab in ("grokking", "confusion", "diverged") else "black")
-            ax.set_xlim(0, len(xs))
-            ax.set_ylim(0, len(ys))
-            ax.set_xticks(np.arange(len(xs)) + 0.5, [f"{v:g}" for v in xs])
-            ax.set_yticks(np.arange(len(ys)) + 0.5, [f"{v:g}" for v in ys] if y else [""])
-            ax.set_xlabel(x)
-            if j == 0 and y:
-                ax.set_ylabel(y)
-            f = maps["facets"].get(name, {})
-            ax.set_title(f"{', '.join(str(_plain(v)) for v in cv)}" + (f", graph {_plain(rv[0])}" if rv else "") + "\n"
-                         f"{f.get('runs', 0)} runs, {f.get('agree', 0)}/{f.get('points', 0)} agree, "
-                         f"boundary err {f.get('boundary_error')}", fontsize=9)
-    handles = [Patch(facecolor=c, label=b.replace("_", " ")) for b, c in colour.items() if b != "diverged"]
-    handles += [Patch(facecolor="#999999", label="solid: a run"), Patch(facecolor="#999999", alpha=0.35,
-                label="pale: the search's rule"), Patch(facecolor="white", hatch="//", edgecolor="#666666",
-                label="hatched: unresolved"), Patch(facecolor="white", edgecolor="red", linewidth=2,
-                label="red: the grid disagrees")]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    save_figure(fig, path)
-
-
 # --------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the replay's prediction to compare with (benchmarks/results/boundary_search.json)")
     a = ap.parse_args(argv)
     from grokray.config import ConfigError
-    from grokray.phasemap.search import load_search_map
+    from grokray.phasemap.search import load_search_map, plot_search_map
     from grokray.sweep.search_map import SearchStateError
 
     from experiments.phase_map_analysis import load
@@ -309,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LookupError, SearchStateError, OSError, KeyError, json.JSONDecodeError) as e:
         print(f"adaptive_vs_grid: {e}".replace("\n", " "), file=sys.stderr)
         return 2
-    facets, axes = split_keys(search)
+    facets, axes = map_keys(search)
     keys = [*facets, *axes]
     missing = [k for k in keys if k not in grid.columns or k not in adaptive.columns]
     if missing or not axes:
@@ -337,9 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         result["replay"] = {"predicted_trials": replay.get("used"), "facets": compare_replay(replay, maps, search, facets)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1, default=_plain) + "\n")
-    plot(search, maps, facets, axes, a.png,
-         f"{a.sweep}: {len(adaptive)} trials against the grid's {len(grid)}; "
-         f"{maps['agree']}/{maps['points']} points agree with {a.grid}")
+    compare = {name: {"disagree": f["disagree"], "subtitle": f"{f['runs']} runs, {f['agree']}/{f['points']} agree, "
+                                                          f"boundary error {f['boundary_error']}"}
+               for name, f in maps["facets"].items()}
+    plot_search_map(search, a.png, compare=compare, against="grid",
+                    title=f"{a.sweep}: {len(adaptive)} trials against the grid's {len(grid)}; "
+                          f"{maps['agree']}/{maps['points']} points agree with {a.grid}")
     print(f"{a.sweep}: {len(adaptive)} trials ({result['share_of_grid_trials']:.0%} of {a.grid}'s {len(grid)}), "
           f"{result['adaptive']['core_hours']} core-hours against {result['grid']['core_hours']}; runs identical to "
           f"the grid's: {runs['identical']}/{runs['matched']} (same label and phase: {runs['same_label']}); map: "

@@ -42,7 +42,8 @@ def add_phase_map(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of the table")
     p.add_argument("--search", action="store_true",
                    help="method boundary: the search's whole map instead, every grid point with the search's label "
-                        "and where it came from (a run, or the search's rule); --csv / --json then write its rows")
+                        "and where it came from (a run, or the search's rule); --csv / --json / --png then write "
+                        "its rows and picture")
     p.add_argument("--storage", default=None, metavar="DIR",
                    help="with --search: the sweep's Ray Tune storage, where the spec set one (read live while it runs)")
     add_tracking(p)
@@ -51,12 +52,9 @@ def add_phase_map(p: argparse.ArgumentParser) -> None:
 def run_search_map(args: argparse.Namespace, client: Any) -> int:
     """``grokray phase-map NAME --search``: the boundary search's map (:mod:`grokray.sweep.search_map`)."""
     from grokray.phasemap.table import format_search_map
-    from grokray.phasemap.search import load_search_map
+    from grokray.phasemap.search import load_search_map, plot_search_map
     from grokray.sweep.search_map import SearchStateError
 
-    if args.png:
-        raise UserError("--png draws the runs' map; with --search use --csv (the picture of a search map: "
-                        "experiments/adaptive_vs_grid.py)")
     for flag, given in (("--x", args.x), ("--y", args.y), ("--by", args.by), ("--color-by", args.color_by != "label")):
         if given:
             raise UserError(f"{flag} lays out the runs' map; the search map is laid out by the search's own axes "
@@ -67,12 +65,14 @@ def run_search_map(args: argparse.Namespace, client: Any) -> int:
         raise UserError(str(e).strip("'\"")) from None
     if args.csv:
         df.to_csv(args.csv, index=False)
+    if args.png:
+        plot_search_map(df, args.png, title=f"{args.name}: the boundary search's map")
     if args.json:
         print(df.to_json(orient="records", lines=True), end="")
         return 0
     print(f"{args.name}: the boundary search's map")
     print(format_search_map(df))
-    say_written([("search map", args.csv)], "its rows: --csv FILE")
+    say_written([("search map", args.csv), ("picture", args.png)], "its rows: --csv FILE; its picture: --png FILE")
     return 0
 
 

@@ -42,8 +42,9 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from grokray.sweep.boundary import MIXED, BoundarySearch
@@ -148,5 +149,37 @@ def sweep_search_map(spec: Any, exp_dir: str | Path) -> pd.DataFrame | None:
     return search_map(axes, facets, state, where=str(latest_state_file(exp_dir)))
 
 
+def facet_name(facets: Sequence[str], combo: Sequence[Any]) -> str:
+    """A facet's name, as the replay benchmark writes it (``data.seed=0, data.augmentation=none``;
+    ``""`` without facets), so the two can be joined on it.
+
+    >>> facet_name(["data.seed", "data.augmentation"], [np.int64(0), "none"]), facet_name([], [])
+    ('data.seed=0, data.augmentation=none', '')
+    """
+    return ", ".join(f"{k}={_plain(v)}" for k, v in zip(facets, combo))
+
+
+def map_keys(search: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """``(facets, axes)`` of a search map (its parameter columns), by the rule of :meth:`grokray.sweep.spec.SweepSpec.boundary_axes`:
+    numeric parameters are refined axes, except ``*.seed`` (a graph is a facet); the rest are facets.
+
+    >>> map_keys(pd.DataFrame({"data.seed": [0], "train.weight_decay": [0.1], "data.augmentation": ["none"],
+    ...                          "data.phi": [3.6], "search_label": ["grokking"], "source": ["run"],
+    ...                          "in_flight": [False], "reason": [None]}))
+    (['data.seed', 'data.augmentation'], ['train.weight_decay', 'data.phi'])
+    """
+    keys = [c for c in search.columns if c not in COLUMNS]
+    axes = [k for k in keys if k.split(".")[-1] != "seed" and pd.api.types.is_numeric_dtype(search[k])
+            and not pd.api.types.is_bool_dtype(search[k])]
+    return [k for k in keys if k not in axes], axes
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as Python's; a whole float as an int (1.0 -> 1), as specs write values."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 __all__ = ["SearchStateError", "read_search_state", "latest_state_file", "search_map", "sweep_search_map",
-           "describe_sources", "SOURCE_WORDS"]
+           "describe_sources", "SOURCE_WORDS", "facet_name", "map_keys"]

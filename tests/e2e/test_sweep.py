@@ -276,8 +276,9 @@ def test_method_boundary_runs_like_any_sweep_and_says_why_it_chose_each_point(tm
     # the search's whole map: every grid point of both facets, the five runs' points marked as runs,
     # the same from the live state folder and from the parent run's artifact logged at the end
     smap = grokray("phase-map", "bnd", "--search", "--storage", str(tmp_path / "results"), "--csv",
-                   str(tmp_path / "search.csv"), uri=mlflow_uri, cwd=tmp_path)
+                   str(tmp_path / "search.csv"), "--png", str(tmp_path / "search.png"), uri=mlflow_uri, cwd=tmp_path)
     assert smap.returncode == 0, smap.stderr
+    assert (tmp_path / "search.png").stat().st_size > 5000
     assert "18 grid point(s): 5 from runs," in smap.stdout, smap.stdout
     assert "[data.augmentation=none]" in smap.stdout and "[data.augmentation=both_full]" in smap.stdout
     live = pd.read_csv(tmp_path / "search.csv", keep_default_na=False, na_values=[""])

@@ -368,7 +368,6 @@ def test_runs_sweeps_checkpoints_and_axes_that_do_not_exist(sandbox, capsys, tmp
         (["phase-map", "nope", "--search", *uri], "no sweep 'nope' in"),
         (["phase-map", "sw", "--search", *uri], "sweep 'sw' is a grid sweep: a search map is drawn by method: boundary"),
         (["phase-map", "sw", "--storage", folder, *uri], "--storage: only with --search"),
-        (["phase-map", "sw", "--search", "--png", "x.png", *uri], "--png draws the runs' map; with --search use --csv"),
         (["phase-map", "sw", "--search", "--x", "data.phi", *uri], "--x lays out the runs' map; the search map is"),
         (["phase-map", "sw", "--search", "--storage", folder, *uri], f"no sweep 'sw' under {folder}"),
         (["transfer-map", "nope", *uri], "no sweep named 'nope'"),
