@@ -21,7 +21,7 @@ Usage::
 
     python -m experiments.past_the_stop --tracking-uri sqlite:////work/store-pts/mlflow.db \\
         [--sweep past-the-stop] [--out experiments/results/past_the_stop.json] \\
-        [--png docs/calibration/past-the-stop.png]
+        [--png docs/calibration/past-the-stop.png] [--markdown docs/calibration/past-the-stop.md]
 
 A reader never creates a store: a wrong path is one line saying where it looked (exit 2).
 """
@@ -200,6 +200,41 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _cell(v: Any, fmt: str = "{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v) if isinstance(v, float) else str(v)
+
+
+def runs_markdown(rows: list[dict]) -> str:
+    """Every run as one markdown table row (for docs/calibration.md; never typed by hand): the
+    cell, graph and seed, the whole run's label and detail, ``t_generalize``, where it ended (and
+    how many ``t_generalize`` that is), OOD accuracy at ``t_generalize``, at the default stop, at the
+    end, its minimum after ``t_generalize`` and its late slope, the interchange at the default stop
+    and at the end, and the label the default stop's prefix would have got.
+
+    >>> print(runs_markdown([{"data": "both_hops", "model": "looped_1x2", "graph": 0, "seed": 1,
+    ...     "label": "true_grokking", "detail": "grokking", "t_generalize": 6500.0, "steps_run": 19500,
+    ...     "maturity": 3.0, "ood_at_t_gen": 0.55, "ood_at_default_stop": 0.96, "ood_final": 0.97,
+    ...     "ood_min_after_t_gen": 0.54, "ood_late_slope_per_1k": 0.00007, "interchange_at_default_stop": 0.98,
+    ...     "interchange_final": 1.0, "label_at_default_stop": "true_grokking"}]).splitlines()[-1])
+    | both_hops | looped_1x2 | 0 | 1 | true_grokking (grokking) | 6500 | 19500 (3.0x) | 0.55 | 0.96 | 0.97 | 0.54 | +0.0001 | 0.98 | 1.00 | true_grokking |
+    """
+    head = ("| data | model | graph | seed | label (detail), whole run | t_gen | ended (x t_gen) | OOD at t_gen | "
+            "OOD at default stop | OOD end | OOD min after t_gen | OOD slope / 1k, last third | interchange at "
+            "default stop | interchange end | label at default stop |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in sorted(rows, key=lambda r: (str(r.get("data")), str(r.get("model")), r["graph"], r["seed"])):
+        slope = r.get("ood_late_slope_per_1k")
+        lines.append("| " + " | ".join([
+            str(r.get("data")), str(r.get("model")), str(r["graph"]), str(r["seed"]),
+            f"{r['label']} ({r['detail']})", _cell(r.get("t_generalize"), "{:.0f}"),
+            f"{r['steps_run']}" + (f" ({r['maturity']:.1f}x)" if r.get("maturity") else ""),
+            _cell(r.get("ood_at_t_gen")), _cell(r.get("ood_at_default_stop")), _cell(r.get("ood_final")),
+            _cell(r.get("ood_min_after_t_gen")), "-" if slope is None else f"{slope:+.4f}",
+            _cell(r.get("interchange_at_default_stop")), _cell(r.get("interchange_final")),
+            str(r.get("label_at_default_stop") or "- (not stopped earlier)")]) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], curves: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -238,6 +273,8 @@ def plot(rows: list[dict], curves: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = store_parser(__doc__, "past-the-stop", "experiments/results/past_the_stop.json",
                       "docs/calibration/past-the-stop.png")
+    ap.add_argument("--markdown", type=Path, default=None, metavar="FILE",
+                    help="also write every run as a markdown table (e.g. docs/calibration/past-the-stop.md)")
     a = ap.parse_args(argv)
     from grokray.config import ConfigError
     try:
@@ -255,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, curves, a.png)
+    if a.markdown:
+        a.markdown.parent.mkdir(parents=True, exist_ok=True)
+        a.markdown.write_text(f"<!-- written by python -m experiments.past_the_stop --markdown; do not edit -->\n\n"
+                              f"{runs_markdown(rows)}\n")
     for c in result["cells"]:
         rng = {k: v for k, v in c.items() if isinstance(v, list)}
         print(f"{c['data']} / {c['model']}: {c['n_runs']} runs ({c['n_graphs']} graphs x {c['n_seeds']} seeds) "
