@@ -319,6 +319,7 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
     has no label for (the replay stops there)."""
     from ray.tune.search import Searcher
 
+    from grokray.sweep.boundary import REASON_KEY
     from grokray.sweep.boundary_searcher import searcher_for
     from grokray.sweep.spec import load_spec
 
@@ -344,6 +345,7 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
         return sorted(runs)[0] if runs else None
 
     flight: list[tuple[str, dict]] = []
+    proposals: list[dict] = []          # what the search proposed, in order, and why (the live sweep's tags)
     used, missing, n = 0, None, 0
     while missing is None:
         while len(flight) < (spec.max_concurrent or 1):
@@ -351,6 +353,7 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
             if cfg is None or cfg == Searcher.FINISHED:
                 break
             flight.append((f"t{n}", cfg))
+            proposals.append({**{k: cfg[k] for k in keys if k in cfg}, "reason": cfg.get(REASON_KEY)})
             n += 1
         if not flight:
             break
@@ -387,6 +390,7 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
     return {"spec": spec_path, "budget": spec.num_samples, "in_flight": spec.max_concurrent or 1, "used": used,
             "grid": size, "share": used / size if size else None, "finished": searcher.search.finished,
             "recovered": all_recovered, "exact": all_exact, "missing": missing, "axes": list(axes),
+            "proposals": proposals,
             "facets": per_facet}
 
 

@@ -27,7 +27,7 @@ Usage::
 
     python -m experiments.adaptive_vs_grid --tracking-uri sqlite:////work/store/mlflow.db \\
         [--grid phase-map] [--sweep phase-map-adaptive] [--storage DIR] \\
-        [--replay benchmarks/results/boundary_search.json] \\
+        [--replay benchmarks/results/boundary_search.json] [--replay-spec sweeps/phase-map-adaptive.yaml] \\
         [--out experiments/results/adaptive_vs_grid.json] [--png docs/phase-map/adaptive-vs-grid.png]
 
 A sweep the search has not finished is compared as far as it went (``finished: false`` in the JSON).
@@ -185,6 +185,37 @@ def compare_replay(replay: dict, maps: dict, search: pd.DataFrame, facets: Seque
     return out
 
 
+def compare_proposals(replayed: list[dict], adaptive: pd.DataFrame, keys: Sequence[str]) -> dict:
+    """The live search's proposals (each run's ``search_reason``: ``trial k/N: why``, in ``k`` order)
+    against the replay's (:func:`benchmarks.boundary_search.replay_searcher`'s ``proposals``), one
+    by one: the same point, the same reason, and where they first part.
+
+    >>> runs = pd.DataFrame({"x": [2.0, 1.0], "search_reason": ["trial 2/4: refine: a", "trial 1/4: coarse design"]})
+    >>> r = compare_proposals([{"x": 1.0, "reason": "trial 1/4: coarse design"},
+    ...                        {"x": 3.0, "reason": "trial 2/4: refine: b"}], runs, ["x"])
+    >>> r["compared"], r["same_point"], r["first_divergence"]["trial"]
+    (2, 1, 2)
+    """
+    import re
+
+    real = []
+    for _, r in adaptive.iterrows():
+        m = re.match(r"trial (\d+)/\d+: ", str(r.get("search_reason") or ""))
+        if m:
+            real.append((int(m.group(1)), r))
+    real.sort(key=lambda t: t[0])
+    same_point = same_reason = 0
+    first = None
+    for (k, r), p in zip(real, replayed):
+        point = _key(r, keys) == _key(p, keys)
+        same_point += point
+        same_reason += point and r["search_reason"] == p["reason"]
+        if not point and first is None:
+            first = {"trial": k, "live": {key: _plain(r[key]) for key in keys}, "replay": {key: _plain(p[key]) for key in keys}}
+    return {"compared": min(len(real), len(replayed)), "live": len(real), "replayed": len(replayed),
+            "same_point": int(same_point), "same_reason": int(same_reason), "first_divergence": first}
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, (np.integer,)):
         return int(v)
@@ -202,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default=None, help="the adaptive sweep's Ray Tune storage, where its spec set one")
     ap.add_argument("--replay", type=Path, default=None, metavar="JSON",
                     help="the replay's prediction to compare with (benchmarks/results/boundary_search.json)")
+    ap.add_argument("--replay-spec", type=Path, default=None, metavar="YAML",
+                    help="replay this boundary spec's searcher on the grid's runs now and compare its proposals, "
+                         "in order, with the live search's (sweeps/phase-map-adaptive.yaml)")
     a = ap.parse_args(argv)
     from grokray.config import ConfigError
     from grokray.phasemap.search import load_search_map, plot_search_map
@@ -241,6 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         "exact": maps["agree"] == maps["points"],
         "tracking_uri": a.tracking_uri, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    if a.replay_spec is not None:
+        from benchmarks.boundary_search import replay_searcher
+        from grokray.config import ConfigError as SpecError
+        try:
+            replayed = replay_searcher(str(a.replay_spec), grid)
+        except (SpecError, OSError) as e:
+            print(f"adaptive_vs_grid: --replay-spec {a.replay_spec}: {e}".replace("\n", " "), file=sys.stderr)
+            return 2
+        result["proposals"] = compare_proposals(replayed["proposals"], adaptive, keys)
     if replay is not None:
         result["replay"] = {"predicted_trials": replay.get("used"), "facets": compare_replay(replay, maps, search, facets)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{maps['agree']}/{maps['points']} points agree, boundaries recovered: {result['recovered']}"
           + ("" if result["adaptive"]["finished"] else f" (search not finished: {unresolved} points unresolved, "
              f"{in_flight} in flight)"))
+    if "proposals" in result:
+        p = result["proposals"]
+        print(f"proposals: {p['same_point']} of the first {p['compared']} are the replay's, in order "
+              f"({p['same_reason']} with the same reason)"
+              + (f"; first apart at trial {p['first_divergence']['trial']}" if p["first_divergence"] else ""))
     print(f"wrote {a.out} and {a.png}")
     return 0
 

@@ -310,6 +310,7 @@ def test_the_adaptive_map_beside_the_grid_s_reproduces_the_grid_s_runs(tmp_path,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     res = subprocess.run([sys.executable, "-m", "experiments.adaptive_vs_grid", "--tracking-uri", mlflow_uri,
                           "--grid", "g", "--sweep", "b", "--storage", str(tmp_path / "results"),
+                          "--replay-spec", str(tmp_path / "b.yaml"),
                           "--out", str(tmp_path / "cmp.json"), "--png", str(tmp_path / "cmp.png")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -317,6 +318,8 @@ def test_the_adaptive_map_beside_the_grid_s_reproduces_the_grid_s_runs(tmp_path,
     assert (r["grid"]["trials"], r["adaptive"]["trials"]) == (6, 4)
     assert r["runs"]["matched"] == 4 and r["runs"]["identical"] == 4, r["runs"]["differences"]
     assert r["map"]["points"] == 6 and r["map"]["scored"] == 6
+    # the live search proposed what its replay on the grid's runs proposes, point for point, reason for reason
+    assert (r["proposals"]["compared"], r["proposals"]["same_point"], r["proposals"]["same_reason"]) == (4, 4, 4)
     for f in r["map"]["facets"].values():                 # each facet: the two ends run, the middle inferred
         assert f["points"] == 3 and f["runs"] == 2
     wrong = [d for f in r["map"]["facets"].values() for d in f["disagree"]]
