@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{a.sweep!r}", file=sys.stderr)
         return 2
     # a replicate both sweeps name (init seeds) pairs runs too; a key only one names leaves pairs ambiguous
-    runs = compare_runs(grid, adaptive, keys + [k for k in ("seed",) if k in grid.columns and k in adaptive.columns])
+    labelled = adaptive[adaptive["label"].notna()]           # a run still training has nothing to compare yet
+    runs = compare_runs(grid, labelled, keys + [k for k in ("seed",) if k in grid.columns and k in adaptive.columns])
+    runs["not_labelled_yet"] = int(len(adaptive) - len(labelled))
     maps = compare_maps(grid, search, facets, axes)
     unresolved = int((search["source"].isin(["nearest", "none"])).sum())
     in_flight = int(search["in_flight"].astype(bool).sum())
@@ -271,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                      "finished": unresolved == 0 and in_flight == 0 and bool(adaptive["label"].notna().all())},
         "share_of_grid_trials": round(len(adaptive) / max(len(grid), 1), 3),
         "runs": runs, "map": maps,
-        "recovered": all(f["boundary_error"] is not None and f["boundary_error"] <= 1.0 for f in maps["facets"].values()),
+        "recovered": all(isinstance(f["boundary_error"], (int, float)) and f["boundary_error"] <= 1.0
+                         for f in maps["facets"].values()),
         "exact": maps["agree"] == maps["points"],
         "tracking_uri": a.tracking_uri, "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{maps['agree']}/{maps['points']} points agree with {a.grid}")
     print(f"{a.sweep}: {len(adaptive)} trials ({result['share_of_grid_trials']:.0%} of {a.grid}'s {len(grid)}), "
           f"{result['adaptive']['core_hours']} core-hours against {result['grid']['core_hours']}; runs identical to "
-          f"the grid's: {runs['identical']}/{runs['matched']} (same label and phase: {runs['same_label']}); map: "
+          f"the grid's: {runs['identical']}/{runs['matched']} labelled (same label and phase: {runs['same_label']}); map: "
           f"{maps['agree']}/{maps['points']} points agree, boundaries recovered: {result['recovered']}"
           + ("" if result["adaptive"]["finished"] else f" (search not finished: {unresolved} points unresolved, "
              f"{in_flight} in flight)"))
