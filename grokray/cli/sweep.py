@@ -21,6 +21,24 @@ from grokray.errors import first_line
 from grokray.fmt import duration
 
 
+#: The widest the status table's run column gets; a longer name loses its middle, not its end.
+RUN_COLUMN_MAX = 64
+
+
+def cut_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, its middle cut out (a run name's last values and its
+    trial id are at its end, and the first value at its start: both say which run it is).
+
+    >>> cut_middle("seed=1,weight_decay=0.1,augmentation=both_full,phi=12.6_529d0", 32)
+    'seed=1,weight_de…,phi=12.6_529d0'
+    >>> cut_middle("short", 32)
+    'short'
+    """
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[:width - 1 - tail] + "\u2026" + text[-tail:]
+
 def add_sweep(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND")
     sub.required = True
@@ -226,13 +244,15 @@ def run_sweep_status(args: argparse.Namespace) -> int:
     runs = tracking.sweep_runs(client, parent, kind=None)
     states: dict[str, int] = {}
     print(f"sweep {name!r}: {len(runs)} trial run(s)" + (f"; state in {exp_dir}" if exp_dir else ""))
-    print(f"{'run':<40} {'run id':<32} {'status':<9} {'steps':>13} {'stop':<16} {'label':<14} {'detail':<13} conf")
+    names = [r.info.run_name or r.info.run_id for r in runs]
+    w = min(max([len(n) for n in names] + [3]), RUN_COLUMN_MAX)
+    print(f"{'run':<{w}} {'run id':<32} {'status':<9} {'steps':>13} {'stop':<16} {'label':<14} {'detail':<13} conf")
     Tag = tracking.Tag
-    for r in runs:
+    for r, run_name in zip(runs, names):
         t = r.data.tags
         states[r.info.status] = states.get(r.info.status, 0) + 1
         steps = f"{t.get(Tag.STEPS_RUN, '?')}/{t.get(Tag.MAX_STEPS, r.data.params.get(TrialParam.MAX_STEPS, '?'))}"
-        print(f"{(r.info.run_name or r.info.run_id)[:40]:<40} {r.info.run_id:<32} {r.info.status:<9} {steps:>13} "
+        print(f"{cut_middle(run_name, w):<{w}} {r.info.run_id:<32} {r.info.status:<9} {steps:>13} "
               f"{t.get(Tag.STOP_REASON, '-'):<16} {t.get(Tag.LABEL, '-'):<14} "
               f"{t.get(Tag.DETAIL, '-'):<13} {t.get(Tag.CONFIDENCE, '-')}")
     print("  " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))

@@ -54,6 +54,7 @@ def test_four_trial_sweep_parent_children_labels_map(tmp_path, mlflow_uri):
     status = grokray("sweep", "status", "four", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
     assert status.returncode == 0 and "4 trial run(s)" in status.stdout and "finished 4" in status.stdout
     assert sum(line.count("_grokking") for line in status.stdout.splitlines()) == 4
+    assert all(r.info.run_name in status.stdout for r in child_runs(mlflow_uri, "four"))   # whole names, not cut
     assert f"then open http://127.0.0.1:5000/{view}" in status.stdout
 
     again = grokray("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path)
