@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.store_args import store_parser
-from grokray.sweep.search_map import facet_name, map_keys
+from grokray.sweep.search_map import facet_name, map_keys, plain_value
 
 #: What must be equal for two runs to be "the same run".
 RUN_FIELDS = ("label", "detail", "phase", "t_memorize", "t_generalize")
@@ -92,15 +92,15 @@ def compare_runs(grid: pd.DataFrame, adaptive: pd.DataFrame, keys: Sequence[str]
         k = _key(r, keys)
         found = by_key.get(k, [])
         if len(found) != 1:           # none, or several grid runs there (a key both sweeps do not name)
-            (unmatched if not found else ambiguous).append(dict(zip(keys, map(_plain, k))))
+            (unmatched if not found else ambiguous).append(dict(zip(keys, map(plain_value, k))))
             continue
         g = found[0]
         matched += 1
-        fields = {f: [_plain(g.get(f)), _plain(r.get(f))] for f in RUN_FIELDS if not _same(g.get(f), r.get(f))}
+        fields = {f: [plain_value(g.get(f)), plain_value(r.get(f))] for f in RUN_FIELDS if not _same(g.get(f), r.get(f))}
         same_label += "label" not in fields and "phase" not in fields
         identical += not fields
         if fields:
-            diffs.append({**dict(zip(keys, map(_plain, k))), "fields": fields})
+            diffs.append({**dict(zip(keys, map(plain_value, k))), "fields": fields})
     return {"matched": matched, "identical": identical, "same_label": same_label, "differences": diffs,
             "not_in_grid": unmatched, "ambiguous": ambiguous}
 
@@ -142,7 +142,7 @@ def compare_maps(grid: pd.DataFrame, search: pd.DataFrame, facets: Sequence[str]
             if want is None:
                 missing += 1
             elif got != want:
-                disagree.append({**{a: _plain(r[a]) for a in axes}, "grid": want, "search": got, "source": r["source"]})
+                disagree.append({**{a: plain_value(r[a]) for a in axes}, "grid": want, "search": got, "source": r["source"]})
         n = int(t.size)
         ok = n - missing - len(disagree)
         complete = missing == 0 and all(v is not None for v in p.flat)
@@ -211,17 +211,9 @@ def compare_proposals(replayed: list[dict], adaptive: pd.DataFrame, keys: Sequen
         same_point += point
         same_reason += point and r["search_reason"] == p["reason"]
         if not point and first is None:
-            first = {"trial": k, "live": {key: _plain(r[key]) for key in keys}, "replay": {key: _plain(p[key]) for key in keys}}
+            first = {"trial": k, "live": {key: plain_value(r[key]) for key in keys}, "replay": {key: plain_value(p[key]) for key in keys}}
     return {"compared": min(len(real), len(replayed)), "live": len(real), "replayed": len(replayed),
             "same_point": int(same_point), "same_reason": int(same_reason), "first_divergence": first}
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        return None if v != v else (int(v) if float(v).is_integer() else float(v))
-    return v
 
 
 # --------------------------------------------------------------------------- main
@@ -290,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if replay is not None:
         result["replay"] = {"predicted_trials": replay.get("used"), "facets": compare_replay(replay, maps, search, facets)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1, default=_plain) + "\n")
+    a.out.write_text(json.dumps(result, indent=1, default=plain_value) + "\n")
     compare = {name: {"disagree": f["disagree"], "subtitle": f"{f['runs']} runs, {f['agree']}/{f['points']} agree, "
                                                           f"boundary error {f['boundary_error']}"}
                for name, f in maps["facets"].items()}

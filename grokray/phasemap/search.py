@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ import pandas as pd
 from grokray import tracking
 from grokray.contract import PHASE_MAP_DIR, SEARCH_MAP_CSV, SweepParam
 from grokray.sweep.driver import SweepError, find_sweep
-from grokray.sweep.search_map import facet_name, map_keys, sweep_search_map
+from grokray.sweep.search_map import facet_name, map_keys, plain_value, sweep_search_map
 
 
 def load_search_map(name: str, tracking_uri: str | None = None, storage: str | None = None) -> pd.DataFrame:
@@ -100,7 +99,7 @@ def plot_search_map(search: pd.DataFrame, path: str | Path, *, compare: dict[str
                                        edgecolor="white", linewidth=1.5))
                 text = (word.get(lab, "." if not isinstance(lab, str) else lab) + ("\n(run)" if run else "")
                         + ("\n(running)" if r["in_flight"] else ""))
-                g = wrong.get(tuple(_scalar(r[a]) for a in axes))
+                g = wrong.get(tuple(plain_value(r[a]) for a in axes))
                 if g is not None:
                     ax.add_patch(Rectangle((cx + 0.04, cy + 0.04), 0.92, 0.92, fill=False, edgecolor="red",
                                            linewidth=2.5))
@@ -130,13 +129,6 @@ def plot_search_map(search: pd.DataFrame, path: str | Path, *, compare: dict[str
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _scalar(v: Any) -> Any:
-    """A numpy scalar as Python's, a whole float as an int (the disagreement lists' keys)."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 __all__ = ["load_search_map", "plot_search_map"]

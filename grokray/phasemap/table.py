@@ -194,13 +194,12 @@ def format_search_map(df: pd.DataFrame, width: int = TABLE_WIDTH) -> str:
     0.1       mem*  comp
     1         mem*  grok?+
     """
-    from grokray.sweep.search_map import COLUMNS, describe_sources
+    from grokray.sweep.search_map import describe_sources, map_keys
 
-    keys = [c for c in df.columns if c not in COLUMNS]
-    numeric = [k for k in keys if pd.api.types.is_numeric_dtype(df[k]) and not k.split(".")[-1] == "seed"]
+    facets, numeric = map_keys(df)
     axes = sorted(numeric, key=lambda k: -df[k].nunique())[:2]
     x, y = axes[0] if axes else None, axes[1] if len(axes) > 1 else None
-    facets = [k for k in keys if k not in (x, y)]
+    facets += [k for k in numeric if k not in (x, y)]     # a third axis: one table per value
 
     def word(r: pd.Series) -> str:
         if r["source"] == "none" or r["search_label"] is None or r["search_label"] != r["search_label"]:

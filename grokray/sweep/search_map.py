@@ -156,7 +156,7 @@ def facet_name(facets: Sequence[str], combo: Sequence[Any]) -> str:
     >>> facet_name(["data.seed", "data.augmentation"], [np.int64(0), "none"]), facet_name([], [])
     ('data.seed=0, data.augmentation=none', '')
     """
-    return ", ".join(f"{k}={_plain(v)}" for k, v in zip(facets, combo))
+    return ", ".join(f"{k}={plain_value(v)}" for k, v in zip(facets, combo))
 
 
 def map_keys(search: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -174,12 +174,19 @@ def map_keys(search: pd.DataFrame) -> tuple[list[str], list[str]]:
     return [k for k in keys if k not in axes], axes
 
 
-def _plain(v: Any) -> Any:
-    """A numpy scalar as Python's; a whole float as an int (1.0 -> 1), as specs write values."""
+def plain_value(v: Any) -> Any:
+    """A value as a spec writes it: a numpy scalar as Python's, a whole float as an int, NaN as None
+    (facet names, the keys of a disagreement list, JSON).
+
+    >>> plain_value(np.float64(1.0)), plain_value(np.int64(3)), plain_value(0.5), plain_value(float("nan"))
+    (1, 3, 0.5, None)
+    """
     if isinstance(v, np.generic):
         v = v.item()
-    return int(v) if isinstance(v, float) and v.is_integer() else v
+    if isinstance(v, float):
+        return None if v != v else int(v) if v.is_integer() else v
+    return v
 
 
 __all__ = ["SearchStateError", "read_search_state", "latest_state_file", "search_map", "sweep_search_map",
-           "describe_sources", "SOURCE_WORDS", "facet_name", "map_keys"]
+           "describe_sources", "SOURCE_WORDS", "facet_name", "map_keys", "plain_value"]

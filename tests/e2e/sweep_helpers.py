@@ -101,3 +101,22 @@ def results_of(trial_dir: Path) -> list[dict]:
 
 def has_checkpoint(trial_dir: Path) -> bool:
     return any(p.name.startswith("checkpoint_") for p in trial_dir.iterdir())
+
+
+def kill_with_one_done_one_mid_run(proc, log: Path, tmp_path: Path, uri: str, sweep: str, max_steps: int,
+                                   labelled: bool = False) -> None:
+    """Kill the driver ``proc`` (its process group) once one trial run has finished (and been
+    labelled, with ``labelled``) and another has a checkpoint short of ``max_steps`` and no stop
+    reason yet: the state a resume must continue from."""
+    def one_done_one_checkpointed():
+        done = [r for r in child_runs(uri, sweep)
+                if r.info.status == "FINISHED" and (not labelled or "grokray.label" in r.data.tags)]
+        running = [d for d in trial_dirs(tmp_path, sweep)
+                   if has_checkpoint(d) and results_of(d)[-1].get("step", 0) < max_steps
+                   and "stop_reason" not in results_of(d)[-1]]
+        return len(done) >= 1 and len(running) >= 1
+
+    try:
+        wait_for(one_done_one_checkpointed, 300, "one finished trial and one checkpointed running trial", proc, log)
+    finally:
+        kill_group(proc)

@@ -15,7 +15,8 @@ import time
 
 from grokray import tracking
 from sweep_helpers import (BASE, ROOT, assert_steps_complete_and_unique, child_runs, grokray, has_checkpoint,  # noqa: F401
-                           kill_group, parent_run, results_of, start, trial_dirs, wait_for, write_spec)
+                           kill_group, kill_with_one_done_one_mid_run, parent_run, results_of, start, trial_dirs,
+                           wait_for, write_spec)
 
 # --------------------------------------------------------------------------- tests
 
@@ -84,19 +85,7 @@ def test_kill_driver_and_resume(tmp_path, mlflow_uri):
                       max_steps=700)
     log = tmp_path / "driver.log"
     proc = start("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path, log=log)
-
-    def one_done_one_checkpointed():
-        runs = child_runs(mlflow_uri, "resumable")
-        done = [r for r in runs if r.info.status == "FINISHED" and "grokray.label" in r.data.tags]
-        running = [d for d in trial_dirs(tmp_path, "resumable")
-                   if has_checkpoint(d) and results_of(d)[-1].get("step", 0) < 700
-                   and "stop_reason" not in results_of(d)[-1]]
-        return len(done) >= 1 and len(running) >= 1
-
-    try:
-        wait_for(one_done_one_checkpointed, 300, "one finished trial and one checkpointed running trial", proc, log)
-    finally:
-        kill_group(proc)
+    kill_with_one_done_one_mid_run(proc, log, tmp_path, mlflow_uri, "resumable", max_steps=700, labelled=True)
     killed_at = time.time() * 1000
     before = {r.info.run_id: r for r in child_runs(mlflow_uri, "resumable")}
     finished_before = {rid for rid, r in before.items() if r.info.status == "FINISHED"}
@@ -341,18 +330,7 @@ def test_a_killed_boundary_sweep_resumes_the_same_search(tmp_path, mlflow_uri):
                       boundary={"min_coarse": 2}, classifier={"evidence": "never"})
     log = tmp_path / "driver.log"
     proc = start("sweep", "run", str(spec), uri=mlflow_uri, cwd=tmp_path, log=log)
-
-    def one_done_one_checkpointed():
-        done = [r for r in child_runs(mlflow_uri, "bres") if r.info.status == "FINISHED"]
-        running = [d for d in trial_dirs(tmp_path, "bres")
-                   if has_checkpoint(d) and results_of(d)[-1].get("step", 0) < 700
-                   and "stop_reason" not in results_of(d)[-1]]
-        return len(done) >= 1 and len(running) >= 1
-
-    try:
-        wait_for(one_done_one_checkpointed, 300, "one finished trial and one checkpointed running trial", proc, log)
-    finally:
-        kill_group(proc)
+    kill_with_one_done_one_mid_run(proc, log, tmp_path, mlflow_uri, "bres", max_steps=700)
     before = {r.info.run_id for r in child_runs(mlflow_uri, "bres")}
     out = grokray("sweep", "resume", "bres", "--storage", str(tmp_path / "results"), uri=mlflow_uri, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
