@@ -19,8 +19,8 @@ search refines on: grokking / comprehension / not_generalized / confusion / dive
 ``mixed`` where replicates disagree), ``source`` (``run``: a trial's label; ``inferred``: taken
 from agreeing neighbours without a trial; ``cell``: inside a cell whose known points agree, the
 refinement's own assumption; ``nearest``: the nearest known point's, where the search has not
-resolved the point; ``none``: nothing known yet in the facet), ``in_flight`` (proposed, its trial not finished; after a
-kill: the trials ``resume`` continues) and ``reason`` (why the search
+resolved the point; ``none``: nothing known yet in the facet), ``in_flight`` (proposed, a trial of it not finished or a
+replicate of it still queued; after a kill: the trials ``resume`` continues) and ``reason`` (why the search
 proposed the point, for the points it proposed).
 
 Example: a 1-D facet of 5 points whose label flips between the third and fourth, searched to the
@@ -100,7 +100,10 @@ def search_map(axes: dict[str, list], facets: dict[str, list], state: dict, wher
     shape = [len(v) for v in axes.values()]
     try:
         searches = {int(f): BoundarySearch.from_state(raw) for f, raw in state["searches"].items()}
-        in_flight = {(int(f), tuple(p)) for f, p in state.get("trials", {}).values()}
+        # in flight: handed to Tune and not finished, or a replicate the searcher holds queued (its point
+        # was proposed, the other seeds are still to run)
+        in_flight = ({(int(f), tuple(p)) for f, p in state.get("trials", {}).values()}
+                     | {(int(f), tuple(p)) for f, p, _rep in state.get("queue", [])})
     except (KeyError, TypeError, ValueError) as e:
         raise SearchStateError(f"{where}: not a boundary search's state ({type(e).__name__}: {e})") from None
     for f, s in searches.items():

@@ -81,6 +81,22 @@ def test_replicates_that_disagree_read_mixed():
     assert m.loc[m["source"] == "run", "search_label"].tolist() == ["mixed"]
 
 
+def test_a_point_whose_replicates_are_queued_is_in_flight_until_the_last_one_finishes():
+    s = BoundarySearcher({"train.weight_decay": [0.1, 1.0, 3.0]}, {}, {}, budget=6, replicates={"seed": [0, 1, 2]})
+    a = s.suggest("a")                                # seed 0 handed to Tune, seeds 1 and 2 queued
+    flying = lambda: search_map(s.axes, s.facets, s.get_state())["in_flight"].tolist()
+    assert flying() == [True, False, False]
+    s.on_trial_complete("a", {"phase": "grokking"})   # its first label is known, two replicates are not run
+    assert s.get_state()["trials"] == {} and len(s.get_state()["queue"]) == 2
+    assert flying() == [True, False, False]
+    b, c = s.suggest("b"), s.suggest("c")
+    assert [x["train.weight_decay"] for x in (a, b, c)] == [0.1] * 3 and sorted(x["seed"] for x in (a, b, c)) == [0, 1, 2]
+    s.on_trial_complete("b", {"phase": "grokking"})
+    assert flying() == [True, False, False]           # c still runs
+    s.on_trial_complete("c", {"phase": "grokking"})
+    assert flying() == [False, False, False]
+
+
 def test_the_state_tune_saves_reads_back_and_a_foreign_one_is_one_line(tmp_path):
     assert read_search_state(tmp_path) is None                       # nothing saved yet
     s = run_search(budget=12)
