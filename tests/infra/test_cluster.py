@@ -611,22 +611,28 @@ Subsystem sftp internal-sftp
         (sub / "localup.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         cenv = {**env, "RAY_AUTH_TOKEN_PATH": str(client_token), "RAY_AUTH_MODE": "token"}
         grok = [sys.executable, "-m", "grokray"]
-        t0 = time.monotonic()
-        out = run([*grok, "sweep", "submit", "localup.yaml", "--address", url, "--tracking-uri", mlflow_url],
-                  cenv, cwd=sub, log=log)
-        assert out.returncode == 0 and "as Ray job grokray-localup" in out.stdout, out.stdout + out.stderr
-        status_cmd = [*grok, "sweep", "status", "localup", "--address", url, "--tracking-uri", mlflow_url,
-                      "--storage", str(t / "results")]
-        end = time.monotonic() + 600
-        while True:
-            st = run(status_cmd, cenv, cwd=sub)
-            state = job_state(st.stdout)
-            if state in ("SUCCEEDED", "FAILED", "STOPPED") or time.monotonic() > end:
-                break
-            time.sleep(5)
-        timings["sweep job"] = time.monotonic() - t0
-        logs = run([*grok, "sweep", "logs", "localup", "--address", url], cenv, cwd=sub, log=log)
-        assert state == "SUCCEEDED", f"job {state}\n{st.stdout}\n{st.stderr}\n--- job log\n{logs.stdout[-4000:]}"
+
+        def submit_and_wait(sweep: str) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+            """Submit ``<sweep>.yaml`` as a Ray job, poll ``sweep status`` until the job ends; (status, logs)."""
+            t0 = time.monotonic()
+            out = run([*grok, "sweep", "submit", f"{sweep}.yaml", "--address", url, "--tracking-uri", mlflow_url],
+                      cenv, cwd=sub, log=log)
+            assert out.returncode == 0 and f"as Ray job grokray-{sweep}" in out.stdout, out.stdout + out.stderr
+            status_cmd = [*grok, "sweep", "status", sweep, "--address", url, "--tracking-uri", mlflow_url,
+                          "--storage", str(t / "results")]
+            end = time.monotonic() + 600
+            while True:
+                st = run(status_cmd, cenv, cwd=sub)
+                state = job_state(st.stdout)
+                if state in ("SUCCEEDED", "FAILED", "STOPPED") or time.monotonic() > end:
+                    break
+                time.sleep(5)
+            timings[f"{sweep} job"] = time.monotonic() - t0
+            logs = run([*grok, "sweep", "logs", sweep, "--address", url], cenv, cwd=sub, log=log)
+            assert state == "SUCCEEDED", f"job {state}\n{st.stdout}\n{st.stderr}\n--- job log\n{logs.stdout[-4000:]}"
+            return st, logs
+
+        st, logs = submit_and_wait("localup")
         assert "[grokray] sweep 'localup' done: 2 trial(s), 0 failed" in logs.stdout
         assert "finished 2" in st.stdout and st.stdout.count("_grokking") == 2, st.stdout
 
@@ -649,6 +655,24 @@ Subsystem sftp internal-sftp
                  cwd=sub, log=log)
         assert pm.returncode == 0 and "localup: 2 run(s), 2 labelled" in pm.stdout, pm.stdout + pm.stderr
         assert (t / "pm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        # Issue 21: method boundary on the cluster. The searcher runs in the job's driver on the head; every
+        # run says why it was chosen, and the search's whole map is read back through the head's server.
+        bnd = {**spec, "name": "localbnd", "method": "boundary", "num_samples": 3, "boundary": {"min_coarse": 2},
+               "parameters": {"train.weight_decay": {"values": [0.1, 0.3, 1.0]}},
+               "classifier": {"enabled": False}}
+        (sub / "localbnd.yaml").write_text(yaml.safe_dump(bnd, sort_keys=False))
+        st, logs = submit_and_wait("localbnd")
+        assert "[grokray] sweep 'localbnd' done: 2 trial(s), 0 failed" in logs.stdout, logs.stdout[-3000:]
+        bruns = trial_runs(mlflow_url, "localbnd")
+        # 3 values, min_coarse 2: the coarse design is the two ends; both memorize in 200 steps, so the
+        # middle is inside an agreeing cell and the search ends under its budget
+        assert sorted(float(r.data.params["train.weight_decay"]) for r in bruns) == [0.1, 1.0]
+        assert all(re.fullmatch(r"trial [12]/3: coarse design", r.data.tags["grokray.search_reason"]) for r in bruns)
+        sm = run([*grok, "phase-map", "localbnd", "--search", "--tracking-uri", mlflow_url, "--csv",
+                  str(t / "search.csv")], cenv, cwd=sub, log=log)
+        assert sm.returncode == 0 and "3 grid point(s): 2 from runs, 1 inside agreeing cells" in sm.stdout, \
+            sm.stdout + sm.stderr
 
         t0 = time.monotonic()
         down = run([RAY, "down", "-y", str(config)], env, log=log)
