@@ -54,7 +54,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -305,12 +305,13 @@ _RESULT_OF = {**{b: {"phase": ph} for ph, b in PHASE_BEHAVIOUR.items()},
               "generalized": {"stop_reason": "generalized"}}       # a run labelled before phases were tagged
 
 
-def replay_searcher(spec_path: str, df: Any) -> dict:
+def replay_searcher(spec_path: str, df: Any, ends_first: Callable[[list[dict]], int] | None = None) -> dict:
     """Replay the adaptive sweep ``spec_path`` (``method: boundary``) on a finished grid's runs: the
     real Tune searcher, built from the spec as ``grokray sweep run`` builds it
     (:func:`grokray.sweep.boundary_searcher.searcher_for`), ``max_concurrent`` trials in flight, the
     one that trained fewest steps completing first (a run stopped early ends first, as on the
-    cluster), each trial's result the behaviour the grid's run at that config showed
+    cluster; ``ends_first``: another rule, given the configs in flight, in proposal order, returns
+    the index of the one to complete, e.g. a live sweep's own order), each trial's result the behaviour the grid's run at that config showed
     (:func:`run_behaviour`: the phase the classifier tagged, which is what the trial reported).
     Deterministic CPU training makes the grid's run at a config the run the adaptive sweep would
     train there, so this predicts the real adaptive sweep's trials and map (up to the order in
@@ -361,7 +362,10 @@ def replay_searcher(spec_path: str, df: Any) -> dict:
         if None in known:
             missing = {k: flight[known.index(None)][1][k] for k in keys}
             break
-        i = min(range(len(flight)), key=lambda j: (known[j][1], j))     # the shortest run ends first
+        if ends_first is None:
+            i = min(range(len(flight)), key=lambda j: (known[j][1], j))     # the shortest run ends first
+        else:
+            i = ends_first([cfg for _, cfg in flight])
         (tid, cfg), (lab, _) = flight.pop(i), known[i]
         used += 1
         searcher.on_trial_complete(tid, None if lab == "failed" else _RESULT_OF[lab], error=lab == "failed")

@@ -185,16 +185,22 @@ def compare_replay(replay: dict, maps: dict, search: pd.DataFrame, facets: Seque
     return out
 
 
-def compare_proposals(replayed: list[dict], adaptive: pd.DataFrame, keys: Sequence[str]) -> dict:
+def compare_proposals(replayed: list[dict], adaptive: pd.DataFrame, keys: Sequence[str],
+                      facets: Sequence[str] = ()) -> dict:
     """The live search's proposals (each run's ``search_reason``: ``trial k/N: why``, in ``k`` order)
     against the replay's (:func:`benchmarks.boundary_search.replay_searcher`'s ``proposals``), one
-    by one: the same point, the same reason, and where they first part.
+    by one: the same point, the same reason, and where they first part; then as sets (the same
+    points, in any order) and per facet (each facet's own sequence). Facets are searched in turn,
+    and with trials in flight the turn passes in the order trials finish, which a replay can only
+    assume: two searches can interleave their facets differently and still choose the same points
+    in each facet in the same order.
 
-    >>> runs = pd.DataFrame({"x": [2.0, 1.0], "search_reason": ["trial 2/4: refine: a", "trial 1/4: coarse design"]})
-    >>> r = compare_proposals([{"x": 1.0, "reason": "trial 1/4: coarse design"},
-    ...                        {"x": 3.0, "reason": "trial 2/4: refine: b"}], runs, ["x"])
-    >>> r["compared"], r["same_point"], r["first_divergence"]["trial"]
-    (2, 1, 2)
+    >>> runs = pd.DataFrame({"f": ["a", "b"], "x": [1.0, 1.0],
+    ...                      "search_reason": ["trial 2/2: coarse design", "trial 1/2: coarse design"]})
+    >>> r = compare_proposals([{"f": "a", "x": 1.0, "reason": "trial 1/2: coarse design"},
+    ...                        {"f": "b", "x": 1.0, "reason": "trial 2/2: coarse design"}], runs, ["f", "x"], ["f"])
+    >>> r["same_point"], r["first_divergence"]["trial"], r["same_points_any_order"], r["facets_in_same_order"]
+    (0, 1, True, '2 of 2')
     """
     import re
 
@@ -212,8 +218,32 @@ def compare_proposals(replayed: list[dict], adaptive: pd.DataFrame, keys: Sequen
         same_reason += point and r["search_reason"] == p["reason"]
         if not point and first is None:
             first = {"trial": k, "live": {key: plain_value(r[key]) for key in keys}, "replay": {key: plain_value(p[key]) for key in keys}}
-    return {"compared": min(len(real), len(replayed)), "live": len(real), "replayed": len(replayed),
-            "same_point": int(same_point), "same_reason": int(same_reason), "first_divergence": first}
+    n = min(len(real), len(replayed))
+    live_pts = [_key(r, keys) for _, r in real[:n]]
+    replay_pts = [_key(p, keys) for p in replayed[:n]]
+    in_facet = {}
+    for f in dict.fromkeys(pt[:len(facets)] for pt in live_pts + replay_pts):
+        in_facet[facet_name(facets, f)] = ([pt for pt in live_pts if pt[:len(facets)] == f]
+                                           == [pt for pt in replay_pts if pt[:len(facets)] == f])
+    return {"compared": n, "live": len(real), "replayed": len(replayed),
+            "same_point": int(same_point), "same_reason": int(same_reason), "first_divergence": first,
+            "same_points_any_order": sorted(live_pts, key=repr) == sorted(replay_pts, key=repr),
+            "facets_in_same_order": f"{sum(in_facet.values())} of {len(in_facet)}", "facet_order": in_facet}
+
+
+def live_end_times(tracking_uri: str, adaptive: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, int]:
+    """When each of the live sweep's runs ended (ms since the epoch), by its point: the order in
+    which its trials completed, which decides the order the search serves its facets in. A point
+    with two runs (replicates) keeps the later end, its last label."""
+    from grokray import tracking
+
+    client = tracking.existing_client(tracking_uri)
+    ends: dict[tuple, int] = {}
+    for _, r in adaptive.iterrows():
+        end = client.get_run(r["run_id"]).info.end_time
+        if end is not None:
+            ends[_key(r, keys)] = max(end, ends.get(_key(r, keys), 0))
+    return ends
 
 
 # --------------------------------------------------------------------------- main
@@ -278,7 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         except (SpecError, OSError) as e:
             print(f"adaptive_vs_grid: --replay-spec {a.replay_spec}: {e}".replace("\n", " "), file=sys.stderr)
             return 2
-        result["proposals"] = compare_proposals(replayed["proposals"], adaptive, keys)
+        result["proposals"] = compare_proposals(replayed["proposals"], adaptive, keys, facets)
+        # the same replay with the trials completing in the order the live sweep's did (its runs' end
+        # times): what is left of a difference is then the search's, not the clock's
+        ends = live_end_times(a.tracking_uri, adaptive, keys)
+        if ends:
+            in_live_order = replay_searcher(str(a.replay_spec), grid,
+                                            ends_first=lambda cfgs: min(range(len(cfgs)), key=lambda j: (
+                                                ends.get(_key(cfgs[j], keys), float("inf")), j)))
+            result["proposals_in_live_order"] = compare_proposals(in_live_order["proposals"], adaptive, keys, facets)
     if replay is not None:
         result["replay"] = {"predicted_trials": replay.get("used"), "facets": compare_replay(replay, maps, search, facets)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
         p = result["proposals"]
         print(f"proposals: {p['same_point']} of the first {p['compared']} are the replay's, in order "
               f"({p['same_reason']} with the same reason)"
-              + (f"; first apart at trial {p['first_divergence']['trial']}" if p["first_divergence"] else ""))
+              + (f"; first apart at trial {p['first_divergence']['trial']}" if p["first_divergence"] else "")
+              + f"; the same points in any order: {p['same_points_any_order']}; each facet's own sequence the "
+                f"replay's: {p['facets_in_same_order']}")
+    if "proposals_in_live_order" in result:
+        p = result["proposals_in_live_order"]
+        print(f"replayed in the live sweep's completion order: {p['same_point']} of the first {p['compared']} "
+              f"proposals are the live search's, in order ({p['same_reason']} with the same reason)")
     print(f"wrote {a.out} and {a.png}")
     return 0
 

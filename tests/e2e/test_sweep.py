@@ -310,6 +310,10 @@ def test_the_adaptive_map_beside_the_grid_s_reproduces_the_grid_s_runs(tmp_path,
     assert r["map"]["points"] == 6 and r["map"]["scored"] == 6
     # the live search proposed what its replay on the grid's runs proposes, point for point, reason for reason
     assert (r["proposals"]["compared"], r["proposals"]["same_point"], r["proposals"]["same_reason"]) == (4, 4, 4)
+    assert r["proposals"]["same_points_any_order"] and r["proposals"]["facets_in_same_order"] == "2 of 2"
+    # replayed in the order the live trials finished (their runs' end times): the same, whatever the clock did
+    live_order = r["proposals_in_live_order"]
+    assert (live_order["compared"], live_order["same_point"], live_order["same_reason"]) == (4, 4, 4)
     for f in r["map"]["facets"].values():                 # each facet: the two ends run, the middle inferred
         assert f["points"] == 3 and f["runs"] == 2
     wrong = [d for f in r["map"]["facets"].values() for d in f["disagree"]]
