@@ -31,6 +31,10 @@ Usage::
         [--out experiments/results/adaptive_vs_grid.json] [--png docs/phase-map/adaptive-vs-grid.png]
 
 A sweep the search has not finished is compared as far as it went (``finished: false`` in the JSON).
+An adaptive sweep may cover part of the grid: a key the grid sweeps and it holds at one value
+(``sweeps/phase-map-adaptive-seed1.yaml``: ``data.augmentation`` both_full) restricts the grid to
+that value (:func:`restrict_to_held`); one it holds that the grid holds elsewhere (``seed`` 1
+against the grid's 0) makes every difference in the runs the initialisation's, not the search's.
 A reader never creates a store: a wrong path is one line saying where it looked (exit 2).
 """
 from __future__ import annotations
@@ -231,6 +235,20 @@ def compare_proposals(replayed: list[dict], adaptive: pd.DataFrame, keys: Sequen
             "facets_in_same_order": f"{sum(in_facet.values())} of {len(in_facet)}", "facet_order": in_facet}
 
 
+def restrict_to_held(grid: pd.DataFrame, held: dict[str, str]) -> pd.DataFrame:
+    """The grid's runs at the values another sweep held (``key -> value`` as its runs' params, strings,
+    compared as the grid's values print).
+
+    >>> grid = pd.DataFrame({"aug": ["none", "both_full", "none"], "x": [0.1, 0.1, 1.0]})
+    >>> restrict_to_held(grid, {"aug": "none"})["x"].tolist()
+    [0.1, 1.0]
+    """
+    keep = np.ones(len(grid), dtype=bool)
+    for k, v in held.items():
+        keep &= (grid[k].map(lambda g: str(plain_value(g))) == str(v)).to_numpy()
+    return grid[keep]
+
+
 def live_end_times(tracking_uri: str, adaptive: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, int]:
     """When each of the live sweep's runs ended (ms since the epoch), by its point: the order in
     which its trials completed, which decides the order the search serves its facets in. A point
@@ -275,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     facets, axes = map_keys(search)
     keys = [*facets, *axes]
+    # keys the grid sweeps and the adaptive sweep holds at one value: compare with that part of the grid
+    held_keys = [k for k in grid.attrs.get("params", []) if k not in keys and k not in adaptive.columns]
+    held: dict[str, str] = {}
+    if held_keys and len(adaptive):
+        from experiments.phase_map_analysis import with_params
+        params = with_params(a.tracking_uri, adaptive, held_keys)
+        held = {k: params[k].iloc[0] for k in held_keys if params[k].nunique() == 1 and params[k].iloc[0] is not None}
+        grid = restrict_to_held(grid, held)
     missing = [k for k in keys if k not in grid.columns or k not in adaptive.columns]
     if missing or not axes:
         print(f"adaptive_vs_grid: {', '.join(missing) or 'no numeric axis'} not swept by both {a.grid!r} and "
@@ -288,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     unresolved = int((search["source"].isin(["nearest", "none"])).sum())
     in_flight = int(search["in_flight"].astype(bool).sum())
     result = {
-        "grid": {"sweep": a.grid, "trials": int(len(grid)), "core_hours": round(float(grid["train_seconds"].sum()) / 3600, 3)},
+        "grid": {"sweep": a.grid, "trials": int(len(grid)), "core_hours": round(float(grid["train_seconds"].sum()) / 3600, 3),
+                 **({"restricted_to": held} if held else {})},
         "adaptive": {"sweep": a.sweep, "trials": int(len(adaptive)),
                      "core_hours": round(float(adaptive["train_seconds"].sum()) / 3600, 3),
                      "unresolved_points": unresolved, "in_flight": in_flight,
@@ -325,8 +352,12 @@ def main(argv: list[str] | None = None) -> int:
                                                           f"boundary error {f['boundary_error']}"}
                for name, f in maps["facets"].items()}
     plot_search_map(search, a.png, compare=compare, against="grid",
-                    title=f"{a.sweep}: {len(adaptive)} trials against the grid's {len(grid)}; "
+                    title=f"{a.sweep}" + "".join(f", {k}={v}" for k, v in held.items())
+                          + f": {len(adaptive)} trials against the grid's {len(grid)}; "
                           f"{maps['agree']}/{maps['points']} points agree with {a.grid}")
+    if held:
+        print(f"{a.grid} restricted to the values {a.sweep} held: "
+              + ", ".join(f"{k}={v}" for k, v in held.items()) + f" ({len(grid)} runs)")
     print(f"{a.sweep}: {len(adaptive)} trials ({result['share_of_grid_trials']:.0%} of {a.grid}'s {len(grid)}), "
           f"{result['adaptive']['core_hours']} core-hours against {result['grid']['core_hours']}; runs identical to "
           f"the grid's: {runs['identical']}/{runs['matched']} labelled (same label and phase: {runs['same_label']}); map: "

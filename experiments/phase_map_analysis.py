@@ -199,7 +199,7 @@ def load(tracking_uri: str, sweep: str) -> tuple[pd.DataFrame, int]:
     return runs, budget
 
 
-def _with_params(tracking_uri: str, runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def with_params(tracking_uri: str, runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Add the run params ``keys`` a sweep held constant (an audit's single graph) as columns."""
     from grokray import tracking
     client = tracking.existing_client(tracking_uri)
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, LookupError) as e:
             print(f"phase_map_analysis: --audit {a.audit}: {e}", file=sys.stderr)
             return 2
-        audit = _with_params(a.tracking_uri, audit, [k for k in runs.attrs.get("params", []) if k not in audit])
+        audit = with_params(a.tracking_uri, audit, [k for k in runs.attrs.get("params", []) if k not in audit])
         keys = [k for k in runs.attrs.get("params", []) if k in audit]
         result["stop_rule"]["audit"] = {"sweep": a.audit, **audit_labels(runs[runs["label"].notna()], audit, keys)}
     result.update(sweep=a.sweep, tracking_uri=a.tracking_uri,

@@ -5,6 +5,7 @@ where it came from (:mod:`grokray.sweep.search_map`)."""
 from __future__ import annotations
 
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def plot_search_map(search: pd.DataFrame, path: str | Path, *, compare: dict[str
             ax.set_xlabel(x)
             if j == 0 and y:
                 ax.set_ylabel(y)
-            head = ", ".join(str(v) for v in cv) + (f", graph {rv[0]}" if rv else "")
+            head = ", ".join([*(str(v) for v in cv), *([f"graph {rv[0]}"] if rv else [])])
             sub = extra.get("subtitle") or f"{int((part['source'] == 'run').sum())} runs of {len(part)} points"
             ax.set_title(f"{head}\n{sub}" if head else sub, fontsize=9)
     handles = [Patch(facecolor=c, label=b.replace("_", " ")) for b, c in colour.items() if b != "diverged"]
@@ -123,9 +124,11 @@ def plot_search_map(search: pd.DataFrame, path: str | Path, *, compare: dict[str
     if compare:
         handles.append(Patch(facecolor="white", edgecolor="red", linewidth=2, label=f"red: the {against} disagrees"))
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    if title:
+    if title:   # wrapped to the figure's width (about 10 characters an inch at this size)
+        title = textwrap.fill(title, width=int(fig.get_figwidth() * 10))
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.09, 1, 0.95 if title else 1))
+    top = 1 - (0.05 * (title.count("\n") + 1) * 5.6 / fig.get_figheight() if title else 0)
+    fig.tight_layout(rect=(0, 0.09, 1, top))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
