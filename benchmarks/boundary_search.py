@@ -311,8 +311,9 @@ def replay_searcher(spec_path: str, df: Any, ends_first: Callable[[list[dict]], 
     (:func:`grokray.sweep.boundary_searcher.searcher_for`), ``max_concurrent`` trials in flight, the
     one that trained fewest steps completing first (a run stopped early ends first, as on the
     cluster; ``ends_first``: another rule, given the configs in flight, in proposal order, returns
-    the index of the one to complete, e.g. a live sweep's own order), each trial's result the behaviour the grid's run at that config showed
-    (:func:`run_behaviour`: the phase the classifier tagged, which is what the trial reported).
+    the index of the one to complete, e.g. a live sweep's own order), each trial's result the
+    behaviour the grid's run at that config showed (:func:`run_behaviour`: the phase the classifier
+    tagged, which is what the trial reported).
     Deterministic CPU training makes the grid's run at a config the run the adaptive sweep would
     train there, so this predicts the real adaptive sweep's trials and map (up to the order in
     which trials of equal length finish). Returns trials used, the grid's size, and per facet
