@@ -3,8 +3,8 @@
 The Python entry points most users want, imported lazily (``import grokray`` stays light):
 
     >>> import grokray
-    >>> callable(grokray.phase_map)
-    True
+    >>> callable(grokray.phase_map), callable(grokray.search_map)
+    (True, True)
 """
 from grokray.version import __version__
 
@@ -13,6 +13,8 @@ _LAZY = {
     "pivot": ("grokray.phasemap", "pivot"),
     "filter_label": ("grokray.phasemap", "filter_label"),
     "plot_phase_map": ("grokray.phasemap", "plot_phase_map"),
+    "search_map": ("grokray.phasemap.search", "load_search_map"),
+    "plot_search_map": ("grokray.phasemap.search", "plot_search_map"),
     "transfer_map": ("grokray.transfermap", "transfer_map"),
     "classify_run": ("grokray.classify", "classify_run"),
     "classify_history": ("grokray.verdict", "classify_history"),

@@ -278,10 +278,10 @@ def test_method_boundary_runs_like_any_sweep_and_says_why_it_chose_each_point(tm
                    live.loc[live["source"] == "run", "data.augmentation"])) == ran
     assert live.loc[live["source"] == "run", "reason"].str.startswith("coarse design").all()
     from grokray.sweep.driver import find_sweep
-    from grokray.phasemap.search import load_search_map
+    from grokray import search_map          # the Python API (grokray.search_map), by sweep name
     _, exp_dir = find_sweep("bnd", storage=str(tmp_path / "results"))
     exp_dir.rename(exp_dir.with_name("bnd-moved"))      # only the parent run's copy is left
-    logged = load_search_map("bnd", mlflow_uri)
+    logged = search_map("bnd", tracking_uri=mlflow_uri)
     assert logged[["train.weight_decay", "data.augmentation", "search_label", "source"]].values.tolist() == \
         live[["train.weight_decay", "data.augmentation", "search_label", "source"]].values.tolist()
 
