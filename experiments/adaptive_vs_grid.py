@@ -43,7 +43,7 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -249,19 +249,22 @@ def restrict_to_held(grid: pd.DataFrame, held: dict[str, str]) -> pd.DataFrame:
     return grid[keep]
 
 
-def live_end_times(tracking_uri: str, adaptive: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, int]:
-    """When each of the live sweep's runs ended (ms since the epoch), by its point: the order in
-    which its trials completed, which decides the order the search serves its facets in. A point
-    with two runs (replicates) keeps the later end, its last label."""
-    from grokray import tracking
+def finishing_in_live_order(adaptive: pd.DataFrame, keys: Sequence[str]) -> Callable[[list[dict]], int]:
+    """A replay's ``ends_first`` rule (:func:`benchmarks.boundary_search.replay_searcher`): of the
+    configs in flight, the one whose live run ended first (``end_time``, as
+    :func:`experiments.phase_map_analysis.load` reads it), which decides the order the search serves
+    its facets in. A point with two runs (replicates) counts its later end, its last label; a point
+    the live sweep has no ended run for, last; ties, the earlier proposed.
 
-    client = tracking.existing_client(tracking_uri)
-    ends: dict[tuple, int] = {}
+    >>> live = pd.DataFrame({"x": [1.0, 2.0], "end_time": [2000, 1000]})
+    >>> finishing_in_live_order(live, ["x"])([{"x": 1.0}, {"x": 2.0}, {"x": 3.0}])
+    1
+    """
+    ends: dict[tuple, float] = {}
     for _, r in adaptive.iterrows():
-        end = client.get_run(r["run_id"]).info.end_time
-        if end is not None:
-            ends[_key(r, keys)] = max(end, ends.get(_key(r, keys), 0))
-    return ends
+        if pd.notna(r["end_time"]):
+            ends[_key(r, keys)] = max(float(r["end_time"]), ends.get(_key(r, keys), 0.0))
+    return lambda cfgs: min(range(len(cfgs)), key=lambda j: (ends.get(_key(cfgs[j], keys), float("inf")), j))
 
 
 # --------------------------------------------------------------------------- main
@@ -338,11 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         result["proposals"] = compare_proposals(replayed["proposals"], adaptive, keys, facets)
         # the same replay with the trials completing in the order the live sweep's did (its runs' end
         # times): what is left of a difference is then the search's, not the clock's
-        ends = live_end_times(a.tracking_uri, adaptive, keys)
-        if ends:
-            in_live_order = replay_searcher(str(a.replay_spec), grid,
-                                            ends_first=lambda cfgs: min(range(len(cfgs)), key=lambda j: (
-                                                ends.get(_key(cfgs[j], keys), float("inf")), j)))
+        if adaptive["end_time"].notna().any():
+            in_live_order = replay_searcher(str(a.replay_spec), grid, ends_first=finishing_in_live_order(adaptive, keys))
             result["proposals_in_live_order"] = compare_proposals(in_live_order["proposals"], adaptive, keys, facets)
     if replay is not None:
         result["replay"] = {"predicted_trials": replay.get("used"), "facets": compare_replay(replay, maps, search, facets)}

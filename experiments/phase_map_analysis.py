@@ -187,14 +187,16 @@ def load(tracking_uri: str, sweep: str) -> tuple[pd.DataFrame, int]:
     from grokray import tracking
     runs = grokray.phase_map(sweep, tracking_uri=tracking_uri)
     client = tracking.existing_client(tracking_uri)
-    t50, t90, reasons, seconds = [], [], [], []
+    t50, t90, reasons, seconds, ended = [], [], [], [], []
     for rid in runs["run_id"]:
         a, b = id_milestones(client, rid)
         t50.append(a)
         t90.append(b)
-        reasons.append(client.get_run(rid).data.tags.get(tracking.Tag.STOP_REASON))
+        run = client.get_run(rid)
+        reasons.append(run.data.tags.get(tracking.Tag.STOP_REASON))
+        ended.append(run.info.end_time)      # ms since the epoch (None while it runs): the order trials finished in
         seconds.append(active_seconds([m.timestamp for m in client.get_metric_history(rid, TRAIN_ACC)]))
-    runs = runs.assign(t_id50=t50, t_id90=t90, stop_reason=reasons, train_seconds=seconds)
+    runs = runs.assign(t_id50=t50, t_id90=t90, stop_reason=reasons, train_seconds=seconds, end_time=ended)
     budget = int(runs.attrs.get("max_steps") or runs["steps_run"].max())
     return runs, budget
 

@@ -39,6 +39,7 @@ def cut_middle(text: str, width: int) -> str:
     tail = (width - 1) // 2
     return text[:width - 1 - tail] + "\u2026" + text[-tail:]
 
+
 def add_sweep(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND")
     sub.required = True

@@ -127,8 +127,8 @@ def plot_search_map(search: pd.DataFrame, path: str | Path, *, compare: dict[str
     if title:   # wrapped to the figure's width (about 10 characters an inch at this size)
         title = textwrap.fill(title, width=int(fig.get_figwidth() * 10))
         fig.suptitle(title, fontsize=11)
-    top = 1 - (0.05 * (title.count("\n") + 1) * 5.6 / fig.get_figheight() if title else 0)
-    fig.tight_layout(rect=(0, 0.09, 1, top))
+    title_in = 0.28 * (title.count("\n") + 1) if title else 0.0     # inches a title line takes at 11 pt
+    fig.tight_layout(rect=(0, 0.09, 1, 1 - title_in / fig.get_figheight()))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
